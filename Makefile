@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11, pip and make:
+#   make demo   - the main job: a synthetic cohort through the whole DAG on the embedded defaults
+#   make test   - the default test suite (what CI runs)
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+export UV_PROJECT_ENVIRONMENT := .venv
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: setup demo test test-slow lint clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen
+	touch $@
+
+setup: .venv/.synced
+
+demo: setup
+	$(UV) run --frozen mocapflow demo
+
+test: setup
+	$(UV) run --frozen pytest
+
+test-slow: setup
+	$(UV) run --frozen pytest -m slow
+
+lint: setup
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+clean:
+	rm -rf .venv .tools mocapflow-data .pytest_cache

@@ -1,0 +1,123 @@
+"""The one typed settings object of mocapflow.
+
+Settings are read when a run starts (``Settings()`` or :func:`load_settings`), never at import time.
+Every value can come from an environment variable ``MOCAPFLOW_<NAME>`` (e.g. ``MOCAPFLOW_STORAGE_ROOT``),
+from a ``.env`` file in the working directory, or from keyword arguments / flow parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "mocapflow"
+
+
+class Settings(BaseSettings):
+    """Everything a user may want to turn, with the embedded defaults.
+
+    Embedded default: storage in a local folder, Ray started locally, Prefect on its temporary local server.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="MOCAPFLOW_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # -- storage -----------------------------------------------------------------------------------------
+    storage_root: str = Field(
+        "./mocapflow-data",
+        description="Where keypoints, fits and run manifests go: a local folder or an s3://bucket/prefix URI.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto on loopback); None means AWS S3."
+    )
+    s3_key: SecretStr | None = Field(None, description="S3 access key id (never logged).")
+    s3_secret: SecretStr | None = Field(None, description="S3 secret access key (never logged).")
+    s3_region: str = Field("us-west-2", description="S3 region.")
+
+    # -- models ------------------------------------------------------------------------------------------
+    model_set: str = Field(
+        "markers",
+        description="Model set: a built-in name (markers, blazepose, metrabs) or a folder / s3:// prefix "
+        "holding a manifest.json.",
+    )
+    models_dir: Path | None = Field(
+        None, description="Where built model sets live; default <cache_dir>/modelsets."
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Local cache: model sets fetched from object storage, JAX compilation cache.",
+    )
+
+    # -- compute -----------------------------------------------------------------------------------------
+    ray_address: str | None = Field(
+        None, description="Ray cluster address ('auto', 'ray://host:10001'); None starts Ray locally."
+    )
+    pose_cpus: int = Field(1, ge=1, description="CPUs each pose actor asks Ray for (= its ORT/TF threads).")
+    pose_actors: int | None = Field(
+        None, ge=1, description="Pose actors in the pool; None sizes it to the cluster's CPUs // pose_cpus."
+    )
+    fit_cpus: int = Field(1, ge=1, description="CPUs each fitting task asks Ray for (its pinned CPU set).")
+    batch_size: int = Field(32, ge=1, description="Frames decoded and inferred per batch.")
+    ort_spinning: bool = Field(
+        False, description="Let ONNX Runtime worker threads spin between ops (faster, burns idle CPU)."
+    )
+    pin_cpus: bool = Field(True, description="Pin actors and fits to their CPU set where the node allows.")
+
+    # -- pose --------------------------------------------------------------------------------------------
+    default_fov_deg: float = Field(
+        55.0, gt=1, lt=179, description="Horizontal FOV assumed when a video has no camera sidecar."
+    )
+    subject_track: Literal["longest", "largest", "central"] = Field(
+        "longest", description="Which person track is the subject."
+    )
+    max_gap_frames: int = Field(15, ge=0, description="Tracking bridges gaps up to this many frames.")
+    test_time_augmentation: int = Field(1, ge=1, description="Crops per detection (where supported).")
+
+    # -- fitting -----------------------------------------------------------------------------------------
+    fit_max_iters: int = Field(4000, ge=1, description="Maximum optimiser steps per fit.")
+    fit_learning_rate: float = Field(3e-2, gt=0, description="Peak Adam learning rate.")
+    fit_knots_per_second: float = Field(8.0, gt=0, description="B-spline knots per second of video.")
+
+    # -- orchestration -----------------------------------------------------------------------------------
+    nightly_cron: str = Field("0 2 * * *", description="Cron of the nightly cohort deployment.")
+    timezone: str = Field("UTC", description="Timezone of the nightly schedule (IANA name).")
+    nightly_prefix: str | None = Field(
+        None, description="Storage prefix (with glob) the nightly deployment scans for videos."
+    )
+    max_videos_in_flight: int = Field(8, ge=1, description="Backfill: videos submitted at once.")
+
+    @field_validator("storage_root")
+    @classmethod
+    def _strip_trailing_slash(cls, v: str) -> str:
+        return v.rstrip("/") if v not in ("/",) else v
+
+    @property
+    def modelsets_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.cache_dir / "modelsets"
+
+    @property
+    def jax_cache_dir(self) -> Path:
+        return self.cache_dir / "jax"
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec storage options for ``storage_root`` (credentials included; never log the result)."""
+        if not self.storage_root.startswith("s3://"):
+            return {}
+        opts: dict[str, Any] = {"client_kwargs": {"region_name": self.s3_region}}
+        if self.s3_endpoint_url:
+            opts["endpoint_url"] = self.s3_endpoint_url
+        if self.s3_key is not None and self.s3_secret is not None:
+            opts["key"] = self.s3_key.get_secret_value()
+            opts["secret"] = self.s3_secret.get_secret_value()
+        return opts
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings now (environment, .env, then explicit overrides win)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

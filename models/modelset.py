@@ -60,7 +60,9 @@ class ModelSetManifest:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ModelSetError(f"model set {self.name!r}: unknown kind {self.kind!r}; expected one of {KINDS}")
+            raise ModelSetError(
+                f"model set {self.name!r}: unknown kind {self.kind!r}; expected one of {KINDS}"
+            )
         if self.schema != SCHEMA:
             raise ModelSetError(f"model set {self.name!r}: unsupported manifest schema {self.schema!r}")
         n = len(self.joint_names)
@@ -125,7 +127,9 @@ class ModelSet:
 def read_local(folder: Path, verify: bool = True) -> ModelSet:
     mpath = folder / MANIFEST
     if not mpath.is_file():
-        raise ModelSetError(f"{folder}: no {MANIFEST}; build it (`mocapflow models build NAME`) or point to one")
+        raise ModelSetError(
+            f"{folder}: no {MANIFEST}; build it (`mocapflow models build NAME`) or point to one"
+        )
     try:
         manifest = ModelSetManifest.from_dict(json.loads(mpath.read_text()))
     except json.JSONDecodeError as e:
@@ -140,7 +144,9 @@ def read_local(folder: Path, verify: bool = True) -> ModelSet:
     return ModelSet(folder, manifest)
 
 
-def resolve(spec: str, modelsets_dir: Path, cache_dir: Path, storage_options: dict[str, Any] | None = None) -> ModelSet:
+def resolve(
+    spec: str, modelsets_dir: Path, cache_dir: Path, storage_options: dict[str, Any] | None = None
+) -> ModelSet:
     """Find a model set by built-in name (under ``modelsets_dir``), local folder, or remote prefix (cached locally).
 
     Remote sets are copied to ``cache_dir/remote/<manifest id>`` once; the copy is verified against the manifest.

@@ -1,0 +1,181 @@
+"""Runtime pieces shared by every model set: the pose-estimator interface and thread configuration.
+
+An actor that asks for k CPUs runs ONNX Runtime with intra_op=k, inter_op=1 and TensorFlow with k intra / 1 inter
+threads (DESIGN.md "Threads"). Never size a pool from os.cpu_count() inside a worker.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models.modelset import ModelSet, ModelSetError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from mocapflow.camera import Intrinsics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrameDetections:
+    """All people found in one frame (m may be 0)."""
+
+    boxes: np.ndarray  # [m, 4] float32 x0, y0, x1, y1 px
+    scores: np.ndarray  # [m] float32
+    kp2d: np.ndarray  # [m, J, 2] float32 px
+    kp3d: np.ndarray  # [m, J, 3] float32 camera-frame mm (NaN when the model has no 3D)
+    conf: np.ndarray  # [m, J] float32 in [0, 1]
+
+    def __post_init__(self) -> None:
+        m = self.boxes.shape[0]
+        if not (
+            self.scores.shape == (m,)
+            and self.kp2d.shape[0] == m
+            and self.kp3d.shape[0] == m
+            and self.conf.shape[0] == m
+        ):
+            raise ValueError("FrameDetections: inconsistent number of people across arrays")
+
+    @property
+    def n(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @staticmethod
+    def empty(n_joints: int) -> FrameDetections:
+        return FrameDetections(
+            boxes=np.zeros((0, 4), np.float32),
+            scores=np.zeros((0,), np.float32),
+            kp2d=np.zeros((0, n_joints, 2), np.float32),
+            kp3d=np.zeros((0, n_joints, 3), np.float32),
+            conf=np.zeros((0, n_joints), np.float32),
+        )
+
+
+@dataclass(frozen=True)
+class ThreadConfig:
+    """Threads for one actor or task: k intra-op threads, one inter-op thread, optional spinning."""
+
+    threads: int = 1
+    spinning: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+class PoseEstimator(abc.ABC):
+    """Load models in ``__init__``; pure work in ``__call__``.
+
+    Subclasses split their work into ``preprocess`` / inference / ``postprocess``; pre and post are plain numpy
+    functions tested without a model.
+    """
+
+    joint_names: Sequence[str]
+    joint_edges: Sequence[tuple[int, int]]
+
+    def __init__(self, model_set: ModelSet, threads: ThreadConfig) -> None:
+        self.model_set = model_set
+        self.threads = threads
+        self.joint_names = list(model_set.manifest.joint_names)
+        self.joint_edges = [tuple(e) for e in model_set.manifest.joint_edges]
+
+    @abc.abstractmethod
+    def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
+        """frames: uint8 [n, H, W, 3] RGB -> one FrameDetections per frame."""
+
+
+def ort_session(
+    path: Path, threads: ThreadConfig, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
+    """An ONNX Runtime session with explicit thread settings (it ignores OMP_NUM_THREADS and Ray's num_cpus)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads.threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads.spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if threads.spinning else "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
+
+
+def session_threads(session: ort.InferenceSession) -> dict[str, Any]:
+    """The thread settings a session was built with (for tests and the actor's self-report)."""
+    so = session.get_session_options()
+    return {
+        "intra_op_num_threads": so.intra_op_num_threads,
+        "inter_op_num_threads": so.inter_op_num_threads,
+        "allow_spinning": so.get_session_config_entry("session.intra_op.allow_spinning") == "1",
+        "graph_optimization_level": str(so.graph_optimization_level),
+    }
+
+
+def configure_tensorflow(threads: ThreadConfig) -> dict[str, int]:
+    """Set TF's intra/inter op threads; must run before TF executes its first op in this process."""
+    import tensorflow as tf
+
+    if tf.config.threading.get_intra_op_parallelism_threads() not in (
+        0,
+        threads.threads,
+    ) or tf.config.threading.get_inter_op_parallelism_threads() not in (0, 1):
+        logger.warning("TensorFlow threads were already configured in this process; keeping them")
+    else:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError as e:  # TF already initialised its runtime
+            logger.warning(
+                "could not set TensorFlow threads (%s); TF was initialised earlier in this process", e
+            )
+    return {
+        "intra_op_parallelism_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_parallelism_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+def pin_to_cpus(n: int) -> list[int] | None:
+    """Pin this process to n CPUs of its current affinity set (the lowest ids), where the OS allows.
+
+    Returns the CPU set, or None where pinning is not possible. Inside a Ray worker, Ray has no CPU-set isolation,
+    so callers pass the CPU ids they were assigned when known; this helper keeps the first n of what is allowed.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    chosen = allowed[: max(1, min(n, len(allowed)))]
+    try:
+        os.sched_setaffinity(0, chosen)
+    except OSError as e:
+        logger.warning("could not pin to CPUs %s: %s", chosen, e)
+        return None
+    return chosen
+
+
+def open_estimator(model_set: ModelSet, threads: ThreadConfig) -> PoseEstimator:
+    """Instantiate the runtime for a model set's kind."""
+    kind = model_set.manifest.kind
+    if kind == "markers":
+        from models.markers.runtime import MarkersEstimator
+
+        return MarkersEstimator(model_set, threads)
+    if kind == "blazepose":
+        from models.blazepose.runtime import BlazePoseEstimator
+
+        return BlazePoseEstimator(model_set, threads)
+    if kind == "metrabs":
+        from models.metrabs.runtime import MetrabsEstimator
+
+        return MetrabsEstimator(model_set, threads)
+    raise ModelSetError(f"model set {model_set.manifest.name!r}: no runtime for kind {kind!r}")

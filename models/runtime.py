@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,24 +142,6 @@ def configure_tensorflow(threads: ThreadConfig) -> dict[str, int]:
         "intra_op_parallelism_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_parallelism_threads": tf.config.threading.get_inter_op_parallelism_threads(),
     }
-
-
-def pin_to_cpus(n: int) -> list[int] | None:
-    """Pin this process to n CPUs of its current affinity set (the lowest ids), where the OS allows.
-
-    Returns the CPU set, or None where pinning is not possible. Inside a Ray worker, Ray has no CPU-set isolation,
-    so callers pass the CPU ids they were assigned when known; this helper keeps the first n of what is allowed.
-    """
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    chosen = allowed[: max(1, min(n, len(allowed)))]
-    try:
-        os.sched_setaffinity(0, chosen)
-    except OSError as e:
-        logger.warning("could not pin to CPUs %s: %s", chosen, e)
-        return None
-    return chosen
 
 
 def open_estimator(model_set: ModelSet, threads: ThreadConfig) -> PoseEstimator:

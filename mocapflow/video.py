@@ -1,0 +1,192 @@
+"""Video probing and batched decoding (OpenCV's FFmpeg backend: the fastest decoder here).
+
+Local paths (or ``file://``) are read in place; remote URIs (``s3://`` ...) are copied to a local temp file first.
+A bad video (empty, truncated, not a video, no frames) raises :class:`VideoError` naming the file and the problem;
+network errors while copying a remote video are left as they are (OSError) so the orchestration layer can retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+class VideoError(ValueError):
+    """This video cannot be used; the message names the file and what is wrong with it. Retrying will not help."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe` learns about a video. ``n_frames`` is the container's count (``duration_s = n_frames/fps``);
+    ``width``/``height`` are those of the decoded frames."""
+
+    uri: str
+    fps: float
+    width: int
+    height: int
+    n_frames: int
+    duration_s: float
+    sha256: str
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def local_copy(
+    uri: str, storage_options: dict[str, Any] | None = None, hash_local: bool = True
+) -> Iterator[tuple[str, str | None, int]]:
+    """Yield ``(local_path, sha256, size_bytes)`` for ``uri``; a remote file is copied to a temp file (removed after).
+
+    The sha256 of a local file is computed only if ``hash_local`` (else None). VideoError if there is no such file.
+    """
+    if _is_local(uri):
+        path = uri.removeprefix("file://")
+        if not os.path.isfile(path):
+            raise VideoError(f"video {uri}: no such file")
+        yield path, (_sha256_file(path) if hash_local else None), os.path.getsize(path)
+        return
+    import fsspec
+
+    suffix = os.path.splitext(uri.rsplit("/", 1)[-1])[1][:16]
+    fd, tmp = tempfile.mkstemp(prefix="mocapflow-video-", suffix=suffix)
+    try:
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with fsspec.open(uri, "rb", **(storage_options or {})) as src, os.fdopen(fd, "wb") as dst:
+                for chunk in iter(lambda: src.read(_CHUNK), b""):
+                    h.update(chunk)
+                    size += len(chunk)
+                    dst.write(chunk)
+        except FileNotFoundError as e:
+            raise VideoError(f"video {uri}: no such file") from e
+        logger.debug("copied %s to %s (%d bytes)", uri, tmp, size)
+        yield tmp, h.hexdigest(), size
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _open(path: str, uri: str, size: int, threads: int | None) -> cv2.VideoCapture:
+    if size == 0:
+        raise VideoError(f"video {uri}: the file is empty (0 bytes); re-export or re-upload it")
+    params: list[int] = []
+    if threads is not None:
+        params = [cv2.CAP_PROP_N_THREADS, int(threads)]
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
+    if not cap.isOpened():
+        cap.release()
+        raise VideoError(
+            f"video {uri}: not a decodable video (FFmpeg cannot open it: truncated, corrupt or not a video file); "
+            "check the file or re-export it"
+        )
+    return cap
+
+
+def probe(uri: str, storage_options: dict[str, Any] | None = None, count_frames: bool = False) -> VideoInfo:
+    """Size, frame rate, frame count and content hash of a video; decodes its first frame to prove it is usable.
+
+    ``count_frames=True`` counts frames by decoding the whole video instead of trusting the container.
+    """
+    with local_copy(uri, storage_options) as (path, sha, size):
+        cap = _open(path, uri, size, threads=1)
+        try:
+            ok, first = cap.read()
+            if not ok or first is None:
+                raise VideoError(f"video {uri}: no frames (the container opens but no frame decodes)")
+            fps = float(cap.get(cv2.CAP_PROP_FPS))
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            if count_frames or n <= 0:
+                n = 1
+                while cap.grab():
+                    n += 1
+        finally:
+            cap.release()
+    if not (math.isfinite(fps) and fps > 0):
+        raise VideoError(
+            f"video {uri}: no valid frame rate (got {fps}); re-export it with a constant frame rate"
+        )
+    height, width = first.shape[:2]
+    assert sha is not None
+    info = VideoInfo(uri, fps, int(width), int(height), n, n / fps, sha, size)
+    logger.debug("probed %s: %dx%d, %d frames at %.3f fps", uri, width, height, n, fps)
+    return info
+
+
+def iter_batches(
+    uri: str,
+    batch_size: int,
+    storage_options: dict[str, Any] | None = None,
+    threads: int | None = None,
+) -> Iterator[NDArray[np.uint8]]:
+    """Decode ``uri`` into batches of RGB frames, uint8 ``[n, H, W, 3]`` with ``n <= batch_size`` (last may be short).
+
+    ``threads`` caps FFmpeg's decoder threads (None: FFmpeg's default). Each yielded array is new (safe to keep).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    with local_copy(uri, storage_options, hash_local=False) as (path, _sha, size):
+        cap = _open(path, uri, size, threads)
+        try:
+            total = 0
+            buf: NDArray[np.uint8] | None = None
+            shape: tuple[int, ...] = ()
+            k = 0
+            while True:
+                ok, bgr = cap.read()
+                if not ok or bgr is None:
+                    break
+                if buf is None:
+                    shape = bgr.shape
+                    if len(shape) != 3 or shape[2] != 3:
+                        raise VideoError(
+                            f"video {uri}: decoded frames have shape {shape}, expected H x W x 3"
+                        )
+                    buf = np.empty((batch_size, *shape), np.uint8)
+                elif bgr.shape != shape:
+                    raise VideoError(
+                        f"video {uri}: frame {total} has size {bgr.shape[:2]}, earlier frames {shape[:2]}; "
+                        "the frame size must not change"
+                    )
+                cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=buf[k])
+                k += 1
+                total += 1
+                if k == batch_size:
+                    yield buf
+                    buf = np.empty((batch_size, *shape), np.uint8)
+                    k = 0
+            if total == 0:
+                raise VideoError(f"video {uri}: no frames (the container opens but no frame decodes)")
+            if k and buf is not None:
+                yield buf[:k].copy()
+        finally:
+            cap.release()

@@ -1,0 +1,25 @@
+"""Shared fixtures. Other test modules append their own fixtures below; keep this file free of global side effects."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from infra.s3server import S3Server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real moto S3 endpoint on loopback for the whole session (in memory; gone when the session ends)."""
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket on ``s3_server``; returns its name (use ``f"s3://{name}"``)."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3_server.make_bucket(name)
+    return name

@@ -1,0 +1,111 @@
+"""Landmark-model post-processing: image landmarks, confidences, and world landmarks put into the camera frame.
+
+``pose_landmark_full`` outputs, per crop: 39 x (x, y, z, visibility, presence) in input units of its 256x256 input
+(the first 33 are the BlazePose landmarks, the rest auxiliary), a pose-presence score, and 39 x (x, y, z) world
+landmarks in metres with the origin at the hip centre, axes along the crop's (x right, y down, z away from the
+camera). MediaPipe rotates the world landmarks' x/y by the crop rotation so their axes follow the image's.
+
+Camera frame (an approximation, documented): BlazePose gives no absolute depth. We keep the world landmarks'
+metric shape and orientation (axes taken as the camera's, which holds near the optical axis) and solve for the one
+translation T that best reprojects them onto the 2D landmarks with the video's intrinsics:
+``u_j - cx = fx (X_j + Tx) / (Z_j + Tz)`` (and v), linearised as
+``fx Tx - (u_j - cx) Tz = (u_j - cx) Z_j - fx X_j``, weighted by confidence and solved by least squares. The hip
+centre's depth Tz is therefore ~ focal length x the model's metric body size / the body's size in pixels: it is only
+as good as the model's prior on body size (a small adult and a tall one at the same pixel size get the same depth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.blazepose.detection import sigmoid
+from models.blazepose.geometry import input_units_to_image, roi_matrix
+from models.blazepose.skeleton import N_JOINTS
+
+N_MODEL_LANDMARKS = 39
+
+
+def decode_landmarks(
+    raw: np.ndarray, rois: np.ndarray, input_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw landmarks [n, 195] and their crops' ROIs [n, 4] -> 2D px [n, 33, 2] and conf [n, 33].
+
+    conf = sigmoid(visibility) * sigmoid(presence).
+    """
+    lm = np.asarray(raw, np.float64).reshape(-1, N_MODEL_LANDMARKS, 5)[:, :N_JOINTS]
+    if lm.shape[0] != rois.shape[0]:
+        raise ValueError(f"{lm.shape[0]} landmark sets for {rois.shape[0]} ROIs")
+    kp2d = np.stack(
+        [input_units_to_image(roi_matrix(roi, input_size), p[:, :2]) for roi, p in zip(rois, lm, strict=True)]
+    ).reshape(-1, N_JOINTS, 2)
+    conf = sigmoid(lm[..., 3]) * sigmoid(lm[..., 4])
+    return kp2d.astype(np.float32), conf.astype(np.float32)
+
+
+def decode_world(raw: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """Raw world landmarks [n, 117] and crop rotations [n] -> [n, 33, 3] metres, hip-centred, image-aligned axes."""
+    w = np.asarray(raw, np.float64).reshape(-1, N_MODEL_LANDMARKS, 3)[:, :N_JOINTS]
+    c = np.cos(rotation)[:, None]
+    s = np.sin(rotation)[:, None]
+    x = c * w[..., 0] - s * w[..., 1]
+    y = s * w[..., 0] + c * w[..., 1]
+    return np.stack([x, y, w[..., 2]], axis=-1)
+
+
+def camera_translation(
+    world: np.ndarray,
+    kp2d: np.ndarray,
+    weights: np.ndarray,
+    fx: float,
+    fy: float,
+    cx: float,
+    cy: float,
+) -> np.ndarray:
+    """Translation T [3] (metres) putting hip-centred world landmarks [J, 3] into the camera frame (module doc).
+
+    Returns NaNs when the system is degenerate or the solution lies behind the camera.
+    """
+    w = np.sqrt(np.clip(np.asarray(weights, np.float64), 0.0, None))
+    if not np.all(np.isfinite(world)) or not np.all(np.isfinite(kp2d)) or w.sum() <= 1e-6:
+        return np.full(3, np.nan)
+    du = kp2d[:, 0].astype(np.float64) - cx
+    dv = kp2d[:, 1].astype(np.float64) - cy
+    j = world.shape[0]
+    a = np.zeros((2 * j, 3))
+    b = np.empty(2 * j)
+    a[:j, 0] = fx
+    a[:j, 2] = -du
+    b[:j] = du * world[:, 2] - fx * world[:, 0]
+    a[j:, 1] = fy
+    a[j:, 2] = -dv
+    b[j:] = dv * world[:, 2] - fy * world[:, 1]
+    ww = np.concatenate([w, w])
+    t, *_ = np.linalg.lstsq(a * ww[:, None], b * ww, rcond=None)
+    if not np.all(np.isfinite(t)) or t[2] <= 0:
+        return np.full(3, np.nan)
+    return t
+
+
+def world_to_camera_mm(
+    world: np.ndarray, kp2d: np.ndarray, conf: np.ndarray, fx: float, fy: float, cx: float, cy: float
+) -> np.ndarray:
+    """World landmarks [n, J, 3] m -> camera-frame [n, J, 3] mm (NaN for a person whose translation is degenerate)."""
+    out = np.empty(world.shape, np.float32)
+    for i in range(world.shape[0]):
+        t = camera_translation(world[i], kp2d[i], conf[i], fx, fy, cx, cy)
+        out[i] = (world[i] + t) * 1000.0
+    return out
+
+
+def landmark_boxes(kp2d: np.ndarray, conf: np.ndarray, min_conf: float = 0.5) -> np.ndarray:
+    """Boxes [n, 4] (x0, y0, x1, y1) around each person's landmarks [n, J, 2] with conf >= ``min_conf``.
+
+    BlazePose also guesses landmarks outside the frame (legs below a portrait's edge); they would blow the box up.
+    A person with fewer than two confident landmarks gets the box of all of them.
+    """
+    boxes = np.empty((kp2d.shape[0], 4), np.float32)
+    for i, (p, c) in enumerate(zip(kp2d, conf, strict=True)):
+        sel = p[c >= min_conf] if np.count_nonzero(c >= min_conf) >= 2 else p
+        boxes[i, :2] = sel.min(axis=0)
+        boxes[i, 2:] = sel.max(axis=0)
+    return boxes

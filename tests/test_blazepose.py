@@ -1,0 +1,449 @@
+"""BlazePose model set: pure pre/post-processing (no model), then the real pretrained weights on a real photo."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from models.blazepose import JOINT_EDGES, JOINT_NAMES
+from models.blazepose.detection import (
+    AnchorOptions,
+    Detections,
+    decode_detections,
+    iou,
+    ssd_anchors,
+    weighted_nms,
+)
+from models.blazepose.geometry import (
+    image_to_input_units,
+    input_units_to_image,
+    letterbox_matrix,
+    roi_from_alignment,
+    roi_matrix,
+    sample_affine,
+)
+from models.blazepose.landmarks import (
+    camera_translation,
+    decode_landmarks,
+    decode_world,
+    landmark_boxes,
+)
+from models.modelset import ModelSet
+
+if TYPE_CHECKING:
+    from models.blazepose.runtime import BlazePoseEstimator
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# -- anchors ---------------------------------------------------------------------------------------------------
+
+
+def test_anchor_count_and_layout_for_the_pose_detector() -> None:
+    a = ssd_anchors()
+    # strides 8, 16, 32, 32, 32 on 224: maps 28, 14, 7; 2 anchors per layer (ratio 1 + interpolated scale);
+    # the three stride-32 layers share the 7x7 map
+    assert a.shape == (28 * 28 * 2 + 14 * 14 * 2 + 7 * 7 * 6, 4) == (2254, 4)
+    np.testing.assert_allclose(a[0], [0.5 / 28, 0.5 / 28, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(a[1], [0.5 / 28, 0.5 / 28, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(a[2], [1.5 / 28, 0.5 / 28, 1, 1], rtol=1e-6)  # x varies fastest
+    np.testing.assert_allclose(a[28 * 2], [0.5 / 28, 1.5 / 28, 1, 1], rtol=1e-6)
+    first_16 = 28 * 28 * 2
+    np.testing.assert_allclose(a[first_16], [0.5 / 14, 0.5 / 14, 1, 1], rtol=1e-6)
+    last = a[-6:]
+    np.testing.assert_allclose(last[:, :2], np.full((6, 2), 6.5 / 7), rtol=1e-6)
+
+
+def test_anchor_sizes_when_not_fixed() -> None:
+    opts = AnchorOptions(fixed_anchor_size=False)
+    a = ssd_anchors(opts)
+    s = [0.1484375 + (0.75 - 0.1484375) * i / 4 for i in range(5)]
+    np.testing.assert_allclose(a[0, 2:], [s[0], s[0]], rtol=1e-6)
+    np.testing.assert_allclose(a[1, 2:], [math.sqrt(s[0] * s[1])] * 2, rtol=1e-6)
+    # last cell of the shared stride-32 map: layers 2, 3, 4, each with its interpolated anchor (1.0 after the last)
+    expected = [s[2], math.sqrt(s[2] * s[3]), s[3], math.sqrt(s[3] * s[4]), s[4], math.sqrt(s[4] * 1.0)]
+    np.testing.assert_allclose(a[-6:, 2], expected, rtol=1e-6)
+
+
+# -- decoding and NMS ------------------------------------------------------------------------------------------
+
+
+def test_decode_synthetic_raw_output() -> None:
+    anchors = ssd_anchors()
+    raw = np.zeros((anchors.shape[0], 12), np.float32)
+    logits = np.full(anchors.shape[0], -8.0, np.float32)
+    i = 1000
+    ax, ay = anchors[i, :2]
+    # (x, y, w, h) offsets in 224 px, then 4 keypoints, all relative to the anchor centre
+    raw[i] = [22.4, -11.2, 44.8, 67.2, 0.0, 0.0, 11.2, -22.4, 0, 0, 0, 0]
+    logits[i] = 2.0
+    logits[i + 1] = 0.1  # sigmoid 0.525: above 0.5 too
+    d = decode_detections(raw, logits[:, None], anchors, min_score=0.5)
+    assert d.n == 2
+    j = int(np.argmax(d.scores))
+    assert d.scores[j] == pytest.approx(_sigmoid(2.0), rel=1e-6)
+    cx, cy, w, h = ax + 0.1, ay - 0.05, 0.2, 0.3
+    np.testing.assert_allclose(d.boxes[j], [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], atol=1e-6)
+    np.testing.assert_allclose(d.keypoints[j, 0], [ax, ay], atol=1e-6)
+    np.testing.assert_allclose(d.keypoints[j, 1], [ax + 0.05, ay - 0.1], atol=1e-6)
+    assert decode_detections(raw, logits, anchors, min_score=0.9).n == 0
+
+
+def test_decode_rejects_a_wrong_layout() -> None:
+    anchors = ssd_anchors()
+    with pytest.raises(ValueError, match="values per anchor"):
+        decode_detections(np.zeros((anchors.shape[0], 10)), np.zeros(anchors.shape[0]), anchors, 0.5)
+
+
+def test_iou() -> None:
+    boxes = np.array([[1, 0, 3, 2], [5, 5, 6, 6], [0, 0, 2, 2]], np.float32)
+    np.testing.assert_allclose(iou(np.array([0, 0, 2, 2], np.float32), boxes), [2 / 6, 0, 1], atol=1e-6)
+
+
+def test_weighted_nms_merges_overlaps_with_score_weights() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], np.float32)
+    kps = np.zeros((3, 4, 2), np.float32)
+    kps[0, 0] = [5, 5]
+    kps[1, 0] = [8, 5]
+    kps[2, 0] = [55, 55]
+    scores = np.array([0.6, 0.9, 0.7], np.float32)  # IoU(0, 1) = 90 / 110 > 0.3
+    out = weighted_nms(Detections(boxes, kps, scores), iou_threshold=0.3)
+    assert out.n == 2
+    np.testing.assert_allclose(out.scores, [0.9, 0.7])
+    w0, w1 = 0.6 / 1.5, 0.9 / 1.5
+    np.testing.assert_allclose(out.boxes[0], [w1 * 1, 0, w0 * 10 + w1 * 11, 10], atol=1e-5)
+    np.testing.assert_allclose(out.keypoints[0, 0], [w0 * 5 + w1 * 8, 5], atol=1e-5)
+    np.testing.assert_allclose(out.boxes[1], boxes[2])
+    # a stricter threshold keeps all three
+    assert weighted_nms(Detections(boxes, kps, scores), iou_threshold=0.9).n == 3
+
+
+# -- geometry --------------------------------------------------------------------------------------------------
+
+
+def test_roi_from_alignment_rotation_and_size() -> None:
+    centre = np.array([[100.0, 200.0], [100.0, 200.0]])
+    scale_pt = np.array([[100.0, 140.0], [160.0, 200.0]])  # head straight up; head to the image's right
+    rois = roi_from_alignment(centre, scale_pt, expand=1.25)
+    np.testing.assert_allclose(rois[:, :2], centre)
+    np.testing.assert_allclose(rois[:, 2], [150.0, 150.0])
+    np.testing.assert_allclose(rois[:, 3], [0.0, math.pi / 2], atol=1e-12)
+    # in both crops the scale point lands straight above the centre: 60 px * 256 / 150 above the middle
+    for roi, p in zip(rois, scale_pt, strict=True):
+        q = image_to_input_units(roi_matrix(roi, 256), p)
+        np.testing.assert_allclose(q, [128.0, 128.0 - 60.0 * 256 / 150], atol=1e-9)
+
+
+def test_crop_and_inverse_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        roi = np.array([rng.uniform(0, 600), rng.uniform(0, 400), rng.uniform(50, 900), rng.uniform(-3, 3)])
+        m = roi_matrix(roi, 256)
+        pts = rng.uniform(-50, 300, (20, 2))
+        np.testing.assert_allclose(image_to_input_units(m, input_units_to_image(m, pts)), pts, atol=1e-9)
+        # the crop centre is the ROI centre
+        np.testing.assert_allclose(input_units_to_image(m, [128.0, 128.0]), roi[:2], atol=1e-9)
+
+
+def test_crop_pixels_follow_the_mapping() -> None:
+    """A bright blob in the image appears in the rotated crop where the mapping says, and maps back."""
+    img = np.zeros((240, 320, 3), np.uint8)
+    yy, xx = np.mgrid[0:240, 0:320]
+    blob = (230.0, 60.0)
+    img[..., 1] = (255 * np.exp(-((xx - blob[0]) ** 2 + (yy - blob[1]) ** 2) / (2 * 4.0**2))).astype(np.uint8)
+    roi = np.array([160.0, 120.0, 256.0, math.radians(30)])  # scale 1: crop px = image px
+    m = roi_matrix(roi, 256)
+    crop = sample_affine(img, m, 256, border="zero")[..., 1]
+    w = np.clip(crop - 20, 0, None)
+    ci, cj = np.mgrid[0:256, 0:256]
+    centroid = np.array([(w * cj).sum() / w.sum(), (w * ci).sum() / w.sum()])  # crop px (x, y)
+    np.testing.assert_allclose(input_units_to_image(m, centroid + 0.5), blob, atol=0.3)
+    # rotation by hand: image offset (70, -60) from the centre, rotated back by -30 degrees
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    expected = np.array([c * 70 + s * -60, -s * 70 + c * -60]) + 127.5
+    np.testing.assert_allclose(centroid, expected, atol=0.3)
+
+
+def test_letterbox_mapping_and_padding() -> None:
+    m = letterbox_matrix(640, 480, 224)
+    k = 224 / 640
+    # image edges (-0.5 px) map to the tensor's left edge and to the top of the 168-px tall band
+    np.testing.assert_allclose(image_to_input_units(m, [-0.5, -0.5]), [0.0, (224 - 480 * k) / 2], atol=1e-9)
+    np.testing.assert_allclose(image_to_input_units(m, [639.5, 479.5]), [224.0, 224 - 28.0], atol=1e-9)
+    img = np.full((480, 640, 3), 200, np.uint8)
+    x = sample_affine(img, m, 224, border="zero")
+    assert np.all(x[:27] == 0) and np.all(x[-27:] == 0)  # padding rows
+    np.testing.assert_allclose(x[29:-29], 200.0, atol=1e-3)
+
+
+def test_sample_affine_identity_shift_and_borders() -> None:
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    ident = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    np.testing.assert_allclose(sample_affine(img, ident, 8), img.astype(np.float32), atol=1e-4)
+    half = np.array([[1.0, 0, 0.5], [0, 1.0, 0]])
+    got = sample_affine(img, half, 8)
+    np.testing.assert_allclose(got[:, :7], (img[:, :7].astype(float) + img[:, 1:]) / 2, atol=1e-3)
+    np.testing.assert_allclose(got[:, 7], img[:, 7], atol=1e-3)  # replicate beyond the right edge
+    far = np.array([[1.0, 0, 100.0], [0, 1.0, 0]])
+    assert np.all(sample_affine(img, far, 8, border="zero") == 0)
+    np.testing.assert_allclose(sample_affine(img, far, 8)[:, 0], img[:, 7], atol=1e-3)
+    with pytest.raises(ValueError, match="border"):
+        sample_affine(img, ident, 8, border="reflect")
+
+
+# -- landmarks -------------------------------------------------------------------------------------------------
+
+
+def test_decode_landmarks_to_image_px_and_conf() -> None:
+    raw = np.zeros((1, 39, 5), np.float32)
+    raw[0, :, 0] = np.linspace(0, 256, 39)
+    raw[0, :, 1] = 64.0
+    raw[0, :, 3] = 2.0  # visibility logit
+    raw[0, :, 4] = -1.0  # presence logit
+    roi = np.array([[300.0, 200.0, 512.0, 0.0]])  # 2 image px per crop unit, no rotation
+    kp2d, conf = decode_landmarks(raw.reshape(1, -1), roi)
+    assert kp2d.shape == (1, 33, 2) and conf.shape == (1, 33)
+    np.testing.assert_allclose(kp2d[0, :, 0], 300 + (raw[0, :33, 0] - 128) * 2, atol=1e-3)
+    np.testing.assert_allclose(kp2d[0, :, 1], 200 + (64 - 128) * 2, atol=1e-3)
+    np.testing.assert_allclose(conf, _sigmoid(2.0) * _sigmoid(-1.0), rtol=1e-5)
+
+
+def test_decode_world_rotates_in_the_image_plane() -> None:
+    raw = np.zeros((2, 39, 3), np.float32)
+    raw[:, 11] = [0.2, -0.5, 0.1]
+    world = decode_world(raw.reshape(2, -1), np.array([0.0, math.pi / 2]))
+    np.testing.assert_allclose(world[0, 11], [0.2, -0.5, 0.1], atol=1e-6)
+    np.testing.assert_allclose(world[1, 11], [0.5, 0.2, 0.1], atol=1e-6)  # x' = -y, y' = x
+
+
+def test_camera_translation_recovers_a_known_placement() -> None:
+    rng = np.random.default_rng(3)
+    world = rng.normal(0, 0.3, (33, 3))
+    world -= world.mean(axis=0)
+    t_true = np.array([0.25, -0.1, 3.2])
+    fx, fy, cx, cy = 900.0, 910.0, 639.5, 359.5
+    cam = world + t_true
+    kp2d = np.stack([fx * cam[:, 0] / cam[:, 2] + cx, fy * cam[:, 1] / cam[:, 2] + cy], axis=-1)
+    conf = rng.uniform(0.3, 1.0, 33)
+    np.testing.assert_allclose(camera_translation(world, kp2d, conf, fx, fy, cx, cy), t_true, atol=1e-9)
+    # twice the pixel size -> about half the depth
+    t_near = camera_translation(world, (kp2d - [cx, cy]) * 2 + [cx, cy], conf, fx, fy, cx, cy)
+    assert 1.4 < t_near[2] < 1.8
+    assert np.all(np.isnan(camera_translation(world, kp2d, np.zeros(33), fx, fy, cx, cy)))
+
+
+def test_landmark_boxes_ignore_unconfident_points() -> None:
+    kp = np.array([[[10, 20], [30, 5], [500, 900]], [[1, 1], [2, 3], [4, 2]]], np.float32)
+    conf = np.array([[0.9, 0.8, 0.1], [0.1, 0.2, 0.3]], np.float32)
+    np.testing.assert_allclose(landmark_boxes(kp, conf), [[10, 5, 30, 20], [1, 1, 4, 3]])
+
+
+def test_skeleton() -> None:
+    assert len(JOINT_NAMES) == 33 and JOINT_NAMES[0] == "nose" and JOINT_NAMES[-1] == "right_foot_index"
+    assert len(set(JOINT_EDGES)) == len(JOINT_EDGES) == 35
+
+    def side(i: int) -> str:
+        return "left" if "left" in JOINT_NAMES[i] else "right" if "right" in JOINT_NAMES[i] else "centre"
+
+    # only the mouth, shoulder and hip edges join the two sides
+    crossing = {e for e in JOINT_EDGES if {side(e[0]), side(e[1])} == {"left", "right"}}
+    assert crossing == {(9, 10), (11, 12), (23, 24)}
+
+
+# -- the real model --------------------------------------------------------------------------------------------
+
+# Stable across runs: the 36 MB wheel is downloaded once, and the built set is reused until build.py changes
+# (a first run on a fresh machine builds it: ~35 s of CPU, up to ~90 s on a busy 2-core machine).
+CACHE_DIR = Path.home() / ".cache" / "mocapflow"
+
+# Face of the astronaut in skimage's 512x512 photo, read off the image by eye (skin from the hairline to the chin,
+# ear to ear, with a margin): x 170-275, y 60-190. Her nose tip is near (223, 128).
+FACE = (170.0, 60.0, 275.0, 190.0)
+
+
+def _cached_set_dir() -> Path:
+    import models.blazepose.build as build_module
+
+    code = hashlib.sha256(Path(build_module.__file__).read_bytes()).hexdigest()[:12]
+    return CACHE_DIR / "test-modelsets" / f"blazepose-{code}"
+
+
+@pytest.fixture(scope="module")
+def blazepose_set() -> ModelSet:
+    from models.blazepose.build import build
+
+    return build(_cached_set_dir(), cache_dir=CACHE_DIR)
+
+
+@pytest.fixture(scope="module")
+def estimator(blazepose_set: ModelSet) -> BlazePoseEstimator:
+    from models.blazepose.runtime import BlazePoseEstimator
+    from models.runtime import ThreadConfig
+
+    return BlazePoseEstimator(blazepose_set, ThreadConfig(threads=2))
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.astronaut()
+
+
+@pytest.mark.slow
+def test_build_from_scratch_is_deterministic_and_rebuild_is_a_noop(
+    blazepose_set: ModelSet, tmp_path: Path
+) -> None:
+    """A fresh build (tf2onnx conversion, ONNX-vs-TFLite check): ~35 s of CPU on this machine."""
+    from models.blazepose.build import build
+    from models.modelset import read_local
+
+    fresh = build(tmp_path / "blazepose", cache_dir=CACHE_DIR)
+    assert fresh.id == blazepose_set.id  # same wheel, same converter -> same content id
+    m = fresh.manifest
+    assert m.kind == "blazepose" and m.input_resolution == [256, 256] and m.has_3d
+    assert m.joint_names[:3] == ["nose", "left_eye_inner", "left_eye"] and len(m.joint_names) == 33
+    assert sorted(m.files) == ["backbone", "detector"]
+    assert fresh.path("detector").suffix == ".tflite" and fresh.path("backbone").suffix == ".onnx"
+    wheel = CACHE_DIR / "downloads" / m.extra["source"]["wheel"]
+    assert m.extra["source"]["wheel_sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    read_local(fresh.root)  # hashes verify
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blazepose"]  # no staging folder left behind
+    before = (fresh.root / "manifest.json").stat().st_mtime_ns
+    again = build(fresh.root, cache_dir=CACHE_DIR)
+    assert again.id == fresh.id
+    assert (fresh.root / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_cached_set_is_valid(blazepose_set: ModelSet) -> None:
+    from models.modelset import read_local
+
+    m = read_local(blazepose_set.root).manifest
+    assert m.kind == "blazepose" and list(m.joint_names) == list(JOINT_NAMES)
+    assert [tuple(e) for e in m.joint_edges] == list(JOINT_EDGES)
+    assert m.extra["source"]["requirement"] == "mediapipe==0.10.21"
+
+
+def test_existing_folder_that_is_not_a_set_is_refused(tmp_path: Path) -> None:
+    from models.blazepose.build import build
+    from models.modelset import ModelSetError
+
+    (tmp_path / "blazepose").mkdir()
+    (tmp_path / "blazepose" / "notes.txt").write_text("mine")
+    with pytest.raises(ModelSetError, match="remove it or choose another destination"):
+        build(tmp_path / "blazepose", cache_dir=tmp_path / "cache")
+    assert (tmp_path / "blazepose" / "notes.txt").read_text() == "mine"
+
+
+def test_conversion_check_compares_with_tflite(
+    blazepose_set: ModelSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.blazepose import build as b
+    from models.modelset import ModelSetError
+
+    wheel = b.find_wheel(CACHE_DIR / "downloads")
+    assert wheel is not None
+    tflite = b.extract_member(wheel, b.LANDMARK_MEMBER, tmp_path / "landmarks.tflite")
+    diffs = b.verify_backbone(tflite, blazepose_set.path("backbone"))
+    assert sorted(diffs) == ["landmarks", "pose_presence", "world_landmarks"]
+    assert all(0.0 <= v <= b.MAX_ABS_DIFF[k] for k, v in diffs.items())
+    monkeypatch.setitem(b.MAX_ABS_DIFF, "world_landmarks", -1.0)
+    with pytest.raises(ModelSetError, match="world_landmarks"):
+        b.verify_backbone(tflite, blazepose_set.path("backbone"))
+
+
+def test_backbone_has_a_dynamic_batch(blazepose_set: ModelSet) -> None:
+    from models.blazepose.build import verify_inputs
+    from models.runtime import ThreadConfig, ort_session
+
+    s = ort_session(blazepose_set.path("backbone"), ThreadConfig(threads=1))
+    out = s.run(["landmarks", "world_landmarks"], {"image": verify_inputs()})
+    assert out[0].shape == (2, 195) and out[1].shape == (2, 117)
+    one = s.run(["landmarks"], {"image": verify_inputs()[1:]})[0]
+    np.testing.assert_allclose(one[0], out[0][1], atol=1e-3)
+
+
+def test_astronaut_one_person_facing_the_camera(estimator: BlazePoseEstimator, astronaut: np.ndarray) -> None:
+    from mocapflow.camera import Intrinsics
+
+    intr = Intrinsics.from_fov(512, 512, 55.0)
+    (det,) = estimator(astronaut[None], intr)
+    assert det.n == 1
+    kp = det.kp2d[0]
+    j = {n: i for i, n in enumerate(JOINT_NAMES)}
+    nose, ls, rs = kp[j["nose"]], kp[j["left_shoulder"]], kp[j["right_shoulder"]]
+    assert FACE[0] < nose[0] < FACE[2] and FACE[1] < nose[1] < FACE[3], nose
+    assert ls[1] > nose[1] + 50 and rs[1] > nose[1] + 50  # shoulders well below the nose
+    assert rs[0] < nose[0] < ls[0]  # her right shoulder on the image's left: she faces the camera
+    for name in ("nose", "left_eye", "right_eye", "left_shoulder", "right_shoulder"):
+        assert det.conf[0, j[name]] > 0.8, name
+    assert 0.0 <= det.conf.min() and det.conf.max() <= 1.0
+    x0, y0, x1, y1 = det.boxes[0]
+    assert x0 <= rs[0] and x1 >= ls[0] and y0 < nose[1] and y1 >= max(ls[1], rs[1])
+    # 3D: finite, in front of the camera, body-sized, and reprojecting onto the confident 2D landmarks
+    k3 = det.kp3d[0].astype(np.float64)
+    assert np.all(np.isfinite(k3)) and np.all(k3[:, 2] > 0)
+    hip_centre = (k3[j["left_hip"]] + k3[j["right_hip"]]) / 2
+    assert 300 < hip_centre[2] < 5000
+    assert 200 < np.linalg.norm(k3[j["left_shoulder"]] - k3[j["right_shoulder"]]) < 600
+    proj = np.stack([intr.fx * k3[:, 0] / k3[:, 2] + intr.cx, intr.fy * k3[:, 1] / k3[:, 2] + intr.cy], -1)
+    confident = det.conf[0] > 0.8
+    err = np.linalg.norm(proj[confident] - kp[confident], axis=1)
+    assert np.median(err) < 0.1 * np.linalg.norm(ls - rs), err
+
+
+def test_batch_of_frames_mirrored_and_empty(estimator: BlazePoseEstimator, astronaut: np.ndarray) -> None:
+    from mocapflow.camera import Intrinsics
+
+    intr = Intrinsics.from_fov(512, 512, 55.0)
+    mirrored = astronaut[:, ::-1].copy()
+    blank = np.full_like(astronaut, 128)
+    frames = np.stack([astronaut, blank, mirrored])
+    res = estimator(frames, intr)
+    assert [r.n for r in res] == [1, 0, 1]
+    (single,) = estimator(astronaut[None], intr)
+    np.testing.assert_allclose(res[0].kp2d, single.kp2d, atol=1e-2)
+    np.testing.assert_allclose(res[0].conf, single.conf, atol=1e-4)
+    j = {n: i for i, n in enumerate(JOINT_NAMES)}
+    # mirroring moves the nose to 511 - x. The models are not exactly
+    # mirror-symmetric and her hips are out of the frame, so the detector's crop differs: ~1300 px square, 5 image
+    # px per crop px; 16 px is ~3 crop px.
+    assert res[2].kp2d[0, j["nose"], 0] == pytest.approx(511 - single.kp2d[0, j["nose"], 0], abs=16)
+    assert res[2].kp2d[0, j["nose"], 1] == pytest.approx(single.kp2d[0, j["nose"], 1], abs=16)
+    # a mirrored front view is still a front view: the labels stay anatomical, so her right shoulder is again on
+    # the image's left, where the mirror put her left one (the bulky suit hides the joints: ~20 px disagreement)
+    mirrored_rs = res[2].kp2d[0, j["right_shoulder"]]
+    assert mirrored_rs[0] == pytest.approx(511 - single.kp2d[0, j["left_shoulder"], 0], abs=32)
+    assert mirrored_rs[1] == pytest.approx(single.kp2d[0, j["left_shoulder"], 1], abs=32)
+    assert res[1].kp2d.shape == (0, 33, 2) and res[1].kp3d.shape == (0, 33, 3)
+
+
+def test_two_people_side_by_side(estimator: BlazePoseEstimator, astronaut: np.ndarray) -> None:
+    from mocapflow.camera import Intrinsics
+
+    pair = np.concatenate([astronaut, astronaut[:, ::-1]], axis=1)  # 512 x 1024
+    (det,) = estimator(pair[None], Intrinsics.from_fov(1024, 512, 70.0))
+    assert det.n == 2
+    noses = np.sort(det.kp2d[:, 0, 0])
+    assert noses[0] < 512 < noses[1]
+
+
+def test_rejects_non_rgb_frames_and_accepts_no_frames(
+    estimator: BlazePoseEstimator, astronaut: np.ndarray
+) -> None:
+    from mocapflow.camera import Intrinsics
+
+    intr = Intrinsics.from_fov(512, 512, 55.0)
+    with pytest.raises(ValueError, match=r"uint8 \[n, H, W, 3\]"):
+        estimator(astronaut.astype(np.float32)[None], intr)
+    with pytest.raises(ValueError, match=r"uint8 \[n, H, W, 3\]"):
+        estimator(astronaut, intr)  # a single frame without the batch axis
+    assert estimator(np.zeros((0, 512, 512, 3), np.uint8), intr) == []

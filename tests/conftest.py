@@ -23,3 +23,14 @@ def s3_bucket(s3_server: S3Server) -> str:
     name = f"test-{uuid.uuid4().hex[:16]}"
     s3_server.make_bucket(name)
     return name
+
+
+from models.modelset import ModelSet  # noqa: E402 - appended fixtures keep the file's head untouched
+
+
+@pytest.fixture(scope="session")
+def markers_model_set(tmp_path_factory: pytest.TempPathFactory) -> ModelSet:
+    """The ``markers`` model set, built once per session into a temp folder (its ``root`` works as ``model_set``)."""
+    from models.markers.build import build
+
+    return build(tmp_path_factory.mktemp("modelsets") / "markers")

@@ -1,0 +1,87 @@
+"""Start or connect to Ray from settings, with the environment its workers need.
+
+Workers get their environment through ``runtime_env={"env_vars": ...}`` (ENVIRONMENT.md): PREFECT_API_URL when the
+driver has one (without it, every worker that touches Prefect starts its own temporary server), Prefect's analytics
+off, and quiet TensorFlow logs. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mocapflow.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "mocapflow"
+
+
+def worker_env(prefect_api_url: str | None = None) -> dict[str, str]:
+    """Environment variables for every Ray worker of this job."""
+    env = {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    if prefect_api_url:
+        env["PREFECT_API_URL"] = prefect_api_url
+    return env
+
+
+def local_cpus() -> int:
+    """CPUs this driver process may use (its affinity set, not the host's core count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def ensure_ray(
+    settings: Settings, prefect_api_url: str | None = None, num_cpus: int | None = None
+) -> dict[str, Any]:
+    """Connect to ``settings.ray_address`` or start Ray locally (``num_cpus`` default: this process's CPUs).
+
+    Idempotent: if Ray is already initialised in this process, it is reused as it is (a differing
+    PREFECT_API_URL is logged, not applied). Returns the cluster's resources.
+    """
+    import ray
+
+    env = worker_env(prefect_api_url)
+    if ray.is_initialized():
+        current = ray.get_runtime_context().runtime_env.get("env_vars", {}) or {}
+        if prefect_api_url and current.get("PREFECT_API_URL") != prefect_api_url:
+            logger.warning(
+                "Ray is already running without PREFECT_API_URL=%s for its workers; restart the driver to apply it",
+                prefect_api_url,
+            )
+        return dict(ray.cluster_resources())
+    kwargs: dict[str, Any] = {
+        "runtime_env": {"env_vars": env},
+        "namespace": NAMESPACE,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+    }
+    if settings.ray_address:
+        logger.info("connecting to Ray at %s", settings.ray_address)
+        ray.init(address=settings.ray_address, **kwargs)
+    else:
+        cpus = num_cpus or local_cpus()
+        logger.info("starting a local Ray with %d CPUs", cpus)
+        ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+    return dict(ray.cluster_resources())
+
+
+def cluster_cpus() -> int:
+    """Whole CPUs in the running Ray cluster."""
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
+def shutdown_ray() -> None:
+    """Stop (or disconnect from) Ray if it is running."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,319 @@
+"""The pose stage on Ray: one actor per k CPUs holds the models, a pool feeds it videos.
+
+Each :class:`PoseWorker` leases and pins k CPUs, sizes ONNX Runtime and TensorFlow to k intra-op threads and one
+inter-op thread, and opens its estimator once; every video it processes reuses it. :class:`PosePool` sends videos to
+idle actors and yields results as they finish; a video that fails becomes a :class:`PoseFailure` naming the video
+and the cause, and the other videos go on. An actor that dies is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from mocapflow.camera import Intrinsics
+from mocapflow.cpus import current_affinity, lease_cpus
+from mocapflow.pose.pipeline import PoseParams, PoseResult, run_pose
+from mocapflow.settings import Settings
+from mocapflow.store import Store
+from models.modelset import ModelSet, resolve
+from models.runtime import PoseEstimator, ThreadConfig, configure_tensorflow, open_estimator, session_threads
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_RESTARTS = 2
+DEFAULT_MAX_TASK_RETRIES = 1
+VideoProgress = Callable[[str, int, int], None]
+Estimator = Callable[[ModelSet, ThreadConfig], PoseEstimator]
+
+
+@dataclass(frozen=True)
+class PoseFailure:
+    """A video the pose stage could not process, and why. ``transient``: a retry may succeed (I/O, a dead actor)."""
+
+    video: str
+    error: str
+    message: str
+    transient: bool = False
+
+    def __str__(self) -> str:
+        return self.message if self.video in self.message else f"{self.video}: {self.error}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PoseOutcome = PoseResult | PoseFailure
+
+
+def _uses_tensorflow(model_set: ModelSet) -> bool:
+    """Model sets with a detector run it under TensorFlow (ARCHITECTURE.md "Folders")."""
+    return "detector" in model_set.manifest.files
+
+
+def _ort_sessions(obj: object, depth: int = 2) -> dict[str, Any]:
+    """ONNX Runtime sessions held by ``obj`` or its attributes (name -> session)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        return {}
+    found: dict[str, Any] = {}
+    for name, value in vars(obj).items() if hasattr(obj, "__dict__") else []:
+        if isinstance(value, ort.InferenceSession):
+            found[name] = value
+        elif depth > 1 and hasattr(value, "__dict__") and not isinstance(value, type):
+            found.update({f"{name}.{k}": v for k, v in _ort_sessions(value, depth - 1).items()})
+    return found
+
+
+def tensorflow_threads() -> dict[str, int] | None:
+    """TF's intra/inter op threads in this process, or None if TF was never imported here."""
+    if "tensorflow" not in sys.modules:
+        return None
+    tf = sys.modules["tensorflow"]
+    return {
+        "intra_op_parallelism_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_parallelism_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+class PoseWorker:
+    """Holds one estimator for its lifetime; ``process`` runs the pose stage on one video.
+
+    ``open_model`` replaces :func:`models.runtime.open_estimator` (tests register a tiny estimator this way).
+    """
+
+    def __init__(self, settings: Settings, cpus: int, open_model: Estimator | None = None) -> None:
+        self.settings = settings
+        self.lease = lease_cpus(cpus, pin=settings.pin_cpus)
+        self.threads = ThreadConfig(self.lease.threads, settings.ort_spinning)
+        self.model_set = resolve(
+            settings.model_set, settings.modelsets_dir, settings.cache_dir, settings.storage_options()
+        )
+        if _uses_tensorflow(self.model_set):
+            configure_tensorflow(self.threads)
+        self._open_model = open_model or open_estimator
+        self.loads = 0
+        self.videos = 0
+        self.store = Store.from_settings(settings)
+        self.estimator = self._load()
+
+    def _load(self) -> PoseEstimator:
+        t0 = time.perf_counter()
+        estimator = self._open_model(self.model_set, self.threads)
+        self.loads += 1
+        logger.info(
+            "pid %d: loaded model set %s (%s) with %d threads in %.2f s",
+            os.getpid(),
+            self.model_set.manifest.name,
+            self.model_set.id,
+            self.threads.threads,
+            time.perf_counter() - t0,
+        )
+        return estimator
+
+    def process(
+        self,
+        video_uri: str,
+        params: PoseParams,
+        intrinsics: Intrinsics | None = None,
+        progress: Any | None = None,
+    ) -> PoseResult:
+        """Run the pose stage on one video; ``progress`` is an optional progress-board actor handle."""
+
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress.update.remote(video_uri, done, total)
+
+        result = run_pose(
+            video_uri,
+            self.estimator,
+            self.store,
+            params,
+            intrinsics=intrinsics,
+            storage_options=self.settings.storage_options(),
+            decode_threads=self.threads.threads,
+            on_progress=report,
+        )
+        self.videos += 1
+        return result
+
+    def info(self) -> dict[str, Any]:
+        """Who this actor is and how its threads are set (for tests and diagnostics)."""
+        return {
+            "pid": os.getpid(),
+            "loads": self.loads,
+            "videos": self.videos,
+            "cpus": self.threads.threads,
+            "affinity": current_affinity(),
+            "pinned": self.lease.cpus,
+            "model_set": self.model_set.manifest.name,
+            "model_id": self.model_set.id,
+            "ort_sessions": {name: session_threads(s) for name, s in _ort_sessions(self.estimator).items()},
+            "tensorflow": tensorflow_threads(),
+        }
+
+
+class ProgressBoard:
+    """A tiny actor where workers post ``(done, total)`` frames per video and the driver reads them."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[int, int]] = {}
+
+    def update(self, video: str, done: int, total: int) -> None:
+        self._state[video] = (done, total)
+
+    def snapshot(self) -> dict[str, tuple[int, int]]:
+        return dict(self._state)
+
+
+def _is_transient(e: BaseException) -> bool:
+    """Whether a retry may help: not for bad inputs (VideoError, CameraError, KeypointsError are ValueErrors)."""
+    if isinstance(e, ValueError):
+        return False
+    return bool(getattr(e, "transient", isinstance(e, (OSError, TimeoutError, ConnectionError))))
+
+
+def _failure(video: str, e: BaseException) -> PoseFailure:
+    if isinstance(e, RayTaskError):
+        cause = e.cause if isinstance(e.cause, BaseException) else e
+        message = str(cause) if cause is not e else str(e).splitlines()[-1]
+        return PoseFailure(video, type(cause).__name__, message, _is_transient(cause))
+    if isinstance(e, RayActorError):
+        message = f"{video}: the pose actor died while processing it (crash or out of memory)"
+        return PoseFailure(video, type(e).__name__, message, transient=True)
+    return PoseFailure(video, type(e).__name__, f"{video}: {e}", transient=True)
+
+
+class PosePool:
+    """``n_actors`` PoseWorkers with ``cpus_per_actor`` CPUs each (defaults from settings and the cluster size).
+
+    Ray must be running (:func:`infra.ray_cluster.ensure_ray`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        n_actors: int | None = None,
+        cpus_per_actor: int | None = None,
+        max_restarts: int = DEFAULT_MAX_RESTARTS,
+        max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
+        open_model: Estimator | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cpus_per_actor = cpus_per_actor or settings.pose_cpus
+        cluster = int(ray.cluster_resources().get("CPU", 0))
+        self.n_actors = n_actors or settings.pose_actors or max(1, cluster // self.cpus_per_actor)
+        if self.n_actors * self.cpus_per_actor > cluster:
+            logger.warning(
+                "%d actors x %d CPUs exceed the cluster's %d CPUs; some will wait for CPUs",
+                self.n_actors,
+                self.cpus_per_actor,
+                cluster,
+            )
+        self._open_model = open_model
+        self._actor_class = ray.remote(PoseWorker).options(
+            num_cpus=self.cpus_per_actor, max_restarts=max_restarts, max_task_retries=max_task_retries
+        )
+        self.actors = [self._new_actor() for _ in range(self.n_actors)]
+        self.replaced = 0
+        self._idle: queue.Queue[int] = queue.Queue()
+        for slot in range(self.n_actors):
+            self._idle.put(slot)
+
+    def _new_actor(self) -> Any:
+        return self._actor_class.remote(self.settings, self.cpus_per_actor, self._open_model)
+
+    def info(self) -> list[dict[str, Any]]:
+        """Each actor's :meth:`PoseWorker.info`."""
+        return ray.get([a.info.remote() for a in self.actors])
+
+    def map(
+        self,
+        videos: Iterable[str],
+        params: PoseParams,
+        intrinsics: Mapping[str, Intrinsics] | None = None,
+        on_progress: VideoProgress | None = None,
+        poll_s: float = 0.5,
+    ) -> Iterator[PoseOutcome]:
+        """Process every video on the pool; yield a PoseResult or PoseFailure for each, as they finish."""
+        queue = list(videos)
+        queue.reverse()
+        board = ray.remote(ProgressBoard).options(num_cpus=0).remote() if on_progress else None
+        idle = list(range(len(self.actors)))
+        pending: dict[Any, tuple[str, int]] = {}
+        seen: dict[str, tuple[int, int]] = {}
+        try:
+            while queue or pending:
+                while queue and idle:
+                    slot, video = idle.pop(0), queue.pop()
+                    ref = self.actors[slot].process.remote(
+                        video, params, (intrinsics or {}).get(video), board
+                    )
+                    pending[ref] = (video, slot)
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s if board else None)
+                if board is not None and on_progress is not None:
+                    for video, (n, total) in ray.get(board.snapshot.remote()).items():
+                        if seen.get(video) != (n, total):
+                            seen[video] = (n, total)
+                            on_progress(video, n, total)
+                for ref in done:
+                    video, slot = pending.pop(ref)
+                    idle.append(slot)
+                    yield self._collect(ref, video, slot)
+        finally:
+            for ref in pending:
+                try:
+                    ray.cancel(ref)
+                except (RayError, ValueError, TypeError) as e:  # already finished, or not cancellable
+                    logger.debug("could not cancel %s: %s", pending[ref][0], e)
+            if board is not None:
+                ray.kill(board)
+
+    def _collect(self, ref: Any, video: str, slot: int) -> PoseOutcome:
+        try:
+            return ray.get(ref)
+        except RayActorError as e:
+            logger.warning("pose actor %d died on %s; replacing it", slot, video)
+            ray.kill(self.actors[slot], no_restart=True)
+            self.actors[slot] = self._new_actor()
+            self.replaced += 1
+            return _failure(video, e)
+        except RayError as e:
+            return _failure(video, e)
+
+    def process_one(
+        self, video: str, params: PoseParams, intrinsics: Intrinsics | None = None
+    ) -> PoseOutcome:
+        """One video on the next idle actor, waiting for one if all are busy. Thread-safe: the flow's task threads
+        each hand one video to the pool (do not mix with a concurrent :meth:`map`)."""
+        slot = self._idle.get()
+        try:
+            ref = self.actors[slot].process.remote(video, params, intrinsics, None)
+            return self._collect(ref, video, slot)
+        finally:
+            self._idle.put(slot)
+
+    def run(self, videos: Iterable[str], params: PoseParams, **kwargs: Any) -> list[PoseOutcome]:
+        """:meth:`map`, collected into a list (in finishing order)."""
+        return list(self.map(videos, params, **kwargs))
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+
+    def __enter__(self) -> PosePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

@@ -1,0 +1,387 @@
+"""The pose pipeline on real (tiny) H.264 videos with a scripted estimator, and S3 on loopback.
+
+The scripted estimator reads each frame's index from its grey level and returns detections scripted for that frame,
+so the tests know exactly what every row of the keypoints table must hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from infra.s3server import S3Server
+from mocapflow.camera import Intrinsics
+from mocapflow.keypoints import read_arrays
+from mocapflow.pose.pipeline import CameraError, PoseParams, estimate_keypoints, run_pose, sidecar_uri
+from mocapflow.pose.tracking import TrackerConfig
+from mocapflow.pose.validate import compare, compare_with_truth, summarise
+from mocapflow.store import Store
+from mocapflow.synth import GroundTruth
+from mocapflow.video import VideoError
+from models.modelset import ModelSet, read_local, write_manifest
+from models.runtime import FrameDetections, PoseEstimator, ThreadConfig
+
+W, H, FPS = 96, 64, 10.0
+JOINTS = ["head", "hip", "feet"]
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+
+def write_index_video(path: Path, n: int) -> None:
+    """Frame i is a flat grey of level 8 i + 4 (lossless H.264), so the estimator can read i back."""
+    assert n <= 31
+    writer = imageio.get_writer(
+        str(path),
+        fps=FPS,
+        codec="libx264",
+        macro_block_size=16,
+        ffmpeg_log_level="error",
+        output_params=["-qp", "0"],
+    )
+    try:
+        for i in range(n):
+            writer.append_data(np.full((H, W, 3), 8 * i + 4, np.uint8))
+    finally:
+        writer.close()
+
+
+def frame_indices(frames: np.ndarray) -> list[int]:
+    return [round((float(f.mean()) - 4) / 8) for f in frames]
+
+
+def person(cx: float, cy: float, w: float = 20.0, h: float = 40.0, score: float = 0.9) -> FrameDetections:
+    kp2d = np.array([[[cx, cy - 0.4 * h], [cx, cy], [cx, cy + 0.4 * h]]], np.float32)
+    kp3d = np.concatenate([kp2d - 40.0, np.full((1, 3, 1), 2500.0, np.float32)], axis=-1)
+    return FrameDetections(
+        boxes=np.array([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]], np.float32),
+        scores=np.array([score], np.float32),
+        kp2d=kp2d,
+        kp3d=kp3d,
+        conf=np.array([[0.9, 0.8, 0.7]], np.float32),
+    )
+
+
+def merge(*dets: FrameDetections) -> FrameDetections:
+    return FrameDetections(
+        *(np.concatenate([getattr(d, f) for d in dets]) for f in ("boxes", "scores", "kp2d", "kp3d", "conf"))
+    )
+
+
+class ScriptedEstimator(PoseEstimator):
+    """Detections scripted per frame index (read from the frame's grey level)."""
+
+    def __init__(
+        self, model_set: ModelSet, threads: ThreadConfig, script: Callable[[int], FrameDetections]
+    ) -> None:
+        super().__init__(model_set, threads)
+        self.script = script
+        self.batches: list[list[int]] = []
+
+    def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
+        idx = frame_indices(frames)
+        self.batches.append(idx)
+        return [self.script(i) for i in idx]
+
+
+@pytest.fixture(scope="module")
+def model_set(tmp_path_factory: pytest.TempPathFactory) -> ModelSet:
+    root = tmp_path_factory.mktemp("scripted-set")
+    (root / "weights.bin").write_bytes(b"scripted")
+    write_manifest(
+        root,
+        name="scripted",
+        kind="markers",
+        version="1",
+        joint_names=JOINTS,
+        joint_edges=[[0, 1], [1, 2]],
+        input_resolution=[64, 64],
+        files={"backbone": {"path": "weights.bin"}},
+    )
+    return read_local(root)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pose-videos")
+    paths = {name: root / f"{name}.mp4" for name in ("walk", "sidecar", "empty", "garbage")}
+    write_index_video(paths["walk"], 23)
+    write_index_video(paths["sidecar"], 4)
+    paths["empty"].write_bytes(b"")
+    paths["garbage"].write_bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    return paths
+
+
+def walk_script(i: int) -> FrameDetections:
+    """Subject walks right in every frame except 9-11 (bridged); a passer-by appears in frames 3-5."""
+    if 9 <= i <= 11:
+        return FrameDetections.empty(3)
+    subject = person(20 + 2 * i, 32)
+    return merge(person(80, 30, score=0.95), subject) if 3 <= i <= 5 else subject
+
+
+def fov_intrinsics(fov_deg: float) -> Intrinsics:
+    f = (W / 2) / math.tan(math.radians(fov_deg) / 2)
+    return Intrinsics(f, f, (W - 1) / 2, (H - 1) / 2, W, H)
+
+
+# -- tests --------------------------------------------------------------------------------------------------
+
+
+def test_table_rows_hold_the_subject_frame_by_frame(model_set: ModelSet, videos: dict[str, Path]) -> None:
+    est = ScriptedEstimator(model_set, ThreadConfig(1), walk_script)
+    progress: list[tuple[int, int]] = []
+    params = PoseParams(batch_size=5, default_fov_deg=60.0)
+    table = estimate_keypoints(
+        str(videos["walk"]),
+        est,
+        fov_intrinsics(60.0),
+        params,
+        on_progress=lambda d, t: progress.append((d, t)),
+    )
+    # decoded in batches of 5, in order, each frame once
+    assert est.batches == [list(range(s, min(s + 5, 23))) for s in range(0, 23, 5)]
+    assert progress == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
+    meta, a = read_arrays(table)
+    assert a["frame"].tolist() == list(range(23))
+    np.testing.assert_allclose(a["time_s"], np.arange(23) / FPS)
+    seen = [i for i in range(23) if not 9 <= i <= 11]
+    for i in seen:
+        np.testing.assert_array_equal(a["kp2d_px"][i], person(20 + 2 * i, 32).kp2d[0])
+        np.testing.assert_array_equal(a["box"][i], person(20 + 2 * i, 32).boxes[0])
+    np.testing.assert_allclose(a["conf"][seen], np.tile([0.9, 0.8, 0.7], (len(seen), 1)))
+    np.testing.assert_array_equal(a["kp3d_mm"][4], person(28, 32).kp3d[0])
+    gap = slice(9, 12)
+    assert (
+        np.isnan(a["kp2d_px"][gap]).all() and (a["conf"][gap] == 0).all() and (a["box_score"][gap] == 0).all()
+    )
+    assert set(a["track_id"][seen].tolist()) == {0}
+    # metadata
+    assert (meta.width, meta.height, meta.n_frames, meta.fps) == (W, H, 23, pytest.approx(FPS))
+    assert meta.intrinsics == fov_intrinsics(60.0)
+    assert list(meta.joint_names) == JOINTS and meta.joint_edges == ((0, 1), (1, 2))
+    assert (meta.model_id, meta.model_name) == (model_set.id, "scripted")
+    assert meta.video_sha256 == hashlib.sha256(videos["walk"].read_bytes()).hexdigest()
+
+
+def test_run_pose_writes_one_committed_table_under_its_content_key(
+    model_set: ModelSet, videos: dict[str, Path], s3_server: S3Server, s3_bucket: str
+) -> None:
+    store = Store(f"s3://{s3_bucket}/cohort", s3_server.storage_options())
+    est = ScriptedEstimator(model_set, ThreadConfig(1), walk_script)
+    params = PoseParams(batch_size=7, tracker=TrackerConfig(max_gap_frames=5), default_fov_deg=50.0)
+    result = run_pose(str(videos["walk"]), est, store, params)
+
+    sha = hashlib.sha256(videos["walk"].read_bytes()).hexdigest()
+    intr = fov_intrinsics(50.0)
+    expected_params = {
+        "tracker": {
+            "max_gap_frames": 5,
+            "subject": "longest",
+            "min_iou": 0.1,
+            "max_kp_dist": 0.5,
+            "gap_growth": 0.25,
+            "min_subject_fraction": 0.5,
+        },
+        "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy, "width": W, "height": H},
+    }
+    phash = hashlib.sha256(
+        json.dumps(expected_params, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()[:16]
+    prefix = f"keypoints/model={model_set.id}/video={sha}/params={phash}"
+    assert result.key == f"{prefix}/keypoints.parquet"
+    assert result.uri == f"s3://{s3_bucket}/cohort/{result.key}"
+    assert (result.rows, result.frames, result.video_sha256) == (23, 23, sha)
+    assert result.fps_processed == pytest.approx(23 / result.seconds)
+
+    # what is in S3 equals what the pipeline builds for the same input, metadata included
+    written = store.read_table(result.key)
+    rebuilt = estimate_keypoints(
+        str(videos["walk"]), ScriptedEstimator(model_set, ThreadConfig(1), walk_script), intr, params
+    )
+    meta, got = read_arrays(written)
+    meta_built, built = read_arrays(rebuilt)
+    assert meta == meta_built and written.schema.metadata == rebuilt.schema.metadata
+    for name, values in built.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
+    assert result.bytes == len(store.get_bytes(result.key))
+    assert meta.params == expected_params
+    success = store.get_json(f"{prefix}/_SUCCESS.json")
+    assert success["rows"] == 23 and success["bytes"] == result.bytes
+    assert success["inputs"]["video_sha256"] == sha and success["inputs"]["params"] == expected_params
+    assert store.list(prefix) == [f"{prefix}/_SUCCESS.json", f"{prefix}/keypoints.parquet"]
+
+
+def test_intrinsics_come_from_the_caller_then_the_sidecar_then_the_fov(
+    model_set: ModelSet, videos: dict[str, Path], tmp_path: Path
+) -> None:
+    store = Store(str(tmp_path / "store"))
+    est = ScriptedEstimator(model_set, ThreadConfig(1), lambda i: person(40, 30))
+    video = str(videos["sidecar"])
+    sidecar = Path(sidecar_uri(video))
+    assert sidecar == videos["sidecar"].with_name("sidecar.camera.json")
+    params = PoseParams(default_fov_deg=70.0)
+
+    def recorded(**kwargs: object) -> Intrinsics:
+        r = run_pose(video, est, store, params, **kwargs)  # type: ignore[arg-type]
+        meta, _ = read_arrays(store.read_table(r.key))
+        return meta.intrinsics
+
+    assert recorded() == fov_intrinsics(70.0)
+    phone = Intrinsics(fx=81.5, fy=80.0, cx=47.0, cy=33.0, width=W, height=H)
+    sidecar.write_text(
+        json.dumps({"intrinsics": phone.to_dict(), "extrinsics": {"R": np.eye(3).tolist(), "t": [0, 0, 0]}})
+    )
+    try:
+        assert recorded() == phone
+        manifest = Intrinsics(fx=70.0, fy=70.0, cx=40.0, cy=30.0, width=W, height=H)
+        assert recorded(intrinsics=manifest) == manifest
+        sidecar.write_text(Intrinsics(fx=90.0, fy=90.0, cx=50.0, cy=50.0, width=100, height=100).to_json())
+        with pytest.raises(CameraError, match=r"100x100 image but video .*sidecar\.mp4 is 96x64"):
+            recorded()
+    finally:
+        sidecar.unlink()
+
+
+@pytest.mark.parametrize(("name", "message"), [("empty", "empty"), ("garbage", "not a decodable video")])
+def test_bad_videos_raise_naming_the_file(
+    model_set: ModelSet, videos: dict[str, Path], tmp_path: Path, name: str, message: str
+) -> None:
+    est = ScriptedEstimator(model_set, ThreadConfig(1), walk_script)
+    store = Store(str(tmp_path / "store"))
+    with pytest.raises(VideoError, match=message) as info:
+        run_pose(str(videos[name]), est, store, PoseParams())
+    assert str(videos[name]) in str(info.value)
+    assert store.list() == []
+
+
+def test_an_estimator_that_drops_frames_is_an_error(model_set: ModelSet, videos: dict[str, Path]) -> None:
+    class Dropping(ScriptedEstimator):
+        def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
+            return super().__call__(frames, intrinsics)[:-1]
+
+    with pytest.raises(RuntimeError, match="returned 3 results for a batch of 4 frames"):
+        estimate_keypoints(
+            str(videos["sidecar"]),
+            Dropping(model_set, ThreadConfig(1), walk_script),
+            fov_intrinsics(55.0),
+            PoseParams(),
+        )
+
+
+# -- comparison with ground truth ---------------------------------------------------------------------------
+
+
+def test_compare_is_root_relative_in_3d_and_absolute_in_depth() -> None:
+    rng = np.random.default_rng(3)
+    t3 = rng.normal(0, 300, (4, 5, 3)) + [0, 0, 4000]
+    t2 = rng.uniform(0, 100, (4, 5, 2))
+    visible = np.ones((4, 5), bool)
+    visible[0, 0] = False
+    p3 = t3 + [10.0, -20.0, 50.0]  # a pure translation: no root-relative error, 50 mm depth error
+    p2 = t2 + [3.0, 4.0]  # 5 px everywhere
+    p2[1, 1] = np.nan  # a visible keypoint the model missed
+    p3[1, 1] = np.nan
+    e = compare(p2, p3, t2, t3, visible)
+    assert (e.frames, e.visible, e.missed) == (4, 19, 1)
+    np.testing.assert_allclose(e.err2d_px, 5.0)
+    np.testing.assert_allclose(e.err3d_mm, 0.0, atol=1e-9)
+    np.testing.assert_allclose(e.depth_mm, 50.0)
+    assert e.err2d_px.size == e.err3d_mm.size == 18
+
+    # one joint off by 100 mm in x: centring spreads it, 80 mm on that joint and 20 mm on the other four
+    p3 = t3.copy()
+    p3[:, 2, 0] += 100.0
+    e = compare(t2, p3, t2, t3, np.ones((4, 5), bool))
+    np.testing.assert_allclose(
+        np.sort(e.err3d_mm.reshape(4, 5), axis=1), np.tile([20, 20, 20, 20, 80.0], (4, 1))
+    )
+    s = summarise([e], seconds=2.0)
+    assert s["median_3d_mm"] == pytest.approx(20.0) and s["median_2d_px"] == 0.0
+    assert s["median_depth_mm"] == 0.0 and s["frames_per_second"] == pytest.approx(2.0)
+    assert (s["videos"], s["frames"], s["missed_fraction"]) == (1, 4, 0.0)
+
+
+# -- the markers model set on synthetic videos ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def markers(markers_model_set: ModelSet) -> PoseEstimator:
+    from models.runtime import open_estimator
+
+    return open_estimator(markers_model_set, ThreadConfig(1))
+
+
+class Spy:
+    """Forwards to an estimator and records how many people it found per frame."""
+
+    def __init__(self, inner: PoseEstimator) -> None:
+        self.inner = inner
+        self.people: list[int] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
+        out = self.inner(frames, intrinsics)
+        self.people += [d.n for d in out]
+        return out
+
+
+def synthetic(tmp_path_factory: pytest.TempPathFactory, **spec: object) -> tuple[Path, GroundTruth]:
+    from mocapflow.synth import CohortSpec, generate_cohort, read_ground_truth
+
+    root = tmp_path_factory.mktemp("synth")
+    (entry,) = generate_cohort(root, CohortSpec(n_videos=1, seconds=1.0, **spec))  # type: ignore[arg-type]
+    assert entry.gt is not None
+    return entry.video, read_ground_truth(entry.gt)
+
+
+def test_markers_accuracy_on_a_clean_synthetic_video(
+    markers: PoseEstimator, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    video, truth = synthetic(tmp_path_factory, seed=11)
+    table = estimate_keypoints(str(video), markers, truth.intrinsics, PoseParams(batch_size=8))
+    errors = compare_with_truth(table, truth)
+    # independent check of the 2D figure straight from the arrays
+    meta, a = read_arrays(table)
+    order = [list(meta.joint_names).index(n) for n in truth.joint_names]
+    vis = truth.visible
+    d = np.linalg.norm(a["kp2d_px"][:, order] - truth.kp2d_px, axis=-1)[
+        vis & np.isfinite(a["kp2d_px"][:, order, 0])
+    ]
+    assert np.median(d) == pytest.approx(np.median(errors.err2d_px))
+    assert np.median(d) <= 1.0
+    assert errors.missed <= 0.05 * errors.visible
+    assert meta.intrinsics == truth.intrinsics
+
+
+def test_two_people_yield_the_main_subjects_track(
+    markers: PoseEstimator, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    video, truth = synthetic(tmp_path_factory, seed=5, n_second_person=1)
+    assert truth.second_present.any()
+    spy = Spy(markers)
+    table = estimate_keypoints(str(video), spy, truth.intrinsics, PoseParams())  # type: ignore[arg-type]
+    assert max(spy.people) == 2  # the tracker had two people to choose from
+    meta, a = read_arrays(table)
+    order = [list(meta.joint_names).index(n) for n in truth.joint_names]
+    pred = a["kp2d_px"][:, order]
+    both = truth.visible & np.isfinite(pred[..., 0])
+    to_main = np.linalg.norm(pred - truth.kp2d_px, axis=-1)[both]
+    assert np.median(to_main) <= 1.0
+    # in frames with the second person, the table follows the main subject, not the other one
+    frames = truth.second_present & np.isfinite(pred[..., 0]).any(-1)
+    assert frames.any()
+    main = np.nanmedian(np.linalg.norm(pred - truth.kp2d_px, axis=-1)[frames])
+    other = np.nanmedian(np.linalg.norm(pred - truth.second_kp2d_px, axis=-1)[frames])
+    assert main <= 1.0 < other
+    tracked = a["track_id"][a["track_id"] >= 0]
+    assert tracked.size and (tracked == tracked[0]).all()

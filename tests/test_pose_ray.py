@@ -1,0 +1,263 @@
+"""The pose stage on a local Ray (num_cpus=2) writing to S3 on loopback: model reuse, threads, failure isolation.
+
+Most tests run a tiny estimator registered here (an ONNX Runtime Identity graph, no TensorFlow: actors start fast);
+one runs the real ``markers`` set (TensorFlow detector + ONNX backbone) to check both runtimes' threads and accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from infra.ray_cluster import ensure_ray, shutdown_ray, worker_env  # noqa: E402
+from infra.s3server import S3Server  # noqa: E402
+from mocapflow.camera import Intrinsics  # noqa: E402
+from mocapflow.keypoints import read_arrays  # noqa: E402
+from mocapflow.pose.pipeline import PoseParams, PoseResult  # noqa: E402
+from mocapflow.settings import Settings  # noqa: E402
+from mocapflow.store import Store  # noqa: E402
+from models.modelset import ModelSet, read_local, write_manifest  # noqa: E402
+from models.runtime import FrameDetections, PoseEstimator, ThreadConfig, ort_session  # noqa: E402
+from tasks.pose_ray import PoseFailure, PosePool  # noqa: E402
+
+W, H, FPS = 96, 64, 10.0
+PREFECT_URL = "http://127.0.0.1:9/api"  # never contacted: only checks that workers receive it
+CRASH_LEVEL = 250  # a frame of this grey level makes the crashing estimator kill its process
+
+
+class TinyEstimator(PoseEstimator):
+    """One person whose hip x is the frame's grey level; runs every frame through an ORT Identity session."""
+
+    def __init__(self, model_set: ModelSet, threads: ThreadConfig) -> None:
+        super().__init__(model_set, threads)
+        self.session = ort_session(model_set.path("backbone"), threads)
+
+    def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
+        (levels,) = self.session.run(
+            None, {"x": frames.reshape(len(frames), -1).mean(axis=1).astype(np.float32)}
+        )
+        if np.any(np.abs(levels - CRASH_LEVEL) < 2):
+            os._exit(3)  # a native crash, as a broken decoder or model might cause
+        out = []
+        for level in levels:
+            cx = float(level) / 4 + 10
+            kp2d = np.array([[[cx, 12.0], [cx, 30.0], [cx, 48.0]]], np.float32)
+            out.append(
+                FrameDetections(
+                    boxes=np.array([[cx - 8, 8, cx + 8, 52]], np.float32),
+                    scores=np.array([0.9], np.float32),
+                    kp2d=kp2d,
+                    kp3d=np.concatenate([kp2d, np.full((1, 3, 1), 3000.0, np.float32)], axis=-1),
+                    conf=np.ones((1, 3), np.float32),
+                )
+            )
+        return out
+
+
+def write_video(path: Path, levels: list[int]) -> None:
+    writer = imageio.get_writer(
+        str(path),
+        fps=FPS,
+        codec="libx264",
+        macro_block_size=16,
+        ffmpeg_log_level="error",
+        output_params=["-qp", "0"],
+    )
+    try:
+        for level in levels:
+            writer.append_data(np.full((H, W, 3), level, np.uint8))
+    finally:
+        writer.close()
+
+
+def make_model_set(root: Path) -> ModelSet:
+    import onnx
+    from onnx import TensorProto, helper
+
+    root.mkdir(parents=True)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(root / "backbone.onnx"))
+    files = {"backbone": {"path": "backbone.onnx"}}
+    write_manifest(
+        root,
+        name="tiny",
+        kind="markers",
+        version="1",
+        joint_names=["head", "hip", "feet"],
+        joint_edges=[[0, 1], [1, 2]],
+        input_resolution=[64, 64],
+        files=files,
+    )
+    return read_local(root)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    shutdown_ray()
+    ensure_ray(Settings(), prefect_api_url=PREFECT_URL, num_cpus=2)
+    yield
+    shutdown_ray()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ray-videos")
+    paths: dict[str, Path] = {}
+    for i in range(5):
+        paths[f"ok{i}"] = root / f"ok{i}.mp4"
+        write_video(paths[f"ok{i}"], [40 + 10 * i + j for j in range(6 + i)])
+    paths["empty"] = root / "empty.mp4"
+    paths["empty"].write_bytes(b"")
+    paths["corrupt"] = root / "corrupt.mp4"
+    paths["corrupt"].write_bytes(paths["ok0"].read_bytes()[:300])
+    paths["crash"] = root / "crash.mp4"
+    write_video(paths["crash"], [100, 100, CRASH_LEVEL])
+    return paths
+
+
+def settings_for(s3: S3Server, bucket: str, model_root: Path, **kw: object) -> Settings:
+    return Settings(
+        storage_root=f"s3://{bucket}/out",
+        model_set=str(model_root),
+        cache_dir=model_root.parent / "cache",
+        **s3.settings_overrides(),
+        **kw,
+    )
+
+
+def test_worker_env_carries_prefect_api_url() -> None:
+    assert worker_env(None) == {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    assert worker_env("http://127.0.0.1:4200/api")["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+
+
+def test_ensure_ray_is_idempotent_and_workers_get_the_environment(ray_cluster: None) -> None:
+    assert ensure_ray(Settings(), prefect_api_url=PREFECT_URL)["CPU"] == 2
+
+    @ray.remote(num_cpus=0)
+    def env() -> dict[str, str | None]:
+        return {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+
+    assert ray.get(env.remote()) == {
+        "PREFECT_API_URL": PREFECT_URL,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def test_pool_reuses_models_and_isolates_bad_videos(
+    ray_cluster: None, videos: dict[str, Path], s3_server: S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    make_model_set(tmp_path / "tiny")
+    settings = settings_for(s3_server, s3_bucket, tmp_path / "tiny", pose_cpus=1)
+    good = [str(videos[f"ok{i}"]) for i in range(5)]
+    bad = [str(videos["empty"]), str(videos["corrupt"])]
+    progress: dict[str, tuple[int, int]] = {}
+    with PosePool(settings, open_model=TinyEstimator) as pool:
+        assert pool.n_actors == 2  # 2 cluster CPUs // 1 CPU per actor
+        outcomes = list(
+            pool.map(
+                [*good[:2], *bad, *good[2:]],
+                PoseParams(batch_size=4),
+                on_progress=lambda v, d, t: progress.__setitem__(v, (d, t)),
+                poll_s=0.05,
+            )
+        )
+        infos = pool.info()
+
+    results = {o.video: o for o in outcomes if isinstance(o, PoseResult)}
+    failures = {o.video: o for o in outcomes if isinstance(o, PoseFailure)}
+    assert sorted(results) == sorted(good) and sorted(failures) == sorted(bad)
+    assert failures[bad[0]].error == "VideoError" and "empty" in failures[bad[0]].message
+    assert failures[bad[1]].error == "VideoError" and "not a decodable video" in failures[bad[1]].message
+    for video, failure in failures.items():
+        assert video in str(failure) and not failure.transient
+
+    store = Store.from_settings(settings)
+    for i, video in enumerate(good):
+        r = results[video]
+        assert r.video_sha256 == hashlib.sha256(Path(video).read_bytes()).hexdigest()
+        assert r.frames == 6 + i and progress[video] == (6 + i, 6 + i)
+        _, a = read_arrays(store.read_table(r.key))
+        expected_x = (40 + 10 * i + np.arange(6 + i)) / 4 + 10
+        np.testing.assert_allclose(a["kp2d_px"][:, 1, 0], expected_x, atol=0.3)  # lossless video: levels +-1
+
+    # models loaded once per actor however many videos it processed; threads = the actor's 1 CPU
+    assert len({i["pid"] for i in infos}) == 2
+    assert [i["loads"] for i in infos] == [1, 1]
+    assert sum(i["videos"] for i in infos) == len(good)
+    for info in infos:
+        assert info["ort_sessions"]["session"]["intra_op_num_threads"] == 1
+        assert info["ort_sessions"]["session"]["inter_op_num_threads"] == 1
+        assert info["ort_sessions"]["session"]["allow_spinning"] is False
+        assert info["tensorflow"] is None  # no detector in this model set: TensorFlow is never loaded
+        if info["pinned"] is not None:
+            assert info["affinity"] == info["pinned"] and len(info["pinned"]) == 1
+
+
+def test_markers_actor_with_two_cpus_runs_two_threads_and_loads_once(
+    ray_cluster: None,
+    markers_model_set: ModelSet,
+    s3_server: S3Server,
+    s3_bucket: str,
+    tmp_path: Path,
+) -> None:
+    from mocapflow.pose.validate import compare_with_truth
+    from mocapflow.synth import CohortSpec, generate_cohort, read_ground_truth
+
+    entries = generate_cohort(tmp_path / "cohort", CohortSpec(n_videos=2, seconds=0.5, seed=3))
+    settings = settings_for(s3_server, s3_bucket, markers_model_set.root, pose_cpus=2, ort_spinning=True)
+    with PosePool(settings) as pool:
+        assert pool.n_actors == 1
+        outcomes = pool.run([str(e.video) for e in entries], PoseParams.from_settings(settings))
+        (info,) = pool.info()
+    assert all(isinstance(o, PoseResult) for o in outcomes), outcomes
+    assert (info["loads"], info["videos"], info["cpus"], info["model_id"]) == (1, 2, 2, markers_model_set.id)
+    (session,) = info["ort_sessions"].values()
+    assert session["intra_op_num_threads"] == 2 and session["inter_op_num_threads"] == 1
+    assert session["allow_spinning"] is True
+    assert info["tensorflow"] == {"intra_op_parallelism_threads": 2, "inter_op_parallelism_threads": 1}
+    if info["pinned"] is not None:
+        assert info["affinity"] == info["pinned"] and len(info["pinned"]) == 2
+    # what the actor wrote to S3 is the subject's keypoints (the sidecar intrinsics were used)
+    store = Store.from_settings(settings)
+    by_video = {o.video: o for o in outcomes if isinstance(o, PoseResult)}
+    for e in entries:
+        assert e.gt is not None
+        truth = read_ground_truth(e.gt)
+        table = store.read_table(by_video[str(e.video)].key)
+        meta, _ = read_arrays(table)
+        assert meta.intrinsics == truth.intrinsics
+        assert np.median(compare_with_truth(table, truth).err2d_px) <= 1.0
+
+
+def test_a_crashing_video_fails_alone_and_its_actor_is_replaced(
+    ray_cluster: None, videos: dict[str, Path], s3_server: S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    make_model_set(tmp_path / "tiny")
+    settings = settings_for(s3_server, s3_bucket, tmp_path / "tiny", pose_cpus=1)
+    order = [str(videos["crash"]), *(str(videos[f"ok{i}"]) for i in range(3))]
+    with PosePool(settings, n_actors=1, max_restarts=0, max_task_retries=0, open_model=TinyEstimator) as pool:
+        outcomes = pool.run(order, PoseParams())
+        assert pool.replaced == 1
+        (info,) = pool.info()
+    (failure,) = [o for o in outcomes if isinstance(o, PoseFailure)]
+    assert failure.video == order[0] and "died" in failure.message and order[0] in str(failure)
+    assert failure.transient
+    assert sorted(o.video for o in outcomes if isinstance(o, PoseResult)) == sorted(order[1:])
+    assert (info["loads"], info["videos"]) == (1, 3)

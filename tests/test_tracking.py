@@ -1,0 +1,150 @@
+"""Subject tracking on hand-made detections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mocapflow.pose.tracking import (
+    TrackerConfig,
+    box_iou,
+    choose_subject,
+    clean_joints,
+    link_tracks,
+    track_subject,
+)
+from models.runtime import FrameDetections
+
+J = 3
+
+
+def person(
+    cx: float, cy: float, w: float = 60.0, h: float = 160.0, score: float = 0.9
+) -> dict[str, np.ndarray]:
+    """A person with 3 joints (head, hip, feet) inside a box centred at (cx, cy)."""
+    kp2d = np.array([[cx, cy - 0.4 * h], [cx, cy], [cx, cy + 0.4 * h]], np.float32)
+    return {
+        "box": np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float32),
+        "score": np.float32(score),
+        "kp2d": kp2d,
+        "kp3d": np.concatenate([kp2d, np.full((J, 1), 3000.0, np.float32)], axis=1),
+        "conf": np.full((J,), 0.8, np.float32),
+    }
+
+
+def frame(*people: dict[str, np.ndarray]) -> FrameDetections:
+    if not people:
+        return FrameDetections.empty(J)
+    return FrameDetections(
+        boxes=np.stack([p["box"] for p in people]),
+        scores=np.array([p["score"] for p in people], np.float32),
+        kp2d=np.stack([p["kp2d"] for p in people]),
+        kp3d=np.stack([p["kp3d"] for p in people]),
+        conf=np.stack([p["conf"] for p in people]),
+    )
+
+
+def test_box_iou_matches_hand_computed_values() -> None:
+    a = np.array([[0, 0, 10, 10]], np.float32)
+    b = np.array([[5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]], np.float32)
+    # overlap 5x10 = 50, union 100 + 100 - 50 = 150
+    np.testing.assert_allclose(box_iou(a, b), [[50 / 150, 0.0, 1.0]])
+
+
+def test_two_people_stay_on_their_own_tracks() -> None:
+    # A walks right from x=100, B walks left from x=500; their paths never cross. Detection order swaps halfway.
+    dets = []
+    for t in range(20):
+        a, b = person(100 + 5 * t, 240), person(500 - 5 * t, 240, h=120)
+        dets.append(frame(a, b) if t < 10 else frame(b, a))
+    tracks = link_tracks(dets, TrackerConfig())
+    assert len(tracks) == 2
+    for tr in tracks:
+        assert tr.frames.tolist() == list(range(20))
+        xs = [float(dets[f].boxes[d, [0, 2]].mean()) for f, d in zip(tr.frames, tr.det_index, strict=True)]
+        steps = np.diff(xs)
+        assert np.allclose(steps, steps[0]) and abs(steps[0]) == pytest.approx(5.0)
+
+
+def test_person_who_leaves_and_returns_within_the_gap_keeps_one_track() -> None:
+    # Seen in frames 0-9, absent 10-14 (5 frames <= max gap 6), back in 15-24 near where it left.
+    dets = [frame(person(200 + 2 * t, 240)) if not 10 <= t <= 14 else frame() for t in range(25)]
+    out = track_subject(dets, J, TrackerConfig(max_gap_frames=6))
+    assert out.track_id.tolist() == [0] * 25
+    assert out.bridged.tolist() == [10 <= t <= 14 for t in range(25)]
+    gap = slice(10, 15)
+    assert np.isnan(out.kp2d_px[gap]).all() and np.isnan(out.kp3d_mm[gap]).all()
+    assert (out.conf[gap] == 0).all() and np.isnan(out.box[gap]).all() and (out.box_score[gap] == 0).all()
+    # detected frames carry the detections themselves
+    np.testing.assert_array_equal(out.kp2d_px[20], person(240, 240)["kp2d"])
+    np.testing.assert_array_equal(out.box[3], person(206, 240)["box"])
+    assert out.box_score[3] == pytest.approx(0.9)
+
+
+def test_a_gap_longer_than_the_limit_starts_a_new_track() -> None:
+    dets = [frame(person(200, 240)) if not 10 <= t <= 14 else frame() for t in range(25)]
+    tracks = link_tracks(dets, TrackerConfig(max_gap_frames=4))
+    assert [tr.frames.tolist() for tr in tracks] == [list(range(10)), list(range(15, 25))]
+
+
+def test_short_second_track_is_not_the_subject() -> None:
+    # The subject is small and seen in all 30 frames; a bigger passer-by is seen for 6 frames in the middle.
+    dets = []
+    for t in range(30):
+        people = [person(150 + t, 240, w=40, h=100)]
+        if 12 <= t < 18:
+            people.append(person(450, 240, w=120, h=300))
+        dets.append(frame(*people))
+    for rule in ("longest", "largest", "central"):
+        out = track_subject(dets, J, TrackerConfig(subject=rule), image_size=(640, 480))
+        np.testing.assert_allclose(out.box[:, 0], 150 + np.arange(30) - 20)
+        assert (out.track_id == out.track_id[0]).all() and out.track_id[0] >= 0
+
+
+def test_subject_rules_choose_by_their_criterion() -> None:
+    # Two people in all frames: A small and central, B large and off-centre.
+    dets = [frame(person(320, 240, w=40, h=100), person(560, 240, w=100, h=260)) for _ in range(10)]
+    tracks = link_tracks(dets, TrackerConfig())
+    assert len(tracks) == 2
+    largest = choose_subject(tracks, dets, "largest")
+    central = choose_subject(tracks, dets, "central", image_size=(640, 480))
+    assert largest is not None and central is not None
+    assert dets[0].boxes[largest.det_index[0], 0] == pytest.approx(510.0)
+    assert dets[0].boxes[central.det_index[0], 0] == pytest.approx(300.0)
+    with pytest.raises(ValueError, match="image size"):
+        choose_subject(tracks, dets, "central")
+
+
+def test_empty_frames_and_no_people_at_all() -> None:
+    out = track_subject([frame() for _ in range(4)], J, TrackerConfig())
+    assert out.n_frames == 4 and out.frame.tolist() == [0, 1, 2, 3]
+    assert (out.track_id == -1).all() and not out.bridged.any()
+    assert np.isnan(out.kp2d_px).all() and np.isnan(out.box).all()
+    assert (out.conf == 0).all() and (out.box_score == 0).all()
+    assert track_subject([], J, TrackerConfig()).n_frames == 0
+
+    # empty frames before and after the subject are "no subject", not bridged
+    dets = [frame(), frame(), *[frame(person(300, 240)) for _ in range(3)], frame()]
+    out = track_subject(dets, J, TrackerConfig())
+    assert out.track_id.tolist() == [-1, -1, 0, 0, 0, -1]
+    assert not out.bridged.any()
+
+
+def test_clean_joints_turns_unconfident_or_broken_joints_into_missing() -> None:
+    kp2d = np.array([[1, 2], [3, 4], [np.nan, 5], [7, 8]], np.float32)
+    kp3d = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 0, 0]], np.float32)
+    conf = np.array([0.5, 0.0, 0.9, 1.5], np.float32)
+    k2, k3, c = clean_joints(kp2d, kp3d, conf)
+    np.testing.assert_array_equal(c, [0.5, 0.0, 0.0, 1.0])
+    assert np.isnan(k2[1:3]).all() and np.isfinite(k2[[0, 3]]).all()
+    np.testing.assert_array_equal(k3[0], [1, 2, 3])
+    assert np.isnan(k3[1:]).all()  # missing joints and the (0, 0, 0) point
+
+
+def test_detections_with_zero_score_or_broken_box_are_ignored() -> None:
+    bad = person(300, 240, score=0.0)
+    broken = person(100, 240)
+    broken["box"] = np.array([10, np.nan, 20, 30], np.float32)
+    good = person(500, 240)
+    out = track_subject([frame(bad, broken, good)] * 3, J, TrackerConfig())
+    np.testing.assert_array_equal(out.box, np.stack([good["box"]] * 3))

@@ -1,0 +1,213 @@
+"""Prefect tasks: probe, pose, fit, publish. Each wraps core functions; flows wire them.
+
+Only I/O gets retries (STYLE.md #6): exponential backoff with jitter when the error is transient (object store,
+network, a dead actor); a bad video fails once, clearly. Caching is the store itself: a stage's output lives under a
+key derived from (video sha256, model-set id, parameters, the stage's code version) and is trusted only once its
+``_SUCCESS.json`` exists; a task whose committed output is already there returns the committed record in a
+``Cached`` state and does no work, on a local folder and on s3:// alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
+from prefect.tasks import exponential_backoff
+
+from mocapflow.discovery import VideoSpec
+from mocapflow.store import SUCCESS, KeyNotFoundError, StoreError, keypoints_key, keypoints_prefix
+from mocapflow.video import VideoError, probe
+from tasks.runtime import FlowRuntime
+
+logger = logging.getLogger(__name__)
+
+RETRIES = 3
+
+
+class StageError(RuntimeError):
+    """A stage failed for one video; ``transient`` says whether a retry may help."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Errors worth a retry: object-store/network trouble and dead actors; never a bad video or bad input."""
+    if exc is None or isinstance(exc, VideoError | ValueError | KeyNotFoundError):
+        return False
+    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError wraps the task's own exception
+    if isinstance(cause, BaseException) and cause is not exc:
+        return is_transient(cause)
+    if isinstance(exc, StoreError | StageError):
+        return exc.transient
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    name = type(exc).__name__
+    return name in {
+        "RayActorError",
+        "ActorDiedError",
+        "WorkerCrashedError",
+        "ObjectLostError",
+        "NodeDiedError",
+    }
+
+
+def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except BaseException as e:  # noqa: BLE001 - we only classify it
+        return is_transient(e)
+    return False
+
+
+_io_retries = {
+    "cache_policy": NO_CACHE,  # the store is the cache (module docstring); Prefect need not hash the inputs
+    "retries": RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": _retry_if_transient,
+}
+
+
+def _cached(record: dict[str, Any], what: str) -> Completed:
+    return Completed(name="Cached", message=f"{what} already in the store", data={**record, "cached": True})
+
+
+def _committed(rt: FlowRuntime, prefix: str) -> dict[str, Any] | None:
+    try:
+        return rt.store.get_json(f"{prefix}/{SUCCESS}")
+    except KeyNotFoundError:
+        return None
+
+
+@task(name="probe", task_run_name="probe {spec[uri]}", **_io_retries)
+def probe_video(spec: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
+    """Metadata and content hash of one video (fails clearly for an empty or undecodable file)."""
+    t0 = time.perf_counter()
+    info = probe(spec["uri"], rt.settings.storage_options()).to_dict()
+    return {**info, "seconds": time.perf_counter() - t0}
+
+
+@task(name="pose", task_run_name="pose {spec[uri]}", **_io_retries)
+def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
+    """Keypoints table of one video: from the store when committed, else from the pose actor pool."""
+    from mocapflow.pose.pipeline import PoseParams, resolve_intrinsics
+    from tasks.pose_ray import PoseFailure
+
+    video = VideoSpec.from_dict(spec)
+    params = PoseParams.from_settings(rt.settings)
+    intr = resolve_intrinsics(
+        video.uri,
+        info["width"],
+        info["height"],
+        params.default_fov_deg,
+        video.intrinsics,
+        rt.settings.storage_options(),
+    )
+    key_params = params.key_params(intr)
+    key = keypoints_key(info["sha256"], rt.model_set.id, key_params)
+    record = {
+        "video": video.uri,
+        "video_sha256": info["sha256"],
+        "model_id": rt.model_set.id,
+        "key": key,
+        "uri": rt.store.uri(key),
+    }
+    if (done := _committed(rt, keypoints_prefix(info["sha256"], rt.model_set.id, key_params))) is not None:
+        return _cached(
+            {
+                **record,
+                "rows": done.get("rows"),
+                "bytes": done.get("bytes"),
+                "seconds": 0.0,
+                "frames": done.get("rows"),
+            },
+            "keypoints",
+        )
+    rt.count("pose")
+    outcome = rt.pose_pool().process_one(video.uri, params, intr)
+    if isinstance(outcome, PoseFailure):
+        raise StageError(str(outcome), transient=outcome.transient)
+    return {**outcome.to_dict(), "cached": False}
+
+
+ROM_DOFS = (("hip", "hip_flexion"), ("knee", "knee_angle"), ("ankle", "ankle_angle"), ("elbow", "elbow_flex"))
+
+
+def fit_prefix_for(rt: FlowRuntime, keypoints_key: str) -> str:
+    """The fit's content key, from the keypoints table's metadata (no table read) and the run's fit options."""
+    import pyarrow.parquet as pq
+
+    from mocapflow.fit.fitting import FitOptions, fit_body_model
+    from mocapflow.fit.outputs import fit_key_prefix
+    from mocapflow.keypoints import KeypointsMeta
+
+    with rt.store.fs.open(rt.store.path(keypoints_key), "rb") as f:
+        meta = KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
+    return fit_key_prefix(meta, FitOptions.from_settings(rt.settings), fit_body_model().name)
+
+
+def angles_summary(rt: FlowRuntime, prefix: str) -> str:
+    """Range of motion of the main joints, e.g. 'ROM deg R/L: hip 41/40, knee 88/90, ...'."""
+    import numpy as np
+
+    table = rt.store.read_table(f"{prefix}/angles.parquet")
+    parts = []
+    for label, dof in ROM_DOFS:
+        roms = [
+            np.ptp(table[f"{dof}_{side}"].to_numpy())
+            for side in "rl"
+            if f"{dof}_{side}" in table.column_names
+        ]
+        if roms:
+            parts.append(f"{label} " + "/".join(f"{r:.0f}" for r in roms))
+    return "ROM deg R/L: " + ", ".join(parts)
+
+
+@task(name="fit", task_run_name="fit {pose[video]}", **_io_retries)
+def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
+    """Joint angles of one video: from the store when committed, else a pinned JAX fit on Ray."""
+    prefix = fit_prefix_for(rt, pose["key"])
+    record = {
+        "video": pose["video"],
+        "prefix": prefix,
+        "uri": rt.store.uri(prefix),
+        "plot_uri": rt.store.uri(f"{prefix}/angles.png"),
+    }
+    if rt.store.is_committed(prefix):
+        figures = rt.store.get_json(f"{prefix}/scales.json").get("fit", {})
+        return _cached(
+            {
+                **record,
+                "residual_2d_px": figures.get("median_residual_2d_px"),
+                "residual_3d_mm": figures.get("median_residual_3d_mm"),
+                "seconds": 0.0,
+                "angles_summary": angles_summary(rt, prefix),
+            },
+            "fit",
+        )
+    import ray
+
+    from tasks.fit_ray import submit_fit
+
+    rt.count("fit")
+    rt.ensure_ray()
+    t0 = time.perf_counter()
+    result = ray.get(submit_fit(pose["uri"], rt.settings))
+    if result["prefix"] != prefix:
+        raise StageError(f"{pose['video']}: the fit wrote {result['prefix']}, expected {prefix}")
+    return {
+        **record,
+        "seconds": result["seconds"],
+        "wall_seconds": time.perf_counter() - t0,
+        "residual_2d_px": result.get("median_residual_2d_px"),
+        "residual_3d_mm": result.get("median_residual_3d_mm"),
+        "iterations": result.get("iterations"),
+        "angles_summary": angles_summary(rt, prefix),
+        "cached": False,
+    }

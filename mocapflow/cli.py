@@ -95,3 +95,403 @@ def models_build(
     target = dest or settings.modelsets_dir / name
     ms = builder.build(target, cache_dir=settings.cache_dir)
     console.print(f"[green]built {ms.manifest.name}[/] id={ms.id} at {ms.root}")
+
+
+# -- pose stage (tasks/pose_ray.py on a local or configured Ray) -------------------------------------------
+from typing import TYPE_CHECKING  # noqa: E402 - appended section
+
+if TYPE_CHECKING:
+    from mocapflow.settings import Settings
+    from tasks.pose_ray import PoseOutcome
+
+
+def _abs_uri(uri: str) -> str:
+    """Local paths become absolute (Ray workers may run elsewhere in the tree); URIs stay as they are."""
+    return (
+        uri
+        if "://" in uri and not uri.startswith("file://")
+        else str(Path(uri.removeprefix("file://")).resolve())
+    )
+
+
+def _run_pose_pool(
+    settings: Settings, videos: list[str], show_progress: bool = True
+) -> tuple[list[PoseOutcome], float]:
+    """Run the pose pool over ``videos`` with a rich progress bar per video.
+
+    Returns the outcomes and the wall seconds of processing (actor start and model loading excluded).
+    """
+    import os
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from infra.ray_cluster import ensure_ray
+    from mocapflow.pose.pipeline import PoseParams
+    from tasks.pose_ray import PoseFailure, PosePool
+
+    ensure_ray(settings, prefect_api_url=os.environ.get("PREFECT_API_URL"))
+    outcomes: list[PoseOutcome] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not show_progress) as progress:
+        bars = {v: progress.add_task(Path(v).name, total=None) for v in videos}
+
+        def on_progress(video: str, done: int, total: int) -> None:
+            progress.update(bars[video], completed=done, total=total)
+
+        with PosePool(settings) as pool:
+            pool.info()  # returns once every actor has loaded its models: time the processing only
+            t0 = time.perf_counter()
+            for outcome in pool.map(videos, PoseParams.from_settings(settings), on_progress=on_progress):
+                outcomes.append(outcome)
+                bar = bars[outcome.video]
+                if isinstance(outcome, PoseFailure):
+                    progress.update(bar, description=f"[red]{Path(outcome.video).name} failed")
+                else:
+                    progress.update(bar, completed=outcome.frames, total=outcome.frames)
+        seconds = time.perf_counter() - t0
+    return outcomes, seconds
+
+
+@app.command()
+def pose(
+    videos: Annotated[list[str], typer.Argument(help="Video files or URIs (file://, s3://).")],
+    model: Annotated[
+        str, typer.Option("--model", help="Model set: name (markers, blazepose), folder or s3:// prefix.")
+    ],
+    out: Annotated[
+        str | None,
+        typer.Option("--out", help="Storage root for the keypoints (folder or s3://); default settings."),
+    ] = None,
+) -> None:
+    """Estimate the subject's keypoints in each video on a pool of Ray actors; write one table per video."""
+    from rich.table import Table
+
+    from mocapflow.settings import load_settings
+    from tasks.pose_ray import PoseFailure
+
+    settings = load_settings(model_set=model, storage_root=out)
+    outcomes, seconds = _run_pose_pool(settings, [_abs_uri(v) for v in videos])
+    table = Table(title=f"pose: {len(outcomes)} videos in {seconds:.1f} s")
+    for col in ("video", "frames", "key / URI", "seconds"):
+        table.add_column(col)
+    failed = 0
+    for o in outcomes:
+        if isinstance(o, PoseFailure):
+            failed += 1
+            table.add_row(o.video, "-", f"[red]{o.error}: {o.message}", "-")
+        else:
+            table.add_row(o.video, str(o.frames), o.uri, f"{o.seconds:.2f}")
+    Console().print(table)
+    if failed:
+        console.print(f"[red]{failed} of {len(outcomes)} videos failed[/]")
+        raise typer.Exit(1)
+
+
+@validate_app.command("pose")
+def validate_pose(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")
+    ] = False,
+    videos: Annotated[int, typer.Option("--videos", min=1, help="Synthetic videos to generate.")] = 3,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.5, help="Length of each video.")] = 2.0,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Cohort seed; default: a fresh random one.")
+    ] = None,
+) -> None:
+    """Pose-stage accuracy with the markers model set on a fresh synthetic cohort of clean videos."""
+    import json
+    import os
+    import secrets
+    import tempfile
+
+    from infra.ray_cluster import ensure_ray
+    from mocapflow.keypoints import KeypointsError
+    from mocapflow.pose.pipeline import PoseResult
+    from mocapflow.pose.validate import compare_with_truth, summarise
+    from mocapflow.settings import load_settings
+    from mocapflow.store import Store
+    from mocapflow.synth import CohortSpec, generate_cohort, read_ground_truth
+    from models.modelset import ModelSetError, resolve
+    from tasks.pose_ray import PoseFailure
+
+    base = load_settings()
+    try:
+        markers = resolve("markers", base.modelsets_dir, base.cache_dir)
+    except ModelSetError:
+        import importlib
+
+        console.print("building the markers model set")
+        markers = importlib.import_module("models.markers.build").build(
+            base.modelsets_dir / "markers", cache_dir=base.cache_dir
+        )
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    # start Ray before the cohort imports JAX: forking a JAX-threaded process can deadlock
+    ensure_ray(base, prefect_api_url=os.environ.get("PREFECT_API_URL"))
+    with tempfile.TemporaryDirectory(prefix="mocapflow-validate-pose-") as tmp:
+        root = Path(tmp)
+        spec = CohortSpec(n_videos=videos, seed=seed, seconds=seconds, width=640, height=480)
+        entries = generate_cohort(root / "cohort", spec)
+        settings = base.model_copy(
+            update={"model_set": str(markers.root), "storage_root": str(root / "store")}
+        )
+        outcomes, wall = _run_pose_pool(settings, [str(e.video) for e in entries], show_progress=not as_json)
+        failures = [o for o in outcomes if isinstance(o, PoseFailure)]
+        if failures:
+            console.print(f"[red]the pose stage failed on synthetic videos:[/] {[str(f) for f in failures]}")
+            raise typer.Exit(1)
+        store = Store.from_settings(settings)
+        truth = {str(e.video): e.gt for e in entries}
+        try:
+            errors = [
+                compare_with_truth(store.read_table(o.key), read_ground_truth(truth[o.video]))
+                for o in outcomes
+                if isinstance(o, PoseResult)
+            ]
+        except (KeypointsError, ValueError) as e:
+            console.print(f"[red]cannot compare the keypoints with the ground truth:[/] {e}")
+            raise typer.Exit(1) from e
+    summary = {
+        "model_set": markers.manifest.name,
+        "model_id": markers.id,
+        "seed": seed,
+        **summarise(errors, wall),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    for k, v in summary.items():
+        console.print(f"{k}: {v}")
+
+
+@app.command()
+def serve() -> None:
+    """Serve the deployments (nightly cohort on its cron schedule, ad hoc video/cohort runs, backfill)."""
+    from infra.prefect_env import prepare_prefect_env
+
+    prepare_prefect_env()
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import build_deployments
+    from mocapflow.settings import load_settings
+
+    settings = load_settings()
+    deployments = build_deployments(settings)
+    console.print(f"serving {len(deployments)} deployments: " + ", ".join(d.name for d in deployments))
+    prefect_serve(*deployments)
+
+
+# -- fitting stage (in this process, pinned to settings.fit_cpus CPUs) --------------------------------------
+
+
+def _pin_for_fit(settings: Settings) -> None:
+    """Lease and pin CPUs and set XLA's thread flags; must run before anything initialises JAX."""
+    import os
+
+    from mocapflow.cpus import lease_cpus
+    from mocapflow.fit.runtime import configure_jax_cache, xla_flags
+
+    lease = lease_cpus(settings.fit_cpus, pin=settings.pin_cpus)  # held until the process ends
+    os.environ["XLA_FLAGS"] = xla_flags(lease.threads, os.environ.get("XLA_FLAGS", ""))
+    configure_jax_cache(settings.jax_cache_dir)
+
+
+@app.command()
+def fit(
+    keypoints: Annotated[
+        list[str], typer.Argument(help="keypoints.parquet URIs (path or s3://) written by the pose stage.")
+    ],
+    out: Annotated[
+        str | None,
+        typer.Option("--out", help="Storage root for the fits (folder or s3://); default settings."),
+    ] = None,
+    max_iters: Annotated[
+        int | None, typer.Option("--max-iters", min=1, help="Maximum optimiser steps; default settings.")
+    ] = None,
+) -> None:
+    """Fit the body model to each keypoints table; write angles, residuals, scales, .mot and plot per video."""
+    from rich.table import Table
+
+    from mocapflow.settings import load_settings
+
+    settings = load_settings(storage_root=out)
+    _pin_for_fit(settings)
+    from mocapflow.fit.fitting import FitOptions
+    from mocapflow.fit.run import fit_keypoints
+    from mocapflow.store import Store
+
+    options = FitOptions.from_settings(settings, max_iters=max_iters)
+    store = Store.from_settings(settings)
+    table = Table("keypoints", "fit", "iterations", "seconds", "2D px", "3D mm")
+    failed = 0
+    for uri in keypoints:
+        try:
+            s = fit_keypoints(uri, store, options, settings.storage_options())
+        except Exception as e:  # one bad input fails alone, clearly; the others go on
+            failed += 1
+            console.print(f"[red]{uri}: {type(e).__name__}: {e}[/]")
+            continue
+        if s["skipped"]:
+            table.add_row(uri, s["uri"], "already fitted", "", "", "")
+            continue
+        r2, r3 = s["median_residual_2d_px"], s["median_residual_3d_mm"]
+        table.add_row(
+            uri,
+            s["uri"],
+            str(s["iterations"]),
+            f"{s['seconds']:.1f}",
+            "" if r2 is None else f"{r2:.1f}",
+            "" if r3 is None else f"{r3:.1f}",
+        )
+    console.print(table)
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@validate_app.command("fit")
+def validate_fit_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    videos: Annotated[int, typer.Option("--videos", min=1, help="Synthetic videos (motions in turn).")] = 4,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.5, help="Length of each video.")] = 4.0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the synthetic set.")] = 0,
+    max_iters: Annotated[
+        int | None, typer.Option("--max-iters", min=1, help="Maximum optimiser steps; default settings.")
+    ] = None,
+) -> None:
+    """Fit clean and noisy keypoints of fresh synthetic ground truth; report joint-angle errors and fit time."""
+    import json
+    import logging
+
+    from rich.logging import RichHandler
+
+    from mocapflow.settings import load_settings
+
+    if as_json:  # stdout carries the one JSON object; logs go to stderr
+        root = logging.getLogger()
+        logging.basicConfig(
+            level=root.level, format="%(message)s", handlers=[RichHandler(console=console)], force=True
+        )
+    settings = load_settings()
+    _pin_for_fit(settings)
+    from mocapflow.fit.fitting import FitOptions
+    from mocapflow.fit.validate import ValidationSpec, validate_fit
+
+    spec = ValidationSpec(n_videos=videos, seconds=seconds, seed=seed)
+    options = FitOptions.from_settings(settings, max_iters=max_iters)
+    summary = validate_fit(
+        spec,
+        options,
+        on_video=lambda name, kind, e: console.print(f"{name} {kind}: median error {e:.2f} deg"),
+    )
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    for key in ("mjae_clean_deg", "mjae_noisy_deg", "fit_seconds_per_video"):
+        console.print(f"{key}: {summary[key]:.3f}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic cohort and the plots.")] = Path(
+        "mocapflow-demo"
+    ),
+    videos: Annotated[int, typer.Option("--videos", min=2, help="Good videos (a corrupt file is added).")] = 3,
+    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Length of each video.")] = 5.0,
+    seed: Annotated[int, typer.Option("--seed")] = 7,
+) -> None:
+    """The main job: a synthetic cohort through the whole DAG on the embedded defaults, checked against truth."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from infra.prefect_env import prepare_prefect_env
+
+    prepare_prefect_env()
+    from flows.demo import run_demo
+    from mocapflow.settings import load_settings
+
+    settings = load_settings()
+    t_start = time.perf_counter()
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[last]}"))
+    with Progress(*columns, console=console) as progress:
+        bars = {
+            "synth": progress.add_task("rendering synthetic videos", total=videos, last=""),
+            "models": progress.add_task("model set (markers)", total=1, last=""),
+            "videos": progress.add_task("probe -> pose -> fit", total=videos + 1, last=""),
+            "plots": progress.add_task("plots and QC GIFs", total=videos + 1, last=""),
+        }
+
+        def tick(stage: str, n: int, text: str) -> None:
+            progress.update(bars[stage], advance=n, last=text)
+
+        report = run_demo(settings, out, n_videos=videos, seconds=seconds, seed=seed, progress=tick)
+
+    table = Table(title=f"mocapflow demo: cohort run {report.run_state.lower()} ({report.run_message[:80]})")
+    for col in ("video", "motion", "status", "frames", "probe s", "pose s", "fit s", "joint-angle error (deg)"):
+        table.add_column(col, justify="right" if col not in ("video", "motion", "status") else "left")
+    for v in report.videos:
+        status = "[green]ok[/]" if v.status == "ok" else f"[red]failed at {v.failed_stage}[/]: {v.error}"
+
+        def s(x: float | None) -> str:
+            return "" if x is None else f"{x:.1f}"
+
+        table.add_row(v.name + (" (2 people)" if v.second_person else ""), v.motion, status,
+                      "" if v.frames is None else str(v.frames), s(v.seconds.get("probe")),
+                      s(v.seconds.get("pose")), s(v.seconds.get("fit")),
+                      "" if v.mjae_deg is None else f"{v.mjae_deg:.2f}")
+    out_console = Console()
+    out_console.print(table)
+    total = time.perf_counter() - t_start
+    out_console.print(
+        f"[bold]done in {total:.0f} s[/] (synth {report.seconds['synth_s']:.0f} s, model set "
+        f"{report.seconds['models_s']:.0f} s, flow {report.seconds['flow_s']:.0f} s, plots "
+        f"{report.seconds['plots_s']:.0f} s)\n"
+        f"- videos and ground truth: {report.cohort_dir}\n"
+        f"- plots (joint angles vs truth) and QC GIFs: {out / 'plots'}\n"
+        f"- outputs (Arrow/Parquet, .mot, PNG) in the store: {report.storage_root}\n"
+        f"    python -c \"import pyarrow.dataset as ds; print(ds.dataset('{report.storage_root}/keypoints', "
+        f"partitioning='hive').to_table().to_pandas().head())\"\n"
+        f"    duckdb -c \"SELECT * FROM read_parquet('{report.storage_root}/runs/*/summary.parquet')\"\n"
+        f"- run summary: {report.summary_uri}\n"
+        "- Prefect UI: `prefect server start`, then rerun with PREFECT_API_URL=http://127.0.0.1:4200/api "
+        "to watch runs and open the artifacts there"
+    )
+
+
+@validate_app.callback()
+def validate_all(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Without a subcommand: the pose and fit accuracy suites together (each in its own process)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+    import subprocess
+    import sys
+
+    results: dict[str, object] = {}
+    for suite in ("pose", "fit"):
+        console.print(f"running the {suite} accuracy suite")
+        proc = subprocess.run(
+            [sys.executable, "-m", "mocapflow", "validate", suite, "--json"], stdout=subprocess.PIPE, text=True
+        )
+        if proc.returncode != 0:
+            console.print(f"[red]the {suite} suite failed (exit {proc.returncode})[/]")
+            raise typer.Exit(proc.returncode)
+        results[suite] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if as_json:
+        typer.echo(json.dumps(results))
+        return
+    from rich.table import Table
+
+    table = Table(title="mocapflow validate")
+    table.add_column("suite")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for suite, figures in results.items():
+        for k, v in figures.items():  # type: ignore[union-attr]
+            table.add_row(suite, k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    Console().print(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from rich.console import Console
 from rich.logging import RichHandler
 
 
@@ -13,7 +14,7 @@ def configure_cli_logging(verbose: bool = False) -> None:
         level=level,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(rich_tracebacks=True, show_path=False)],
+        handlers=[RichHandler(console=Console(stderr=True), rich_tracebacks=True, show_path=False)],
         force=True,
     )
     for noisy in ("absl", "tensorflow", "jax._src", "h5py", "matplotlib", "botocore", "s3fs", "fsspec"):

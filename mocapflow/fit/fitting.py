@@ -1,0 +1,393 @@
+"""Fit one video's keypoints: options, data preparation (bucket padding), initialisation, optimisation, results.
+
+Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapflow validate fit``):
+
+- Trajectories are cubic B-splines in time (``knots_per_second``) of unconstrained per-DOF variables, squashed into
+  the joint limits. Per-frame values with the same smoothness prior were measured too: as accurate on exact
+  keypoints, less accurate on noisy ones, slower (more parameters, more iterations), so B-splines are the default.
+- The body is placed directly in the camera frame: the pelvis DOFs are relative to a level camera looking along
+  the body model's +X (:data:`~mocapflow.fit.sites.WORLD_TO_CAMERA`). A monocular view has no gravity
+  reference, and a fitted camera rotation would be exactly redundant with the pelvis rotations (a 3-dimensional
+  gauge per video that only slows the optimiser down). Hip, knee, ankle, shoulder and elbow angles do not depend
+  on this choice; pelvis angles and translations are camera-relative.
+- Body scales: 8 group scales (prior towards 1) times a per-body refinement (prior towards 0 in log space), so a
+  subject whose left and right segments differ is not forced into pelvic obliquity to compensate.
+- Per-keypoint offsets (prior towards 0) with any rotation of their body projected out (see
+  :func:`~mocapflow.fit.sites.offset_projection`): offsets cannot mimic joint angles.
+- The smoothness weight scales with the keypoint noise measured before the fit (:func:`estimate_noise_mm`).
+- Optimisation order: the pelvis orientation starts from a rigid fit to its own keypoints and is held for the
+  first 10 % of the steps, offsets are held for the first 20 % (``mocapflow.fit.optimise``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
+from mocapflow.fit.basis import bspline_basis, bucket_frames
+from mocapflow.fit.init import initial_pose
+from mocapflow.fit.loss import (
+    FitData,
+    LossWeights,
+    effective_offset,
+    loss_terms,
+    predict_camera_m,
+    project_px,
+)
+from mocapflow.fit.optimise import OptimiseInfo, optimise
+from mocapflow.fit.params import FitParams, FrameTrajectory, Limits, init_bspline, q_to_x
+from mocapflow.fit.sites import KeypointMap, map_keypoints, offset_projection
+from mocapflow.keypoints import KeypointsMeta, read_arrays
+from models.body import BodyModel, default_body_model
+
+logger = logging.getLogger(__name__)
+
+FIT_VERSION = 1
+Method = Literal["bspline", "frames"]
+SMOOTH_DEFAULT: dict[str, float] = {"bspline": 10000.0, "frames": 10000.0}
+
+
+@functools.cache
+def fit_body_model() -> BodyModel:
+    """The default body model, built once per process so that compiled fits are reused across videos."""
+    return default_body_model()
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How to fit.
+
+    ``smooth`` weighs the mean squared second difference of the joint values (rad^2) per cm^2 of keypoint noise:
+    the weight used is ``smooth * max(noise, noise_floor_mm)^2`` with the noise measured from the keypoints
+    (:func:`estimate_noise_mm`), so exact keypoints are barely smoothed and noisy ones as much as they need.
+    """
+
+    method: Method = "bspline"
+    knots_per_second: float = 8.0
+    max_iters: int = 4000
+    learning_rate: float = 3e-2
+    block_size: int = 200
+    rtol: float = 1e-4
+    w3d: float = 1.0
+    w2d: float = 0.1
+    scale: float = 0.1
+    body: float = 0.1
+    offset: float = 0.05
+    smooth: float | None = None  # None: the method's default (SMOOTH_DEFAULT)
+    noise_floor_mm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("bspline", "frames"):
+            raise ValueError(f"fit method {self.method!r} is unknown; use 'bspline' or 'frames'")
+        if self.max_iters < 1 or self.block_size < 1 or self.learning_rate <= 0 or self.knots_per_second <= 0:
+            raise ValueError(
+                f"invalid fit options {self}: iterations, block size, rate and knots must be > 0"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> FitOptions:
+        """Options from :class:`mocapflow.settings.Settings` (``fit_*`` fields); ``overrides`` that are not None win."""
+        base: dict[str, Any] = {
+            "max_iters": settings.fit_max_iters,
+            "learning_rate": settings.fit_learning_rate,
+            "knots_per_second": settings.fit_knots_per_second,
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    @property
+    def smooth_per_cm2(self) -> float:
+        return SMOOTH_DEFAULT[self.method] if self.smooth is None else self.smooth
+
+    def smooth_weight(self, noise_mm: float) -> float:
+        """The smoothness weight for keypoints with ``noise_mm`` of noise."""
+        return self.smooth_per_cm2 * (max(noise_mm, self.noise_floor_mm) / 10.0) ** 2
+
+    def weights(self, noise_mm: float) -> LossWeights:
+        return LossWeights.make(
+            self.w3d, self.w2d, self.scale, self.body, self.offset, self.smooth_weight(noise_mm)
+        )
+
+    def to_params(self) -> dict[str, Any]:
+        """What goes into the fit's content hash (with the inputs' ids)."""
+        d = asdict(self)
+        d["smooth"] = self.smooth_per_cm2
+        d["fit_version"] = FIT_VERSION
+        return d
+
+
+@dataclass(frozen=True)
+class PreparedVideo:
+    """A video's keypoints laid out on a dense frame grid, padded to its bucket."""
+
+    data: FitData
+    kmap: KeypointMap
+    frames: NDArray[np.int64]  # [N] dense frame numbers (first..last frame of the table)
+    time_s: NDArray[np.float64]  # [N]
+    observed: NDArray[np.bool_]  # [N] frame has at least one usable keypoint
+    q_init: NDArray[np.float64]  # [N, D]
+    n_bucket: int
+    noise_mm: float  # measured keypoint noise (NaN if it could not be measured)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A finished fit. Arrays cover the dense frame range of the keypoints table."""
+
+    model: BodyModel
+    meta: KeypointsMeta
+    options: FitOptions
+    frames: NDArray[np.int64]  # [N]
+    time_s: NDArray[np.float64]  # [N]
+    observed: NDArray[np.bool_]  # [N]
+    q: NDArray[np.float64]  # [N, D] radians / metres
+    group_scale: NDArray[np.float64]  # [G]
+    body_scale: NDArray[np.float64]  # [B] group scale x per-body refinement
+    offset_m: NDArray[np.float64]  # [J, 3] per mapped keypoint, body frame
+    keypoint_names: tuple[str, ...]  # [J] mapped keypoints
+    residual_2d_px: NDArray[np.float64]  # [N] mean over valid keypoints (NaN if none)
+    residual_3d_mm: NDArray[np.float64]  # [N] mean root-relative error over valid keypoints (NaN if none)
+    n_valid: NDArray[np.int64]  # [N] usable keypoints per frame
+    info: OptimiseInfo
+    loss_terms: dict[str, float]
+    seconds: float
+    noise_mm: float  # keypoint noise measured before the fit
+    smooth_weight: float  # the smoothness weight it led to
+
+    def angle(self, dof: str) -> NDArray[np.float64]:
+        """One DOF over time (radians or metres)."""
+        return self.q[:, self.model.dof_index(dof)]
+
+
+def estimate_noise_mm(
+    kp3d: NDArray[np.floating], kp2d: NDArray[np.floating], conf: NDArray[np.floating]
+) -> float:
+    """Keypoint noise (mm, per coordinate) from second differences over time of root-relative 3D keypoints.
+
+    Real motion changes little between frames at video rates, white noise does not: the robust spread (MAD) of
+    the second differences over consecutive usable frames, divided by sqrt(6), estimates the noise. Without 3D
+    keypoints the 2D ones are used, 1 px counting as 1 mm. NaN when nothing can be measured.
+    """
+    for kp in (kp3d, kp2d):
+        ok = (conf > 0) & np.isfinite(kp).all(-1)
+        n_ok = ok.sum(axis=1)
+        if (n_ok > 0).sum() < 3:
+            continue
+        x = np.where(ok[..., None], kp, 0.0)
+        centre = x.sum(axis=1, keepdims=True) / np.maximum(n_ok, 1)[:, None, None]
+        c = np.where(ok[..., None], x - centre, np.nan)
+        d2 = (c[2:] - 2.0 * c[1:-1] + c[:-2]).reshape(-1)
+        d2 = d2[np.isfinite(d2)]
+        if d2.size >= 10:
+            return 1.4826 * float(np.median(np.abs(d2))) / np.sqrt(6.0)
+    return float("nan")
+
+
+def init_smoothing_frames(noise_mm: float, fps: float, floor_mm: float) -> float:
+    """Gaussian sigma (frames) for the initial pelvis track: none for exact keypoints, up to 0.15 s at 5 cm."""
+    if not np.isfinite(noise_mm) or noise_mm <= floor_mm:
+        return 0.0
+    return fps * 0.03 * min(noise_mm / 10.0, 5.0)
+
+
+def _dense(values: NDArray[Any], rows: NDArray[np.int64], n: int, fill: float) -> NDArray[Any]:
+    out = np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
+    out[rows] = values
+    return out
+
+
+def prepare(
+    meta: KeypointsMeta, arrays: dict[str, NDArray[Any]], model: BodyModel, options: FitOptions
+) -> PreparedVideo:
+    """Dense frame grid, keypoint->site map, padding to the frame bucket, initial pose."""
+    frame = arrays["frame"].astype(np.int64)
+    if frame.size == 0:
+        raise ValueError(
+            f"keypoints table of video {meta.video_sha256[:12]} has no rows; rerun the pose stage"
+        )
+    kmap = map_keypoints(meta.joint_names, model)
+    cols = np.asarray(kmap.keypoint_index)
+    rows = frame - frame[0]
+    n = int(rows[-1]) + 1
+    kp2d = _dense(arrays["kp2d_px"][:, cols].astype(np.float32), rows, n, np.nan)
+    kp3d = _dense(arrays["kp3d_mm"][:, cols].astype(np.float32), rows, n, np.nan)
+    conf = _dense(arrays["conf"][:, cols].astype(np.float32), rows, n, 0.0)
+    conf = np.where(np.isfinite(conf), conf, 0.0).astype(np.float32)
+    frames = np.arange(frame[0], frame[-1] + 1)
+    time_s = np.interp(frames, frame, arrays["time_s"])
+    usable = (conf > 0) & np.isfinite(kp2d).all(-1)
+    observed = usable.any(axis=1)
+    if not observed.any():
+        raise ValueError(
+            f"keypoints table of video {meta.video_sha256[:12]} has no frame with a usable keypoint "
+            "(every confidence is 0); nothing to fit"
+        )
+    noise_mm = estimate_noise_mm(kp3d, kp2d, conf)
+    intr = meta.intrinsics
+    site_index = np.asarray(kmap.site_index)
+    q_init = initial_pose(
+        model,
+        site_index,
+        kp2d,
+        kp3d,
+        conf,
+        (intr.fx, intr.fy, intr.cx, intr.cy),
+        smooth_frames=init_smoothing_frames(noise_mm, meta.fps, options.noise_floor_mm),
+    )
+
+    nb = bucket_frames(n)
+    pad = nb - n
+    frame_mask = np.concatenate([np.ones(n), np.zeros(pad)]).astype(np.float32)
+    if options.method == "bspline":
+        basis = bspline_basis(nb, meta.fps, options.knots_per_second)
+    else:
+        basis = np.zeros((nb, 1), np.float32)
+    data = FitData(
+        kp2d=jnp.asarray(np.concatenate([kp2d, np.full((pad, *kp2d.shape[1:]), np.nan, np.float32)])),
+        kp3d=jnp.asarray(np.concatenate([kp3d, np.full((pad, *kp3d.shape[1:]), np.nan, np.float32)])),
+        conf=jnp.asarray(np.concatenate([conf, np.zeros((pad, conf.shape[1]), np.float32)])),
+        frame_mask=jnp.asarray(frame_mask),
+        basis=jnp.asarray(basis),
+        site_index=tuple(int(i) for i in kmap.site_index),
+        intrinsics=jnp.asarray([intr.fx, intr.fy, intr.cx, intr.cy], jnp.float32),
+        offset_projection=jnp.asarray(offset_projection(model, kmap.site_index), jnp.float32),
+        limits=Limits.of(model),
+        weights=options.weights(noise_mm if np.isfinite(noise_mm) else options.noise_floor_mm),
+    )
+    return PreparedVideo(data, kmap, frames, time_s, observed, q_init, nb, noise_mm)
+
+
+def root_rotation_mask(model: BodyModel) -> NDArray[np.float64]:
+    """1 for the hinge DOFs of the root body (the pelvis orientation), 0 elsewhere."""
+    mask = np.zeros(model.n_dofs)
+    for b in model.bodies:
+        if b.parent < 0:
+            mask[[d for d in b.dofs if model.dofs[d].kind == "hinge"]] = 1.0
+    return mask
+
+
+def initial_params(prep: PreparedVideo, model: BodyModel, options: FitOptions) -> FitParams:
+    """Trajectory through the initial pose (padding repeats the last frame), unit scales, zero offsets."""
+    n = len(prep.frames)
+    x = q_to_x(prep.q_init, model)
+    x = np.concatenate([x, np.repeat(x[-1:], prep.n_bucket - n, axis=0)])
+    if options.method == "bspline":
+        w = np.asarray(prep.data.frame_mask) * np.concatenate(
+            [prep.observed, np.zeros(prep.n_bucket - n, bool)]
+        )
+        trajectory = init_bspline(x, np.asarray(prep.data.basis), np.maximum(w, 1e-3))
+    else:
+        trajectory = FrameTrajectory(jnp.asarray(x))
+    return FitParams(
+        trajectory=trajectory,
+        log_scale=jnp.zeros(len(model.scale_groups), jnp.float32),
+        log_body=jnp.zeros(len(model.bodies), jnp.float32),
+        offset=jnp.zeros((len(prep.kmap), 3), jnp.float32),
+    )
+
+
+@eqx.filter_jit
+def _evaluate(params: FitParams, data: FitData, model: BodyModel):
+    q = data.limits.to_q(params.trajectory.values(data.basis))
+    return q, predict_camera_m(params, data, model), loss_terms(params, data, model)
+
+
+def _residuals(
+    pred_m: NDArray[np.float64], prep: PreparedVideo
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
+    d = prep.data
+    n = len(prep.frames)
+    kp2d, kp3d, conf = (np.asarray(a)[:n].astype(np.float64) for a in (d.kp2d, d.kp3d, d.conf))
+    intr = np.asarray(d.intrinsics, np.float64)
+    uv = np.asarray(project_px(jnp.asarray(pred_m), jnp.asarray(intr)))
+    v2 = (conf > 0) & np.isfinite(kp2d).all(-1)
+    e2 = np.where(v2, np.linalg.norm(np.where(v2[..., None], uv - kp2d, 0.0), axis=-1), 0.0)
+    with np.errstate(invalid="ignore"):
+        r2 = e2.sum(1) / np.where(v2.sum(1) > 0, v2.sum(1), np.nan)
+    v3 = (conf > 0) & np.isfinite(kp3d).all(-1)
+    cnt = np.maximum(v3.sum(1, keepdims=True), 1)[..., None]
+    p = pred_m * 1000.0
+    o = np.where(v3[..., None], kp3d, 0.0)
+    pc = p - (p * v3[..., None]).sum(1, keepdims=True) / cnt
+    oc = o - o.sum(1, keepdims=True) / cnt
+    e3 = np.where(v3, np.linalg.norm(np.where(v3[..., None], pc - oc, 0.0), axis=-1), 0.0)
+    with np.errstate(invalid="ignore"):
+        r3 = e3.sum(1) / np.where(v3.sum(1) > 0, v3.sum(1), np.nan)
+    return r2, r3, v2.sum(1).astype(np.int64)
+
+
+def fit_arrays(
+    meta: KeypointsMeta,
+    arrays: dict[str, NDArray[Any]],
+    options: FitOptions | None = None,
+    model: BodyModel | None = None,
+) -> FitResult:
+    """Fit the body model to one video's keypoints (arrays as returned by :func:`mocapflow.keypoints.read_arrays`)."""
+    t0 = time.perf_counter()
+    options = options or FitOptions()
+    model = model or fit_body_model()
+    prep = prepare(meta, arrays, model, options)
+    params = initial_params(prep, model, options)
+    params, info = optimise(
+        params,
+        prep.data,
+        model,
+        max_iters=options.max_iters,
+        learning_rate=options.learning_rate,
+        block_size=options.block_size,
+        rtol=options.rtol,
+        root_mask=root_rotation_mask(model),
+    )
+    q, pred, terms = _evaluate(params, prep.data, model)
+    n = len(prep.frames)
+    q_np = np.asarray(q, np.float64)[:n]
+    r2, r3, n_valid = _residuals(np.asarray(pred, np.float64)[:n], prep)
+    result = FitResult(
+        model=model,
+        meta=meta,
+        options=options,
+        frames=prep.frames,
+        time_s=prep.time_s,
+        observed=prep.observed,
+        q=q_np,
+        group_scale=np.asarray(params.group_scale(), np.float64),
+        body_scale=np.asarray(params.body_scale(jnp.asarray(model.group_matrix, jnp.float32)), np.float64),
+        offset_m=np.asarray(effective_offset(params, prep.data), np.float64),
+        keypoint_names=prep.kmap.names,
+        residual_2d_px=r2,
+        residual_3d_mm=r3,
+        n_valid=n_valid,
+        info=info,
+        loss_terms={k: float(v) for k, v in terms.items()},
+        seconds=time.perf_counter() - t0,
+        noise_mm=prep.noise_mm,
+        smooth_weight=float(prep.data.weights.smooth),
+    )
+    logger.info(
+        "fitted video %s: %d frames (bucket %d), %d iterations in %.1f s, median residual %.1f px / %.1f mm",
+        meta.video_sha256[:12],
+        n,
+        prep.n_bucket,
+        info.iterations,
+        result.seconds,
+        float(np.nanmedian(r2)) if np.isfinite(r2).any() else float("nan"),
+        float(np.nanmedian(r3)) if np.isfinite(r3).any() else float("nan"),
+    )
+    return result
+
+
+def fit_table(
+    table: pa.Table, options: FitOptions | None = None, model: BodyModel | None = None
+) -> FitResult:
+    """Validate a keypoints table and fit it."""
+    meta, arrays = read_arrays(table)
+    return fit_arrays(meta, arrays, options, model)

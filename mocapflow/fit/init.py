@@ -1,0 +1,201 @@
+"""Initial guess for a fit: the pelvis pose per frame from the keypoints, every other joint near zero.
+
+A rigid (Kabsch) fit of zero-pose sites to each frame's 3D keypoints gives the pelvis orientation (the pelvis's own
+keypoints if at least 3 are visible, else the trunk's, else all), so the optimiser never starts facing the wrong
+way; with noisy keypoints the track is smoothed over time. Without 3D keypoints the subject starts upright, facing
+the camera or away depending on where its right side appears. The absolute position comes from the 2D keypoints
+and the recorded intrinsics (the 3D loss is root-relative, so absolute 3D depths are not trusted).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpy.typing import NDArray
+
+from mocapflow.fit.basis import bucket_frames
+from mocapflow.fit.kinematics import site_positions
+from mocapflow.fit.sites import WORLD_TO_CAMERA
+from models.body import BodyModel, forward_kinematics
+
+logger = logging.getLogger(__name__)
+
+_PELVIS_DOFS = ("pelvis_tx", "pelvis_ty", "pelvis_tz", "pelvis_tilt", "pelvis_list", "pelvis_rotation")
+_TRUNK_BODIES = ("pelvis", "torso")
+_BENT_DOFS = ("knee_angle_r", "knee_angle_l", "elbow_flex_r", "elbow_flex_l")
+
+
+@eqx.filter_jit
+def _sites_of_frames(model: BodyModel, q: jax.Array) -> jax.Array:
+    """World sites [T, S, 3] (m) at unit scale for joint values q [T, D] (``model`` static)."""
+    n_b, n_s = len(model.bodies), len(model.sites)
+    return site_positions(model, q, jnp.ones((n_b, 3), q.dtype), jnp.zeros((n_s, 3), q.dtype))
+
+
+def euler_zxy(rot: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Angles (a, b, c) with ``rot = Rz(a) @ Rx(b) @ Ry(c)`` (pelvis tilt, list, rotation), ``rot`` [..., 3, 3]."""
+    r = np.asarray(rot, np.float64)
+    b = np.arcsin(np.clip(r[..., 2, 1], -1.0, 1.0))
+    a = np.arctan2(-r[..., 0, 1], r[..., 1, 1])
+    c = np.arctan2(-r[..., 2, 0], r[..., 2, 2])
+    return np.stack([a, b, c], axis=-1)
+
+
+def kabsch(
+    src: NDArray[np.floating], dst: NDArray[np.floating]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Rotation R and translation t minimising ``|R @ src_i + t - dst_i|`` (src, dst [n, 3], n >= 3)."""
+    s, d = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    sc, dc = s.mean(0), d.mean(0)
+    u, _, vt = np.linalg.svd((s - sc).T @ (d - dc))
+    sign = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    r = vt.T @ np.diag([1.0, 1.0, sign]) @ u.T
+    return r, dc - r @ sc
+
+
+def _gaussian_smooth(values: NDArray[np.float64], ok: NDArray[np.bool_], sigma: float) -> NDArray[np.float64]:
+    """Gaussian smoothing over frames of the rows where ``ok`` (normalised convolution; others unchanged)."""
+    if sigma <= 0.3 or ok.sum() < 2:
+        return values
+    radius = int(np.ceil(3 * sigma))
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    w = ok.astype(float)
+    out = values.copy()
+    norm = np.convolve(w, kernel, mode="same")
+    for col in range(values.shape[1]):
+        num = np.convolve(np.where(ok, values[:, col], 0.0), kernel, mode="same")
+        out[ok, col] = num[ok] / norm[ok]
+    return out
+
+
+def _fill_gaps(values: NDArray[np.float64], ok: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Linear interpolation over frames where ``ok`` is False (constant beyond the ends)."""
+    if ok.all():
+        return values
+    t = np.arange(len(values))
+    out = values.copy()
+    for col in range(values.shape[1]):
+        out[~ok, col] = np.interp(t[~ok], t[ok], values[ok, col])
+    return out
+
+
+def initial_pose(
+    model: BodyModel,
+    site_index: NDArray[np.integer],
+    kp2d: NDArray[np.floating],
+    kp3d: NDArray[np.floating],
+    conf: NDArray[np.floating],
+    intrinsics: tuple[float, float, float, float],
+    smooth_frames: float = 0.0,
+) -> NDArray[np.float64]:
+    """Per-frame joint values [T, D]: pelvis from the keypoints, knees/elbows slightly bent, the rest zero.
+
+    ``smooth_frames``: Gaussian sigma (frames) applied to the pelvis estimates (noisy keypoints need it).
+    """
+    n_frames = kp2d.shape[0]
+    q = np.tile(np.clip(np.zeros(model.n_dofs), model.lower, model.upper), (n_frames, 1))
+    for name in _BENT_DOFS:
+        if name in model.dof_names:
+            q[:, model.dof_index(name)] = np.deg2rad(10.0)
+    if not all(n in model.dof_names for n in _PELVIS_DOFS):
+        logger.warning(
+            "body model %r has no OpenSim pelvis DOFs; the fit starts from the zero pose", model.name
+        )
+        return q
+    pelvis = [model.dof_index(n) for n in _PELVIS_DOFS]
+    zero_sites = np.asarray(forward_kinematics(model, jnp.zeros(model.n_dofs)))[site_index]  # world m
+    body_of = [model.bodies[model.sites[s].body].name for s in site_index]
+    on_pelvis = np.array([b == _TRUNK_BODIES[0] for b in body_of])
+    trunk = np.array([b in _TRUNK_BODIES for b in body_of])
+    valid3 = (conf > 0) & np.isfinite(kp3d).all(-1)
+    valid2 = (conf > 0) & np.isfinite(kp2d).all(-1)
+
+    rot = np.full((n_frames, 3), np.nan)
+    have_rot = np.zeros(n_frames, bool)
+    for t in range(n_frames):
+        use = valid3[t]  # the pelvis's own keypoints if there are 3, else the trunk's, else all
+        for subset in (on_pelvis, trunk):
+            if (valid3[t] & subset).sum() >= 3:
+                use = valid3[t] & subset
+                break
+        if use.sum() < 3:
+            continue
+        obs_world = (kp3d[t, use] / 1000.0) @ WORLD_TO_CAMERA  # camera m -> level-camera world axes
+        r, _ = kabsch(zero_sites[use], obs_world)
+        rot[t] = euler_zxy(r)
+        have_rot[t] = True
+    if not have_rot.any():
+        rot[:] = _facing_from_2d(model, kp2d, valid2, site_index)
+        have_rot[:] = True
+    rot[have_rot, 2] = np.unwrap(rot[have_rot, 2])
+    rot = _fill_gaps(_gaussian_smooth(rot, have_rot, smooth_frames), have_rot)
+    q[:, pelvis[3:]] = rot
+
+    trans, have_t = _translation_from_2d(model, q, pelvis[:3], site_index, kp2d, valid2, intrinsics)
+    if have_t.any():
+        q[:, pelvis[:3]] = _fill_gaps(_gaussian_smooth(trans, have_t, smooth_frames), have_t)
+    else:
+        q[:, pelvis[:3]] = np.array([3.0, 0.0, 0.0])  # 3 m in front of the camera
+        logger.warning("no frame has enough valid 2D keypoints; the fit starts 3 m in front of the camera")
+    return q
+
+
+def _facing_from_2d(
+    model: BodyModel, kp2d: NDArray[np.floating], valid2: NDArray[np.bool_], site_index: NDArray[np.integer]
+) -> NDArray[np.float64]:
+    """Upright, facing towards or away from the camera depending on where the right side appears (2D-only data)."""
+    zero = np.asarray(forward_kinematics(model, jnp.zeros(model.n_dofs)))[site_index]
+    side = zero[:, 2]  # world Z: + on the subject's right
+    du = []
+    for t in range(kp2d.shape[0]):
+        v = valid2[t] & (np.abs(side) > 0.05)
+        if v.sum() >= 2:
+            du.append(np.sum(kp2d[t, v, 0] * np.sign(side[v])) / v.sum())
+    # facing away (rotation 0): the subject's right (world +Z) is camera +x, i.e. to the image right
+    facing_away = np.median(du) > np.median(kp2d[valid2][:, 0]) if du and valid2.any() else True
+    return np.array([0.0, 0.0, 0.0 if facing_away else np.pi])
+
+
+def _translation_from_2d(
+    model: BodyModel,
+    q: NDArray[np.float64],
+    trans_dofs: list[int],
+    site_index: NDArray[np.integer],
+    kp2d: NDArray[np.floating],
+    valid2: NDArray[np.bool_],
+    intrinsics: tuple[float, float, float, float],
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Pelvis translation per frame that puts the posed sites' spread and centre on the 2D keypoints."""
+    fx, fy, cx, cy = intrinsics
+    n_frames = q.shape[0]
+    out = np.zeros((n_frames, 3))
+    ok = np.zeros(n_frames, bool)
+    q0 = q.copy()
+    q0[:, trans_dofs] = 0.0
+    padded = np.concatenate(
+        [q0, np.zeros((bucket_frames(n_frames) - n_frames, q0.shape[1]))]
+    )  # reuse compiled FK
+    posed = np.asarray(_sites_of_frames(model, jnp.asarray(padded, jnp.float32)))[:n_frames, site_index]
+    posed = posed @ WORLD_TO_CAMERA.T
+    for t in range(n_frames):
+        v = valid2[t]
+        if v.sum() < 2:
+            continue
+        local = posed[t, v]  # camera-frame m, pelvis at the camera centre
+        uv = kp2d[t, v].astype(np.float64)
+        spread_px = np.sqrt(np.mean(np.sum((uv - uv.mean(0)) ** 2, axis=1)))
+        spread_m = np.sqrt(np.mean(np.sum((local[:, :2] - local[:, :2].mean(0)) ** 2, axis=1)))
+        if spread_px < 1.0 or spread_m < 1e-3:
+            continue
+        depth = 0.5 * (fx + fy) * spread_m / spread_px
+        centre = local.mean(0)
+        z = depth - centre[2]
+        x = (uv[:, 0].mean() - cx) / fx * depth - centre[0]
+        y = (uv[:, 1].mean() - cy) / fy * depth - centre[1]
+        out[t] = WORLD_TO_CAMERA.T @ np.array([x, y, z])
+        ok[t] = True
+    return out, ok

@@ -1,0 +1,255 @@
+"""What a fit leaves behind, as pure functions from a :class:`FitResult` to tables, bytes and text.
+
+- ``angles.parquet``: frame, time_s, observed, one column per DOF (degrees for hinges, metres for slides; units in
+  the schema metadata).
+- ``residuals.parquet``: per frame the mean 2D reprojection error (px), mean root-relative 3D error (mm) and the
+  number of keypoints used.
+- ``scales.json``: scale per group and per body, per-keypoint offsets (mm) and the fit's figures.
+- ``angles.mot``: the angles as an OpenSim motion file.
+- ``angles.png``: hips, knees, ankles, shoulders and elbows over time (ground truth overlaid when given).
+
+:func:`write_fit` puts each into the store in one put and writes ``_SUCCESS.json`` last.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
+from mocapflow.store import Store, WriteReport, fit_prefix
+
+if TYPE_CHECKING:
+    from mocapflow.fit.fitting import FitOptions, FitResult
+    from mocapflow.keypoints import KeypointsMeta
+
+logger = logging.getLogger(__name__)
+
+FIT_SCHEMA_VERSION = 1
+ANGLES, RESIDUALS, SCALES, MOT, PNG = (
+    "angles.parquet",
+    "residuals.parquet",
+    "scales.json",
+    "angles.mot",
+    "angles.png",
+)
+PLOT_DOFS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("hip flexion", ("hip_flexion_r", "hip_flexion_l")),
+    ("hip adduction", ("hip_adduction_r", "hip_adduction_l")),
+    ("knee", ("knee_angle_r", "knee_angle_l")),
+    ("ankle", ("ankle_angle_r", "ankle_angle_l")),
+    ("shoulder flexion", ("arm_flex_r", "arm_flex_l")),
+    ("shoulder adduction", ("arm_add_r", "arm_add_l")),
+    ("elbow", ("elbow_flex_r", "elbow_flex_l")),
+)
+
+
+def dof_units(result: FitResult) -> dict[str, str]:
+    return {d.name: ("deg" if d.kind == "hinge" else "m") for d in result.model.dofs}
+
+
+def angles_in_units(result: FitResult) -> NDArray[np.float64]:
+    """[N, D]: degrees for hinges, metres for slides."""
+    hinge = np.array([d.kind == "hinge" for d in result.model.dofs])
+    return np.where(hinge[None], np.rad2deg(result.q), result.q)
+
+
+def _meta(result: FitResult, extra: Mapping[str, Any]) -> dict[bytes, bytes]:
+    values = {
+        "mocapflow.fit_schema_version": FIT_SCHEMA_VERSION,
+        "video_sha256": result.meta.video_sha256,
+        "keypoints_model_id": result.meta.model_id,
+        "keypoints_model_name": result.meta.model_name,
+        "body_model": result.model.name,
+        "fps": result.meta.fps,
+        "fit_params": result.options.to_params(),
+        **extra,
+    }
+    return {k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in values.items()}
+
+
+def angles_table(result: FitResult) -> pa.Table:
+    """frame, time_s, observed and one float64 column per DOF; ``units`` in the schema metadata."""
+    values = angles_in_units(result)
+    columns: dict[str, pa.Array] = {
+        "frame": pa.array(result.frames.astype(np.int32), pa.int32()),
+        "time_s": pa.array(result.time_s.astype(np.float64), pa.float64()),
+        "observed": pa.array(result.observed.astype(bool), pa.bool_()),
+    }
+    for i, name in enumerate(result.model.dof_names):
+        columns[name] = pa.array(values[:, i], pa.float64())
+    return pa.table(columns).replace_schema_metadata(_meta(result, {"units": dof_units(result)}))
+
+
+def residuals_table(result: FitResult) -> pa.Table:
+    """Per-frame means of the 2D (px) and root-relative 3D (mm) residuals; NaN where no keypoint was usable."""
+    return pa.table(
+        {
+            "frame": pa.array(result.frames.astype(np.int32), pa.int32()),
+            "time_s": pa.array(result.time_s, pa.float64()),
+            "residual_2d_px": pa.array(result.residual_2d_px, pa.float64()),
+            "residual_3d_mm": pa.array(result.residual_3d_mm, pa.float64()),
+            "n_keypoints": pa.array(result.n_valid.astype(np.int32), pa.int32()),
+        }
+    ).replace_schema_metadata(_meta(result, {"units": {"residual_2d_px": "px", "residual_3d_mm": "mm"}}))
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def scales_document(result: FitResult) -> dict[str, Any]:
+    """Body scales, keypoint offsets and the fit's figures (JSON-ready, no NaN)."""
+    m = result.model
+    body = m.group_matrix @ result.group_scale
+    info = result.info
+    return {
+        "body_model": m.name,
+        "group_scale": dict(zip(m.scale_groups, map(float, result.group_scale), strict=True)),
+        "body_scale": dict(zip(m.body_names, map(float, result.body_scale), strict=True)),
+        "group_scale_of_body": dict(zip(m.body_names, map(float, body), strict=True)),
+        "keypoint_offset_mm": {
+            name: [round(float(v) * 1000.0, 3) for v in off]
+            for name, off in zip(result.keypoint_names, result.offset_m, strict=True)
+        },
+        "fit": {
+            "iterations": info.iterations,
+            "converged": info.converged,
+            "seconds": result.seconds,
+            "optimiser_seconds": info.seconds,
+            "final_loss": _finite_or_none(info.final_loss),
+            "loss_terms": {k: _finite_or_none(v) for k, v in result.loss_terms.items()},
+            "keypoint_noise_mm": _finite_or_none(result.noise_mm),
+            "smooth_weight": result.smooth_weight,
+            "median_residual_2d_px": _finite_or_none(float(np.nanmedian(result.residual_2d_px)))
+            if np.isfinite(result.residual_2d_px).any()
+            else None,
+            "median_residual_3d_mm": _finite_or_none(float(np.nanmedian(result.residual_3d_mm)))
+            if np.isfinite(result.residual_3d_mm).any()
+            else None,
+        },
+    }
+
+
+def mot_text(result: FitResult, name: str = "mocapflow") -> str:
+    """OpenSim .mot: header (name, version=1, nRows, nColumns, inDegrees=yes, endheader), then tab-separated
+    ``time`` and one column per DOF (degrees; slides in metres, as OpenSim expects)."""
+    values = angles_in_units(result)
+    names = ["time", *result.model.dof_names]
+    lines = [
+        name,
+        "version=1",
+        f"nRows={values.shape[0]}",
+        f"nColumns={len(names)}",
+        "inDegrees=yes",
+        "endheader",
+        "\t".join(names),
+    ]
+    for t, row in zip(result.time_s, values, strict=True):
+        lines.append("\t".join([f"{t:.6f}", *(f"{v:.6f}" for v in row)]))
+    return "\n".join(lines) + "\n"
+
+
+def read_mot(text: str) -> tuple[dict[str, str], list[str], NDArray[np.float64]]:
+    """Parse a .mot file: (header key=value pairs plus ``name``, column names, values [nRows, nColumns])."""
+    lines = text.splitlines()
+    try:
+        end = lines.index("endheader")
+    except ValueError:
+        raise ValueError("not an OpenSim .mot file: no 'endheader' line") from None
+    header: dict[str, str] = {"name": lines[0]} if lines else {}
+    for line in lines[1:end]:
+        key, sep, value = line.partition("=")
+        if sep:
+            header[key.strip()] = value.strip()
+    columns = lines[end + 1].split("\t")
+    rows = [list(map(float, line.split("\t"))) for line in lines[end + 2 :] if line.strip()]
+    data = np.array(rows, dtype=np.float64).reshape(len(rows), len(columns))
+    if "nRows" in header and int(header["nRows"]) != data.shape[0]:
+        raise ValueError(f".mot header says nRows={header['nRows']} but there are {data.shape[0]} rows")
+    if "nColumns" in header and int(header["nColumns"]) != data.shape[1]:
+        raise ValueError(
+            f".mot header says nColumns={header['nColumns']} but there are {data.shape[1]} columns"
+        )
+    return header, columns, data
+
+
+def plot_png(
+    result: FitResult,
+    truth: Mapping[str, NDArray[np.floating]] | None = None,
+    panels: Sequence[tuple[str, Sequence[str]]] = PLOT_DOFS,
+    dpi: int = 100,
+) -> bytes:
+    """PNG of the main joint angles (degrees) over time; ``truth`` maps DOF names to radians per frame."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # the Agg canvas: no display, no global state
+    from matplotlib.figure import Figure
+
+    values = angles_in_units(result)
+    fig = Figure(figsize=(10, 2.0 * len(panels)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (title, dofs) in zip(axes, panels, strict=True):
+        for dof, colour in zip(dofs, ("tab:red", "tab:blue"), strict=False):
+            if dof not in result.model.dof_names:
+                continue
+            i = result.model.dof_index(dof)
+            ax.plot(result.time_s, values[:, i], color=colour, lw=1.2, label=f"{dof} fit")
+            if truth is not None and dof in truth:
+                true = np.rad2deg(np.asarray(truth[dof], np.float64))[: len(result.time_s)]
+                ax.plot(result.time_s[: len(true)], true, color=colour, lw=1.0, ls="--", label=f"{dof} truth")
+        ax.set_ylabel(f"{title} (deg)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=7, ncol=2)
+    axes[-1].set_xlabel("time (s)")
+    fig.suptitle(f"video {result.meta.video_sha256[:12]}: fitted joint angles")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def fit_params(meta: KeypointsMeta, options: FitOptions, body_model: str) -> dict[str, Any]:
+    """Everything the fit's content key depends on besides the video and the keypoints model."""
+    return {"fit": options.to_params(), "keypoints_params": meta.params, "body_model": body_model}
+
+
+def fit_key_prefix(meta: KeypointsMeta, options: FitOptions, body_model: str) -> str:
+    """``fits/model=<keypoints model id>/video=<sha256>/fit=<hash of fit_params>``."""
+    return fit_prefix(meta.video_sha256, meta.model_id, fit_params(meta, options, body_model))
+
+
+def write_fit(
+    store: Store,
+    result: FitResult,
+    inputs: Mapping[str, Any] | None = None,
+    truth: Mapping[str, NDArray[np.floating]] | None = None,
+) -> tuple[str, list[WriteReport]]:
+    """Write every output of ``result`` under its fit prefix, then ``_SUCCESS.json``; return (prefix, reports)."""
+    prefix = fit_key_prefix(result.meta, result.options, result.model.name)
+    reports = [
+        store.write_table(f"{prefix}/{ANGLES}", angles_table(result)),
+        store.write_table(f"{prefix}/{RESIDUALS}", residuals_table(result)),
+        store.put_json(f"{prefix}/{SCALES}", scales_document(result)),
+        store.put_bytes(f"{prefix}/{MOT}", mot_text(result).encode("utf-8")),
+        store.put_bytes(f"{prefix}/{PNG}", plot_png(result, truth)),
+    ]
+    info = {
+        "rows": len(result.frames),
+        "bytes": sum(r.bytes for r in reports),
+        "objects": [r.to_dict() for r in reports],
+        "inputs": dict(inputs or {}),
+        "video_sha256": result.meta.video_sha256,
+        "keypoints_model_id": result.meta.model_id,
+        "fit_params": fit_params(result.meta, result.options, result.model.name),
+        "iterations": result.info.iterations,
+        "seconds": result.seconds,
+    }
+    reports.append(store.commit(prefix, info))
+    return prefix, reports

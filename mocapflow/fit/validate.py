@@ -1,0 +1,244 @@
+"""Accuracy of the fit on fresh synthetic ground truth (``mocapflow validate fit``).
+
+Ground truth comes from :mod:`mocapflow.synth` without rendering video: a subject (anisotropic per-body scales,
+marker offsets), a motion and a camera per video; the markers are projected through the recorded camera into
+keypoints tables. ``clean`` tables hold the exact markers; ``noisy`` ones add 2D noise (px), 3D noise (mm, per
+coordinate), dropped frames and keypoints with confidence 0. Joint-angle errors are computed against the true
+DOF values on the metric joints (hips, knees, ankles, shoulders, elbows; both sides).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mocapflow.camera import Extrinsics, Intrinsics, project
+from mocapflow.fit.fitting import FitOptions, FitResult, fit_arrays, fit_body_model
+from mocapflow.keypoints import KeypointsMeta
+from models.body import BodyModel
+
+logger = logging.getLogger(__name__)
+
+METRIC_DOFS: tuple[str, ...] = tuple(
+    f"{name}_{side}"
+    for side in ("r", "l")
+    for name in (
+        "hip_flexion",
+        "hip_adduction",
+        "hip_rotation",
+        "knee_angle",
+        "ankle_angle",
+        "arm_flex",
+        "arm_add",
+        "arm_rot",
+        "elbow_flex",
+    )
+)
+
+
+@dataclass(frozen=True)
+class ValidationSpec:
+    """The synthetic set and the corruption of its noisy copy."""
+
+    n_videos: int = 4
+    seconds: float = 4.0
+    fps: float = 30.0
+    seed: int = 0
+    width: int = 640
+    height: int = 480
+    noise_2d_px: float = 4.0
+    noise_3d_mm: float = 50.0
+    dropped_frames: float = 0.05
+    zero_conf_keypoints: float = 0.10
+
+    def __post_init__(self) -> None:
+        if self.n_videos < 1 or self.seconds <= 0 or self.fps <= 0:
+            raise ValueError(f"invalid validation spec {self}: need videos >= 1, seconds > 0, fps > 0")
+
+
+@dataclass(frozen=True, eq=False)
+class TruthVideo:
+    """One synthetic video's ground truth (no pixels)."""
+
+    name: str
+    motion: str
+    q: NDArray[np.float64]  # [T, D]
+    markers_cam_m: NDArray[np.float64]  # [T, J, 3]
+    marker_names: tuple[str, ...]
+    intrinsics: Intrinsics
+    extrinsics: Extrinsics
+    fps: float
+
+
+def truth_videos(spec: ValidationSpec, model: BodyModel) -> list[TruthVideo]:
+    """Subjects, motions and cameras from :mod:`mocapflow.synth`, one independent random stream per video."""
+    from mocapflow.synth import DISC_RADIUS_M, MARKER_SITES, MOTIONS
+    from mocapflow.synth.kinematics import FrameFk
+    from mocapflow.synth.motions import generate_motion
+    from mocapflow.synth.scene import place_camera
+    from mocapflow.synth.subjects import sample_subject
+
+    fk = FrameFk(model)
+    n_frames = int(round(spec.seconds * spec.fps))
+    marker_idx = model.site_index(list(MARKER_SITES))
+    videos = []
+    for i in range(spec.n_videos):
+        rng_subject, rng_motion, rng_camera = (
+            np.random.default_rng(s) for s in np.random.SeedSequence([spec.seed, 7001, i]).spawn(3)
+        )
+        motion_name = MOTIONS[i % len(MOTIONS)]
+        subject = sample_subject(fk, rng_subject, f"val{i:03d}")
+        motion = generate_motion(fk, motion_name, subject, n_frames, spec.fps, rng_motion)
+        world = fk(motion.q, subject.body_scale, subject.site_offset)[:, marker_idx]
+        layout = place_camera(
+            world,
+            motion.facing_yaw,
+            rng_camera,
+            width=spec.width,
+            height=spec.height,
+            hfov_deg_range=(50.0, 65.0),
+            distance_m_range=(3.0, 6.0),
+            disc_radius_m=DISC_RADIUS_M,
+            side_view=motion_name == "walking",
+        )
+        videos.append(
+            TruthVideo(
+                name=f"val{i:03d}_{motion_name}",
+                motion=motion_name,
+                q=motion.q,
+                markers_cam_m=layout.extrinsics.apply(world),
+                marker_names=tuple(MARKER_SITES),
+                intrinsics=layout.intrinsics,
+                extrinsics=layout.extrinsics,
+                fps=spec.fps,
+            )
+        )
+    return videos
+
+
+def keypoints_from_truth(
+    video: TruthVideo,
+    *,
+    noise_2d_px: float = 0.0,
+    noise_3d_mm: float = 0.0,
+    dropped_frames: float = 0.0,
+    zero_conf_keypoints: float = 0.0,
+    seed: int = 0,
+) -> tuple[KeypointsMeta, dict[str, NDArray[Any]]]:
+    """Keypoint arrays of the markers through the recorded camera; all corruption off gives exact markers."""
+    rng = np.random.default_rng(seed)
+    cam = video.markers_cam_m
+    n, j = cam.shape[:2]
+    kp2d = project(cam, video.intrinsics) + noise_2d_px * rng.standard_normal((n, j, 2))
+    kp3d = cam * 1000.0 + noise_3d_mm * rng.standard_normal((n, j, 3))
+    conf = np.ones((n, j))
+    conf[rng.random((n, j)) < zero_conf_keypoints] = 0.0
+    conf[rng.random(n) < dropped_frames] = 0.0
+    conf[~np.isfinite(kp2d).all(-1)] = 0.0
+    kp2d[conf == 0] = np.nan
+    kp3d[conf == 0] = np.nan
+    has = (conf > 0).any(axis=1)
+    box = np.full((n, 4), np.nan)
+    if has.any():
+        box[has] = np.concatenate([np.nanmin(kp2d[has], axis=1), np.nanmax(kp2d[has], axis=1)], axis=1)
+    digest = hashlib.sha256(
+        np.ascontiguousarray(cam).tobytes() + repr((noise_2d_px, noise_3d_mm, seed)).encode()
+    ).hexdigest()
+    meta = KeypointsMeta(
+        video_sha256=digest,
+        fps=video.fps,
+        width=video.intrinsics.width,
+        height=video.intrinsics.height,
+        n_frames=n,
+        intrinsics=video.intrinsics,
+        joint_names=video.marker_names,
+        joint_edges=(),
+        model_id=hashlib.sha256(b"mocapflow-validate-groundtruth").hexdigest()[:16],
+        model_name="markers",
+        params={"noise_2d_px": noise_2d_px, "noise_3d_mm": noise_3d_mm, "seed": seed},
+    )
+    arrays = {
+        "frame": np.arange(n, dtype=np.int32),
+        "time_s": np.arange(n) / video.fps,
+        "kp2d_px": kp2d.astype(np.float32),
+        "kp3d_mm": kp3d.astype(np.float32),
+        "conf": conf.astype(np.float32),
+        "box": box.astype(np.float32),
+        "box_score": has.astype(np.float32),
+        "track_id": np.where(has, 0, -1).astype(np.int32),
+    }
+    return meta, arrays
+
+
+def angle_errors_deg(
+    result: FitResult, q_true: NDArray[np.floating], dofs: tuple[str, ...] = METRIC_DOFS
+) -> NDArray[np.float64]:
+    """Absolute errors [N, len(dofs)] in degrees, frames aligned by frame number."""
+    idx = [result.model.dof_index(d) for d in dofs]
+    truth = np.asarray(q_true)[result.frames][:, idx]
+    diff = result.q[:, idx] - truth
+    diff = (diff + np.pi) % (2 * np.pi) - np.pi
+    return np.rad2deg(np.abs(diff))
+
+
+def validate_fit(
+    spec: ValidationSpec | None = None,
+    options: FitOptions | None = None,
+    on_video: Callable[[str, str, float], None] | None = None,
+) -> dict[str, Any]:
+    """Fit clean and noisy keypoints of a fresh synthetic set; return the summary (JSON-ready)."""
+    spec = spec or ValidationSpec()
+    options = options or FitOptions()
+    model = fit_body_model()
+    videos = truth_videos(spec, model)
+    errors: dict[str, list[NDArray[np.float64]]] = {"clean": [], "noisy": []}
+    per_video: list[dict[str, Any]] = []
+    seconds: list[float] = []
+    for k, video in enumerate(videos):
+        for kind in ("clean", "noisy"):
+            corruption = (
+                {}
+                if kind == "clean"
+                else {
+                    "noise_2d_px": spec.noise_2d_px,
+                    "noise_3d_mm": spec.noise_3d_mm,
+                    "dropped_frames": spec.dropped_frames,
+                    "zero_conf_keypoints": spec.zero_conf_keypoints,
+                }
+            )
+            meta, arrays = keypoints_from_truth(video, seed=spec.seed * 1000 + k, **corruption)
+            result = fit_arrays(meta, arrays, options, model)
+            err = angle_errors_deg(result, video.q)
+            errors[kind].append(err)
+            seconds.append(result.seconds)
+            per_video.append(
+                {
+                    "video": video.name,
+                    "kind": kind,
+                    "mjae_deg": float(np.median(err)),
+                    "iterations": result.info.iterations,
+                    "seconds": result.seconds,
+                }
+            )
+            if on_video is not None:
+                on_video(video.name, kind, float(np.median(err)))
+    summary: dict[str, Any] = {
+        "mjae_clean_deg": float(np.median(np.concatenate(errors["clean"]))),
+        "mjae_noisy_deg": float(np.median(np.concatenate(errors["noisy"]))),
+        "fit_seconds_per_video": float(np.mean(seconds)),
+    }
+    for kind in ("clean", "noisy"):
+        allerr = np.concatenate(errors[kind])
+        summary[f"rmse_{kind}_deg"] = {
+            d: float(np.sqrt(np.mean(allerr[:, i] ** 2))) for i, d in enumerate(METRIC_DOFS)
+        }
+    summary["videos"] = per_video
+    summary["spec"] = asdict(spec)
+    summary["fit_options"] = options.to_params()
+    return summary

@@ -1,0 +1,81 @@
+"""The fitting stage on Ray: one CPU-pinned task per video, in a fresh worker process.
+
+``fit_remote`` is a Ray remote function with ``max_calls=1``: each call gets a new worker process, which leases and
+pins ``settings.fit_cpus`` CPUs and sets XLA's thread flags BEFORE anything imports JAX (JAX sizes its thread pool
+when its CPU backend initialises). JAX is therefore imported only inside :func:`fit_task`, never at module top:
+importing JAX before Ray forks its workers also triggers a fork warning (ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from mocapflow.cpus import current_affinity, lease_cpus
+from mocapflow.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _pin_and_configure(settings: Settings) -> dict[str, Any]:
+    """Lease CPUs, pin, and put the XLA thread flags in the environment; must run before JAX initialises."""
+    from mocapflow.fit.runtime import xla_flags  # no JAX import
+
+    lease = lease_cpus(settings.fit_cpus, pin=settings.pin_cpus)
+    os.environ["XLA_FLAGS"] = xla_flags(lease.threads, os.environ.get("XLA_FLAGS", ""))
+    return {"threads": lease.threads, "leased_cpus": lease.cpus, "_lease": lease}
+
+
+def worker_report(threads: int) -> dict[str, Any]:
+    """What this process runs on: pid, CPU affinity, XLA flags, JAX's devices (JAX initialised here)."""
+    import jax
+
+    return {
+        "pid": os.getpid(),
+        "affinity": current_affinity(),
+        "threads": threads,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_devices": jax.device_count(),
+        "jax_platform": jax.default_backend(),
+    }
+
+
+def fit_task(
+    keypoints_uri: str, settings: Settings, out_root: str | None = None, max_iters: int | None = None
+) -> dict[str, Any]:
+    """Pin, configure JAX, fit one keypoints table and write its outputs; returns the summary plus a worker report.
+
+    Plain function (testable without Ray); on Ray it runs as :data:`fit_remote`.
+    """
+    pinned = _pin_and_configure(settings)
+    lease = pinned.pop("_lease")
+    try:
+        report = worker_report(pinned["threads"])  # initialises JAX after pinning
+        from mocapflow.fit.fitting import FitOptions
+        from mocapflow.fit.run import fit_keypoints
+        from mocapflow.fit.runtime import configure_jax_cache
+        from mocapflow.store import Store
+
+        configure_jax_cache(settings.jax_cache_dir)
+        options = FitOptions.from_settings(settings, max_iters=max_iters)
+        store = Store(out_root, settings.storage_options()) if out_root else Store.from_settings(settings)
+        summary = fit_keypoints(keypoints_uri, store, options, settings.storage_options())
+        summary["worker"] = {**report, "leased_cpus": pinned["leased_cpus"]}
+        return summary
+    finally:
+        lease.release()
+
+
+fit_remote = ray.remote(num_cpus=1, max_calls=1)(fit_task)
+
+
+def submit_fit(
+    keypoints_uri: str, settings: Settings, out_root: str | None = None, max_iters: int | None = None
+) -> ray.ObjectRef:
+    """Submit one fit asking Ray for ``settings.fit_cpus`` CPUs (Ray must be initialised)."""
+    return fit_remote.options(num_cpus=settings.fit_cpus, name="fit").remote(
+        keypoints_uri, settings, out_root, max_iters
+    )

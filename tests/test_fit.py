@@ -1,0 +1,356 @@
+"""The fitting stage: parameterisation, kinematics, loss masking, recovery on a clean clip, compile reuse, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mocapflow.fit import optimise
+from mocapflow.fit.basis import bspline_basis, bucket_frames
+from mocapflow.fit.clip import gait_clip, keypoints_of, keypoints_table
+from mocapflow.fit.fitting import (
+    FitOptions,
+    FitResult,
+    estimate_noise_mm,
+    fit_arrays,
+    fit_body_model,
+    initial_params,
+    prepare,
+)
+from mocapflow.fit.kinematics import site_positions
+from mocapflow.fit.loss import total_loss
+from mocapflow.fit.outputs import (
+    MOT,
+    PNG,
+    SCALES,
+    angles_table,
+    fit_key_prefix,
+    mot_text,
+    read_mot,
+    write_fit,
+)
+from mocapflow.fit.params import Limits, bounded_mask, q_to_x
+from mocapflow.fit.run import fit_keypoints, read_keypoints
+from mocapflow.fit.runtime import jax_cache_folder, xla_flags
+from mocapflow.fit.sites import map_keypoints
+from mocapflow.store import SUCCESS, Store, keypoints_key, keypoints_prefix
+from models.body import default_body_model, forward_kinematics
+
+# markers that a lab marker set or a pose model would give (a subset of the body-model sites)
+NAMES = (
+    "rhip", "lhip", "rasis", "lasis", "pelv", "rkne", "lkne", "rknem", "lknem", "rank", "lank", "rhee", "lhee",
+    "rtoe", "ltoe", "rsho", "lsho", "relb", "lelb", "relbm", "lelbm", "rwri", "lwri", "rhan", "lhan", "thor",
+    "clavicle", "head", "nose",
+)  # fmt: skip
+CLIP_FRAMES = 48
+CLIP_ITERS = 1200
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fit_body_model()
+
+
+@pytest.fixture(scope="module")
+def clip(model):
+    return gait_clip(model, CLIP_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def clean_fit(model, clip) -> FitResult:
+    meta, arrays = keypoints_of(clip, NAMES)
+    return fit_arrays(meta, arrays, FitOptions(max_iters=CLIP_ITERS), model)
+
+
+def test_bounded_parameterisation_stays_inside_the_limits(model):
+    limits = Limits.of(model)
+    bounded = bounded_mask(model)
+    x = jnp.asarray(np.random.default_rng(0).normal(0, 50, (200, model.n_dofs)), jnp.float32)
+    q = np.asarray(limits.to_q(x))
+    assert np.all(q[:, bounded] >= model.lower[bounded] - 1e-6)
+    assert np.all(q[:, bounded] <= model.upper[bounded] + 1e-6)
+    # free DOFs: root translations and the full-turn pelvis rotation pass through unchanged
+    free = [model.dof_names[i] for i in np.flatnonzero(~bounded)]
+    assert sorted(free) == sorted(["pelvis_tx", "pelvis_ty", "pelvis_tz", "pelvis_rotation"])
+    np.testing.assert_array_equal(q[:, ~bounded], np.asarray(x)[:, ~bounded])
+    # the inverse: interior values come back; values beyond a limit land just inside it
+    knee = model.dof_index("knee_angle_r")
+    inside = model.lower + 0.3 * (model.upper - model.lower)
+    back = np.asarray(limits.to_q(jnp.asarray(q_to_x(inside, model))))
+    np.testing.assert_allclose(back, inside, atol=1e-5)
+    over = model.zero_pose().copy()
+    over[knee] = math.radians(170.0)  # beyond the 140 degree limit
+    clipped = np.asarray(limits.to_q(jnp.asarray(q_to_x(over, model))))[knee]
+    assert model.upper[knee] - math.radians(0.5) < clipped < model.upper[knee]
+
+
+def test_batched_kinematics_match_the_body_model(model):
+    rng = np.random.default_rng(1)
+    q = rng.uniform(model.lower, model.upper, (3, model.n_dofs)).clip(-3, 3)
+    scale = rng.uniform(0.8, 1.2, (len(model.bodies), 3))
+    offset = rng.normal(0, 0.02, (len(model.sites), 3))
+    ours = np.asarray(jax.jit(lambda a, b, o: site_positions(model, a, b, o))(q, scale, offset))
+    for t in range(len(q)):  # the reference, one pose at a time, eagerly
+        ref = np.asarray(
+            forward_kinematics(model, jnp.asarray(q[t]), jnp.asarray(scale), jnp.asarray(offset))
+        )
+        np.testing.assert_allclose(ours[t], ref, atol=2e-6)
+
+
+def test_kinematics_with_anchored_hinges_match():
+    """Hinges with an anchor (MJCF joint pos) and a fixed body rotation: the layout handles them too."""
+    from models.body import Body, BodyModel, Dof, Site
+
+    model = BodyModel(
+        "anchored",
+        bodies=(
+            Body("root", -1, (0.0, 0.0, 0.0), dofs=(0,)),
+            Body("arm", 0, (0.0, 0.5, 0.0), quat=(0.9238795, 0.0, 0.3826834, 0.0), dofs=(1, 2)),
+        ),
+        dofs=(
+            Dof("slide", "slide", (1.0, 0.0, 0.0), -1.0, 1.0),
+            Dof("bend", "hinge", (0.0, 0.0, 1.0), -2.0, 2.0, anchor=(0.0, 0.1, 0.0)),
+            Dof("twist", "hinge", (0.0, 1.0, 0.0), -2.0, 2.0),
+        ),
+        sites=(Site("tip", 1, (0.0, 0.4, 0.05)), Site("base", 0, (0.1, 0.0, 0.0))),
+    )
+    q = jnp.asarray([[0.2, 0.7, -0.4], [-0.5, -1.1, 1.3]])
+    scale = jnp.asarray([[1.1, 0.9, 1.0], [0.8, 1.2, 1.05]])
+    ours = np.asarray(jax.jit(lambda a, b: site_positions(model, a, b, jnp.zeros((2, 3))))(q, scale))
+    for t in range(2):
+        np.testing.assert_allclose(ours[t], np.asarray(forward_kinematics(model, q[t], scale)), atol=2e-6)
+
+
+def test_bspline_basis_is_a_partition_of_unity_and_buckets_pad(model):
+    assert [bucket_frames(n) for n in (1, 64, 65, 300, 1000, 1500)] == [64, 64, 128, 320, 1024, 1536]
+    basis = bspline_basis(100, fps=30.0, knots_per_second=8.0, n_columns=40)
+    np.testing.assert_allclose(basis.sum(axis=1), 1.0, atol=1e-6)
+    assert np.all(basis[:, 33:] == 0.0)  # padding columns are inert
+    # a cubic spline reproduces a straight line exactly: coefficients on the line through the knots
+    h = 30.0 / 8.0
+    centres = (np.arange(40) - 1.0) * h
+    line = basis @ (0.5 + 0.01 * centres)
+    np.testing.assert_allclose(line, 0.5 + 0.01 * np.arange(100), atol=1e-5)
+
+
+def test_keypoint_names_map_to_sites(model):
+    names = ["left_knee", "rkne", "right_knee", "not_a_joint", "nose"]
+    kmap = map_keypoints(names, model)
+    # "right_knee" maps to rkne, already taken by the exact name; the unknown name is ignored
+    assert kmap.names == ("left_knee", "rkne", "nose")
+    assert [model.site_names[i] for i in kmap.site_index] == ["lkne", "rkne", "nose"]
+    assert set(kmap.ignored) == {"right_knee", "not_a_joint"}
+    with pytest.raises(ValueError, match="names a site"):
+        map_keypoints(["foo", "bar"], model)
+
+
+def _prepared(model, clip, names=NAMES, **corruption):
+    meta, arrays = keypoints_of(clip, names, **corruption)
+    opts = FitOptions(max_iters=10)
+    prep = prepare(meta, arrays, model, opts)
+    return prep, initial_params(prep, model, opts)
+
+
+def test_loss_ignores_masked_and_nan_keypoints(model, clip, clean_fit):
+    del clean_fit  # fitted first: its compiled optimiser block has the shapes used below
+    prep, params = _prepared(model, clip)
+    data = prep.data
+    kp2d, kp3d, conf = (np.asarray(a).copy() for a in (data.kp2d, data.kp3d, data.conf))
+    conf[3, 5] = 0.0  # masked by confidence, but finite values
+    kp2d[7, 2] = np.nan  # NaN with a (wrong) positive confidence
+    kp3d[7, 2] = np.nan
+    conf[7, 2] = 0.9
+    base = eqx.tree_at(
+        lambda d: (d.kp2d, d.kp3d, d.conf), data, (jnp.asarray(kp2d), jnp.asarray(kp3d), jnp.asarray(conf))
+    )
+
+    # gradients stay finite: a block of Adam steps on this data leaves every parameter finite
+    schedule = optimise.Schedule.make(0.03, 200, n_dofs=model.n_dofs)
+    stepped, _, losses = optimise.run_block(
+        params,
+        optimise.init_state(params),
+        jnp.asarray(0, jnp.int32),
+        base,
+        schedule,
+        model,
+        FitOptions().block_size,
+    )
+    assert np.all(np.isfinite(np.asarray(losses)))
+    assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(stepped))
+    assert float(losses[-1]) < float(losses[0])
+
+    loss_fn = jax.jit(lambda p, d: total_loss(p, d, model))
+
+    def with_point(frame, joint, uv, xyz):
+        a2, a3 = kp2d.copy(), kp3d.copy()
+        a2[frame, joint], a3[frame, joint] = uv, xyz
+        return eqx.tree_at(lambda d: (d.kp2d, d.kp3d), base, (jnp.asarray(a2), jnp.asarray(a3)))
+
+    ref = float(loss_fn(params, base))
+    assert np.isfinite(ref)
+    far = (np.array([1e4, -1e4]), np.array([5e4, 5e4, 5e4]))
+    assert float(loss_fn(params, with_point(3, 5, *far))) == ref  # conf 0: no pull, bit for bit
+    assert float(loss_fn(params, with_point(7, 2, *far))) > ref + 1.0  # now finite with conf 0.9: pulls
+    assert float(loss_fn(params, with_point(4, 5, *far))) > ref + 1.0  # an ordinary keypoint pulls
+
+
+def test_fit_on_clean_keypoints_recovers_hip_and_knee_angles(model, clip, clean_fit):
+    for dof in ("hip_flexion_r", "hip_flexion_l", "knee_angle_r", "knee_angle_l", "hip_adduction_r"):
+        err = np.rad2deg(np.abs(clean_fit.angle(dof) - clip.q[:, model.dof_index(dof)]))
+        assert np.median(err) < 3.0, (dof, np.median(err))
+        assert err.max() < 8.0, (dof, err.max())
+    # the gait really moved the knee over a wide range, so this is not a trivial match
+    assert np.ptp(np.rad2deg(clip.q[:, model.dof_index("knee_angle_r")])) > 40
+    np.testing.assert_allclose(clean_fit.group_scale, 1.0, atol=0.05)
+    assert np.nanmedian(clean_fit.residual_3d_mm) < 10.0
+
+
+def test_videos_in_one_frame_bucket_share_one_compilation(model):
+    names = NAMES[:17]  # a keypoint count no other test uses, so the first video must compile
+    opts = FitOptions(max_iters=40, block_size=40)
+    before = optimise.trace_count("block")
+    for n_frames in (40, 57):  # both pad to the 64-frame bucket
+        prep, params = _prepared(model, gait_clip(model, n_frames), names)
+        assert prep.n_bucket == 64 and len(prep.frames) == n_frames
+        fitted, info = optimise.optimise(
+            params,
+            prep.data,
+            model,
+            max_iters=opts.max_iters,
+            learning_rate=opts.learning_rate,
+            block_size=40,
+        )
+        assert info.iterations == 40 and np.isfinite(info.final_loss)
+    assert optimise.trace_count("block") - before == 1
+
+
+def test_schedule_warms_up_then_decays_to_the_final_ratio():
+    s = optimise.Schedule.make(0.02, max_iters=1000, warmup=100, final_ratio=1e-4)
+    lr = [float(s(jnp.asarray(k))) for k in (0, 49, 99, 100, 550, 1000)]
+    np.testing.assert_allclose(lr[:3], [0.02 * 1 / 100, 0.02 * 50 / 100, 0.02], rtol=1e-5)
+    np.testing.assert_allclose(lr[3:], [0.02, 0.02 * 1e-2, 0.02 * 1e-4], rtol=1e-4)
+
+
+def test_noise_estimate_tracks_the_added_noise(model, clip):
+    for sigma in (0.0, 20.0):
+        meta, arrays = keypoints_of(clip, NAMES, noise_3d_mm=sigma, seed=3)
+        est = estimate_noise_mm(arrays["kp3d_mm"], arrays["kp2d_px"], arrays["conf"])
+        if sigma == 0:
+            assert est < 2.0
+        else:
+            assert 0.8 * sigma < est < 1.3 * sigma
+
+
+def test_mot_file_parses_back_to_the_angles_table(model, clean_fit):
+    header, columns, values = read_mot(mot_text(clean_fit, name="gait"))
+    assert header["name"] == "gait" and header["version"] == "1" and header["inDegrees"] == "yes"
+    assert int(header["nRows"]) == CLIP_FRAMES and int(header["nColumns"]) == model.n_dofs + 1
+    table = angles_table(clean_fit)
+    assert columns == ["time", *model.dof_names]
+    np.testing.assert_allclose(values[:, 0], table.column("time_s").to_numpy(), atol=1e-6)
+    for i, name in enumerate(model.dof_names):
+        np.testing.assert_allclose(values[:, i + 1], table.column(name).to_numpy(), atol=1e-5)
+    # hinges in degrees, slides in metres (independently from the radians of the result)
+    knee = model.dof_index("knee_angle_r")
+    np.testing.assert_allclose(values[:, knee + 1], np.degrees(clean_fit.q[:, knee]), atol=1e-5)
+    units = json.loads(table.schema.metadata[b"units"])
+    assert units["knee_angle_r"] == "deg" and units["pelvis_tx"] == "m"
+
+
+class _RecordingStore(Store):
+    """A local store that records the order of its puts."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.puts: list[str] = []
+
+    def put_bytes(self, key, data):
+        self.puts.append(key)
+        return super().put_bytes(key, data)
+
+
+def test_outputs_go_through_the_store_with_success_last(tmp_path, clean_fit):
+    store = _RecordingStore(str(tmp_path / "store"))
+    prefix, reports = write_fit(store, clean_fit, inputs={"keypoints_uri": "x"})
+    assert prefix == fit_key_prefix(clean_fit.meta, clean_fit.options, clean_fit.model.name)
+    assert prefix.startswith(f"fits/model={clean_fit.meta.model_id}/video={clean_fit.meta.video_sha256}/fit=")
+    names = [k.rsplit("/", 1)[1] for k in store.puts]
+    assert names[-1] == SUCCESS and len(set(store.puts)) == len(store.puts) == 6
+    assert set(names) == {"angles.parquet", "residuals.parquet", SCALES, MOT, PNG, SUCCESS}
+    success = store.get_json(f"{prefix}/{SUCCESS}")
+    assert success["rows"] == CLIP_FRAMES
+    assert success["bytes"] == sum(r.bytes for r in reports[:-1])
+    angles = pq.read_table(tmp_path / "store" / prefix / "angles.parquet")
+    assert angles.num_rows == CLIP_FRAMES and "knee_angle_r" in angles.column_names
+    png = store.get_bytes(f"{prefix}/{PNG}")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    scales = store.get_json(f"{prefix}/{SCALES}")
+    assert set(scales["group_scale"]) == set(clean_fit.model.scale_groups)
+    assert set(scales["keypoint_offset_mm"]) == set(NAMES)
+
+
+def test_fit_keypoints_reads_only_committed_tables(tmp_path, model, clip):
+    meta, arrays = keypoints_of(clip, NAMES)
+    src = Store(str(tmp_path / "in"))
+    key = keypoints_key(meta.video_sha256, meta.model_id, meta.params)
+    src.write_table(key, keypoints_table(meta, arrays))
+    with pytest.raises(FileNotFoundError, match="rerun the pose stage"):
+        read_keypoints(src.uri(key))
+    src.commit(keypoints_prefix(meta.video_sha256, meta.model_id, meta.params), {"rows": CLIP_FRAMES})
+    out = Store(str(tmp_path / "out"))
+    opts = FitOptions(max_iters=40)  # the clean fit's shapes and block size: no new compilation
+    first = fit_keypoints(src.uri(key), out, opts)
+    assert not first["skipped"] and first["rows"] == CLIP_FRAMES
+    assert out.is_committed(first["prefix"])
+    again = fit_keypoints(src.uri(key), out, opts)  # same inputs, same key: nothing to do
+    assert again["skipped"] and again["prefix"] == first["prefix"]
+
+
+def test_runtime_helpers_are_pure(tmp_path):
+    assert xla_flags(1) == "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    flags = xla_flags(3, "--xla_dump_to=/tmp/x intra_op_parallelism_threads=8")
+    assert flags.split() == [
+        "--xla_dump_to=/tmp/x",
+        "--xla_cpu_multi_thread_eigen=true",
+        "intra_op_parallelism_threads=3",
+    ]
+    folder = jax_cache_folder(tmp_path)
+    assert folder.parent == tmp_path and folder.name and "/" not in folder.name
+    with pytest.raises(ValueError):
+        xla_flags(0)
+
+
+def test_default_model_is_built_once():
+    assert fit_body_model() is fit_body_model()
+    assert default_body_model() is not default_body_model()  # why fit_body_model caches it
+
+
+@pytest.mark.slow
+def test_validate_fit_meets_the_accuracy_targets(tmp_path):
+    """``mocapflow validate fit --json`` on fresh synthetic ground truth (a fresh pinned process, ~2-4 min)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "MOCAPFLOW_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "mocapflow"), "validate", "fit", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["mjae_clean_deg"] <= 1.0
+    assert summary["mjae_noisy_deg"] <= 3.0
+    assert summary["fit_seconds_per_video"] > 0
+    assert len(summary["videos"]) == 2 * summary["spec"]["n_videos"]

@@ -1,0 +1,76 @@
+"""The fitting task on Ray: a fresh worker pins itself to one CPU before JAX starts, then fits and writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mocapflow.fit.clip import gait_clip, keypoints_of, keypoints_table
+from mocapflow.settings import Settings
+from mocapflow.store import SUCCESS, Store, keypoints_key, keypoints_prefix
+from models.body import default_body_model
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
+
+NAMES = (
+    "rhip",
+    "lhip",
+    "rasis",
+    "lasis",
+    "rkne",
+    "lkne",
+    "rank",
+    "lank",
+    "rsho",
+    "lsho",
+    "relb",
+    "lelb",
+    "rwri",
+)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _committed_keypoints(root: Path) -> str:
+    meta, arrays = keypoints_of(gait_clip(default_body_model(), 40), NAMES)
+    store = Store(str(root))
+    key = keypoints_key(meta.video_sha256, meta.model_id, meta.params)
+    store.write_table(key, keypoints_table(meta, arrays))
+    store.commit(keypoints_prefix(meta.video_sha256, meta.model_id, meta.params), {"rows": 40})
+    return store.uri(key)
+
+
+def test_fit_task_pins_one_cpu_before_jax_and_writes_the_fit(tmp_path, local_ray):
+    from tasks.fit_ray import submit_fit
+
+    uri = _committed_keypoints(tmp_path / "in")
+    settings = Settings(
+        storage_root=str(tmp_path / "out"), cache_dir=tmp_path / "cache", fit_cpus=1, pin_cpus=True
+    )
+    summary = ray.get(submit_fit(uri, settings, max_iters=60), timeout=300)
+
+    worker = summary["worker"]
+    assert worker["pid"] != os.getpid()
+    assert worker["threads"] == 1
+    assert worker["affinity"] is not None and len(worker["affinity"]) == 1
+    assert worker["affinity"][0] in os.sched_getaffinity(0)
+    assert "intra_op_parallelism_threads=1" in worker["xla_flags"].split()
+    assert "--xla_cpu_multi_thread_eigen=false" in worker["xla_flags"].split()
+    assert worker["jax_devices"] == 1 and worker["jax_platform"] == "cpu"
+
+    out = Store(str(tmp_path / "out"))
+    assert out.is_committed(summary["prefix"])
+    assert out.get_json(f"{summary['prefix']}/{SUCCESS}")["rows"] == 40
+    assert summary["iterations"] == 60
+    # the worker configured JAX's persistent compilation cache under the settings' cache folder
+    assert any((tmp_path / "cache" / "jax").rglob("*")), "no compilation cache written"

@@ -1,0 +1,266 @@
+"""Flows end to end on a tiny synthetic cohort, against real local services: Prefect's test server, a local Ray,
+the markers model set, a local folder store and an S3 server on loopback (moto).
+
+Covers: a cohort run with a corrupt video that fails alone; a rerun that does no pose or fit work; a deployment
+served by `mocapflow serve` and triggered through Prefect's API (as the UI does) with the S3 store; a backfill
+interrupted halfway that resumes without redoing finished videos, then `only_failed`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from mocapflow.store import Store, params_hash
+from mocapflow.synth import CohortSpec, generate_cohort
+
+pytestmark = pytest.mark.timeout(900)
+
+ROOT = Path(__file__).resolve().parents[1]
+FIT_ITERS = 300
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    from infra.prefect_env import prepare_prefect_env
+
+    prepare_prefect_env()
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cohort")
+    generate_cohort(
+        out,
+        CohortSpec(
+            n_videos=2,
+            seed=11,
+            seconds=1.5,
+            n_corrupt=1,
+            motions=("squat", "arm_raise"),
+        ),
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(markers_model_set, prefect_api: str) -> Iterator[dict[str, str]]:
+    """Settings for every run of this module, as environment (read when each run starts)."""
+    models_dir = markers_model_set.root.parent
+    values = {
+        "MOCAPFLOW_MODELS_DIR": str(models_dir),
+        "MOCAPFLOW_FIT_MAX_ITERS": str(FIT_ITERS),
+        "MOCAPFLOW_MODEL_SET": "markers",
+        "PREFECT_API_URL": prefect_api,
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in values.items():
+            mp.setenv(k, v)
+        yield values
+    from infra.ray_cluster import shutdown_ray
+
+    shutdown_ray()
+
+
+def _corrupt_videos(cohort: Path) -> list[str]:
+    import csv
+
+    with open(cohort / "cohort.csv") as f:
+        return [str(cohort / r["video"]) for r in csv.DictReader(f) if r["corrupt"]]
+
+
+def _summary(state):
+    data = state.result(raise_on_failure=False)
+    assert isinstance(data, dict), data
+    return data
+
+
+def test_cohort_run_isolates_the_corrupt_video_and_a_rerun_does_no_work(cohort: Path, env, tmp_path: Path):
+    from flows.cohort import process_cohort
+    from flows.params import CohortSource, RunOptions
+
+    store_root = tmp_path / "store"
+    source = CohortSource(manifest=str(cohort / "cohort.csv"))
+    options = RunOptions(storage_root=str(store_root))
+    state = process_cohort(source, options, return_state=True)
+
+    assert state.is_failed()  # says that some videos failed ...
+    summary = _summary(state)
+    rows = {Path(r["video"]).name: r for r in summary["rows"]}
+    corrupt = [Path(e).name for e in _corrupt_videos(cohort)]
+    assert len(rows) == 3 and len(corrupt) == 1
+    assert corrupt[0] in state.message and rows[corrupt[0]]["status"] == "failed"
+    assert rows[corrupt[0]]["failed_stage"] == "probe" and "video" in rows[corrupt[0]]["error"]
+    good = [r for n, r in rows.items() if n not in corrupt]
+    assert all(r["status"] == "ok" and not r["cached"] for r in good)  # ... but the cohort finished
+    assert summary["pose_calls"] == 2 and summary["fit_calls"] == 2
+    for r in good:
+        assert r["frames"] == 45 and r["residual_2d_px"] is not None and r["residual_2d_px"] < 20
+        assert Path(r["fit_uri"], "angles.mot").is_file() and Path(r["fit_uri"], "angles.png").is_file()
+
+    # everything under the store reads as a dataset without project code; the run's summary is committed
+    kp = pads.dataset(store_root / "keypoints", format="parquet", partitioning="hive")
+    assert kp.count_rows() == 90
+    store = Store(str(store_root))
+    run = f"runs/{summary['run_id']}"
+    assert store.exists(f"{run}/_COMMITTED") and store.read_table(f"{run}/summary.parquet").num_rows == 3
+
+    before = {p: p.stat().st_mtime_ns for p in store_root.rglob("*") if p.is_file() and "runs" not in p.parts}
+    again = process_cohort(source, options, return_state=True)
+    summary2 = _summary(again)
+    assert summary2["pose_calls"] == 0 and summary2["fit_calls"] == 0
+    assert [r["cached"] for r in summary2["rows"] if r["status"] == "ok"] == [True, True]
+    after = {p: p.stat().st_mtime_ns for p in store_root.rglob("*") if p.is_file() and "runs" not in p.parts}
+    assert after == before  # nothing rewritten
+
+
+def _subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child that runs flows: its own Ray (never this process's cluster), same Prefect API."""
+    from infra.ray_cluster import shutdown_ray
+
+    shutdown_ray()  # a child that inherits RAY_ADDRESS would join, and on exit take down, this process's cluster
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, **(extra or {})}
+
+
+def _wait_for(cond, timeout: float, what: str) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(1.0)
+
+
+def test_backfill_resumes_after_interruption_and_reruns_only_failed(cohort: Path, env, tmp_path: Path):
+    from flows.cohort import backfill
+    from flows.params import CohortSource, RunOptions
+
+    store_root = tmp_path / "store"
+    store = Store(str(store_root))
+    manifest = str(cohort / "cohort.csv")
+    ledger = store_root / "backfills" / "resume" / "status"
+    code = (
+        "from flows.cohort import backfill\nfrom flows.params import CohortSource, RunOptions\n"
+        f"backfill(CohortSource(manifest={manifest!r}), RunOptions(storage_root={str(store_root)!r}), "
+        "name='resume', max_in_flight=1)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=_subprocess_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def one_done() -> bool:
+            assert proc.poll() is None, f"backfill exited early: {proc.stderr.read()[-2000:]}"
+            return any(json.loads(p.read_text())["status"] == "ok" for p in ledger.glob("*.json"))
+
+        _wait_for(one_done, 600, "the first finished video in the backfill ledger")
+        os.killpg(proc.pid, signal.SIGINT)  # an operator's Ctrl-C halfway through
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done_before = {
+        json.loads(p.read_text())["video"]
+        for p in ledger.glob("*.json")
+        if json.loads(p.read_text())["status"] == "ok"
+    }
+    assert 1 <= len(done_before) < 2
+
+    state = backfill(
+        CohortSource(manifest=manifest),
+        RunOptions(storage_root=str(store_root)),
+        name="resume",
+        return_state=True,
+    )
+    summary = _summary(state)
+    ok = [r for r in summary["rows"] if r["status"] == "ok"]
+    assert len(ok) == 2
+    assert summary["pose_calls"] == 1 and summary["fit_calls"] == 1  # the finished video was not redone
+    assert {r["video"] for r in ok if r["cached"]} == done_before
+
+    rerun = backfill(
+        CohortSource(manifest=manifest),
+        RunOptions(storage_root=str(store_root)),
+        name="resume",
+        only_failed=True,
+        return_state=True,
+    )
+    rows = _summary(rerun)["rows"]
+    assert len(rows) == 1 and rows[0]["video"] in _corrupt_videos(cohort) and rows[0]["status"] == "failed"
+    status = store.get_json(f"backfills/resume/status/{params_hash({'uri': rows[0]['video']})}.json")
+    assert status["status"] == "failed" and status["failed_stage"] == "probe"
+
+
+def test_served_deployment_triggered_through_the_api_with_s3_storage(cohort: Path, env, s3_server, s3_bucket):
+    from prefect.deployments import run_deployment
+
+    bucket = f"s3://{s3_bucket}"
+    store = Store(bucket, s3_server.storage_options())
+    for p in cohort.iterdir():  # the cohort lives in object storage too
+        store.put_bytes(f"cohort/{p.name}", p.read_bytes())
+    serve_env = _subprocess_env(
+        {
+            "MOCAPFLOW_STORAGE_ROOT": f"{bucket}/out",
+            **{f"MOCAPFLOW_{k.upper()}": str(v) for k, v in s3_server.settings_overrides().items()},
+        }
+    )
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mocapflow")), "serve"],
+        cwd=ROOT,
+        env=serve_env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        from prefect.client.orchestration import get_client
+
+        def deployed() -> bool:
+            assert proc.poll() is None, f"serve exited: {proc.stderr.read()[-3000:]}"
+            with get_client(sync_client=True) as client:
+                names = {d.name for d in client.read_deployments()}
+            return {"adhoc-cohort", "adhoc-video", "nightly-cohort", "backfill"} <= names
+
+        _wait_for(deployed, 180, "mocapflow serve to register its deployments")
+        run = run_deployment(
+            "process-cohort/adhoc-cohort",
+            parameters={"source": {"manifest": f"{bucket}/cohort/cohort.csv"}, "options": {}},
+            timeout=600,
+        )
+        assert run.state is not None and run.state.is_failed(), run.state  # the corrupt file, and only it
+        assert Path(_corrupt_videos(cohort)[0]).name in run.state.message
+        assert run.state.message.startswith("1 of 3 videos failed")
+        runs = [k for k in store.list("out/runs") if k.endswith("_COMMITTED")]
+        assert len(runs) == 1
+        summary = store.read_table(runs[0].replace("_COMMITTED", "summary.parquet")).to_pylist()
+        assert sorted(r["status"] for r in summary) == ["failed", "ok", "ok"]
+        assert all(
+            r["keypoints_uri"].startswith(f"{bucket}/out/keypoints/") for r in summary if r["status"] == "ok"
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -495,3 +495,18 @@ def validate_all(
         for k, v in figures.items():  # type: ignore[union-attr]
             table.add_row(suite, k, f"{v:.3f}" if isinstance(v, float) else str(v))
     Console().print(table)
+
+
+@models_app.command("import-metrabs")
+def models_import_metrabs(
+    src: Annotated[Path, typer.Argument(help="Folder with the detector SavedModel, backbone .onnx and metadata .pkl.")],
+    dest: Annotated[Path | None, typer.Option("--dest", help="Folder; default <models_dir>/metrabs.")] = None,
+    skeleton: Annotated[str, typer.Option("--skeleton", help="Skeleton in the metadata.")] = "bml_movi_87",
+) -> None:
+    """Import a user's MeTRAbs split artifacts as a model set (the .pkl is read by a restricted unpickler)."""
+    from mocapflow.settings import load_settings
+    from models.metrabs import import_metrabs
+
+    settings = load_settings()
+    ms = import_metrabs(src, dest or settings.modelsets_dir / "metrabs", skeleton=skeleton)
+    console.print(f"[green]imported {ms.manifest.name}[/] id={ms.id} at {ms.root} ({len(ms.manifest.joint_names)} joints)")

@@ -19,18 +19,20 @@ $(UV):
 
 setup: .venv/.synced
 
+# Commands run from .venv directly, not through `uv run`: Ray detects a `uv run` driver and starts its workers
+# through uv again, from a copy of the working directory where the relative .tools/bin/uv does not exist.
 demo: setup
-	$(UV) run --frozen mocapflow demo
+	.venv/bin/mocapflow demo
 
 test: setup
-	$(UV) run --frozen pytest
+	.venv/bin/python -m pytest
 
 test-slow: setup
-	$(UV) run --frozen pytest -m slow
+	.venv/bin/python -m pytest -m slow
 
 lint: setup
-	$(UV) run --frozen ruff check .
-	$(UV) run --frozen ruff format --check .
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 clean:
 	rm -rf .venv .tools mocapflow-data .pytest_cache

@@ -127,7 +127,6 @@ def run_demo(
         n_corrupt=1,
         noise_sigma=2.0,
         textured=True,
-        motions=("walk", "squat", "sit_to_stand", "arm_raise"),
     )
     entries = generate_cohort(cohort_dir, spec, on_video_done=lambda e: tick("synth", 1, Path(e.video).name))
     timings["synth_s"] = time.perf_counter() - t0

@@ -17,5 +17,16 @@ def configure_cli_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=Console(stderr=True), rich_tracebacks=True, show_path=False)],
         force=True,
     )
-    for noisy in ("absl", "tensorflow", "jax._src", "h5py", "matplotlib", "botocore", "s3fs", "fsspec"):
+    for noisy in (
+        "absl",
+        "tensorflow",
+        "jax._src",
+        "h5py",
+        "matplotlib",
+        "botocore",
+        "s3fs",
+        "fsspec",
+        "httpx",
+        "httpcore",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -2,7 +2,7 @@
 the markers model set, a local folder store and an S3 server on loopback (moto).
 
 Covers: a cohort run with a corrupt video that fails alone; a rerun that does no pose or fit work; a deployment
-served by `mocapflow serve` and triggered through Prefect's API (as the UI does) with the S3 store; a backfill
+served by `mocapflow serve` and triggered through Prefect's API (as the UI does), with a local and an S3 store; a backfill
 interrupted halfway that resumes without redoing finished videos, then `only_failed`.
 """
 
@@ -211,19 +211,23 @@ def test_backfill_resumes_after_interruption_and_reruns_only_failed(cohort: Path
     assert status["status"] == "failed" and status["failed_stage"] == "probe"
 
 
-def test_served_deployment_triggered_through_the_api_with_s3_storage(cohort: Path, env, s3_server, s3_bucket):
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_served_deployment_triggered_through_the_api(
+    storage: str, cohort: Path, env, tmp_path: Path, request
+):
     from prefect.deployments import run_deployment
 
-    bucket = f"s3://{s3_bucket}"
-    store = Store(bucket, s3_server.storage_options())
-    for p in cohort.iterdir():  # the cohort lives in object storage too
-        store.put_bytes(f"cohort/{p.name}", p.read_bytes())
-    serve_env = _subprocess_env(
-        {
-            "MOCAPFLOW_STORAGE_ROOT": f"{bucket}/out",
-            **{f"MOCAPFLOW_{k.upper()}": str(v) for k, v in s3_server.settings_overrides().items()},
-        }
-    )
+    if storage == "s3":
+        s3_server = request.getfixturevalue("s3_server")
+        root = f"s3://{request.getfixturevalue('s3_bucket')}"
+        store = Store(root, s3_server.storage_options())
+        for p in cohort.iterdir():  # the cohort lives in object storage too
+            store.put_bytes(f"cohort/{p.name}", p.read_bytes())
+        manifest = f"{root}/cohort/cohort.csv"
+        extra = {f"MOCAPFLOW_{k.upper()}": str(v) for k, v in s3_server.settings_overrides().items()}
+    else:
+        root, store, manifest, extra = str(tmp_path), Store(str(tmp_path)), str(cohort / "cohort.csv"), {}
+    serve_env = _subprocess_env({"MOCAPFLOW_STORAGE_ROOT": f"{root}/out", **extra})
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mocapflow")), "serve"],
         cwd=ROOT,
@@ -245,7 +249,7 @@ def test_served_deployment_triggered_through_the_api_with_s3_storage(cohort: Pat
         _wait_for(deployed, 180, "mocapflow serve to register its deployments")
         run = run_deployment(
             "process-cohort/adhoc-cohort",
-            parameters={"source": {"manifest": f"{bucket}/cohort/cohort.csv"}, "options": {}},
+            parameters={"source": {"manifest": manifest}, "options": {}},
             timeout=600,
         )
         assert run.state is not None and run.state.is_failed(), run.state  # the corrupt file, and only it
@@ -256,7 +260,7 @@ def test_served_deployment_triggered_through_the_api_with_s3_storage(cohort: Pat
         summary = store.read_table(runs[0].replace("_COMMITTED", "summary.parquet")).to_pylist()
         assert sorted(r["status"] for r in summary) == ["failed", "ok", "ok"]
         assert all(
-            r["keypoints_uri"].startswith(f"{bucket}/out/keypoints/") for r in summary if r["status"] == "ok"
+            r["keypoints_uri"].startswith(f"{root}/out/keypoints/") for r in summary if r["status"] == "ok"
         )
     finally:
         os.killpg(proc.pid, signal.SIGINT)

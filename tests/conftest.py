@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,28 @@ def markers_model_set(tmp_path_factory: pytest.TempPathFactory) -> ModelSet:
     from models.markers.build import build
 
     return build(tmp_path_factory.mktemp("modelsets") / "markers")
+
+
+@pytest.fixture(scope="session")
+def write_flat_video():
+    """A writer of lossless H.264 test videos: frame i is a flat grey of ``levels[i]`` (96x64 px, 10 fps)."""
+
+    def write(path: Path, levels: list[int], width: int = 96, height: int = 64, fps: float = 10.0) -> None:
+        import imageio.v2 as imageio
+        import numpy as np
+
+        writer = imageio.get_writer(
+            str(path),
+            fps=fps,
+            codec="libx264",
+            macro_block_size=16,
+            ffmpeg_log_level="error",
+            output_params=["-qp", "0"],
+        )
+        try:
+            for level in levels:
+                writer.append_data(np.full((height, width, 3), level, np.uint8))
+        finally:
+            writer.close()
+
+    return write

@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 import pytest
 
@@ -33,24 +32,6 @@ JOINTS = ["head", "hip", "feet"]
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
-
-
-def write_index_video(path: Path, n: int) -> None:
-    """Frame i is a flat grey of level 8 i + 4 (lossless H.264), so the estimator can read i back."""
-    assert n <= 31
-    writer = imageio.get_writer(
-        str(path),
-        fps=FPS,
-        codec="libx264",
-        macro_block_size=16,
-        ffmpeg_log_level="error",
-        output_params=["-qp", "0"],
-    )
-    try:
-        for i in range(n):
-            writer.append_data(np.full((H, W, 3), 8 * i + 4, np.uint8))
-    finally:
-        writer.close()
 
 
 def frame_indices(frames: np.ndarray) -> list[int]:
@@ -109,11 +90,12 @@ def model_set(tmp_path_factory: pytest.TempPathFactory) -> ModelSet:
 
 
 @pytest.fixture(scope="module")
-def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def videos(tmp_path_factory: pytest.TempPathFactory, write_flat_video) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pose-videos")
     paths = {name: root / f"{name}.mp4" for name in ("walk", "sidecar", "empty", "garbage")}
-    write_index_video(paths["walk"], 23)
-    write_index_video(paths["sidecar"], 4)
+    # frame i is a flat grey of level 8 i + 4 (lossless), so the estimator can read i back
+    write_flat_video(paths["walk"], [8 * i + 4 for i in range(23)])
+    write_flat_video(paths["sidecar"], [8 * i + 4 for i in range(4)])
     paths["empty"].write_bytes(b"")
     paths["garbage"].write_bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes())
     return paths

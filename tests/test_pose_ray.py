@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 import pytest
 
@@ -63,22 +62,6 @@ class TinyEstimator(PoseEstimator):
         return out
 
 
-def write_video(path: Path, levels: list[int]) -> None:
-    writer = imageio.get_writer(
-        str(path),
-        fps=FPS,
-        codec="libx264",
-        macro_block_size=16,
-        ffmpeg_log_level="error",
-        output_params=["-qp", "0"],
-    )
-    try:
-        for level in levels:
-            writer.append_data(np.full((H, W, 3), level, np.uint8))
-    finally:
-        writer.close()
-
-
 def make_model_set(root: Path) -> ModelSet:
     import onnx
     from onnx import TensorProto, helper
@@ -117,18 +100,18 @@ def ray_cluster() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def videos(tmp_path_factory: pytest.TempPathFactory, write_flat_video) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ray-videos")
     paths: dict[str, Path] = {}
     for i in range(5):
         paths[f"ok{i}"] = root / f"ok{i}.mp4"
-        write_video(paths[f"ok{i}"], [40 + 10 * i + j for j in range(6 + i)])
+        write_flat_video(paths[f"ok{i}"], [40 + 10 * i + j for j in range(6 + i)])
     paths["empty"] = root / "empty.mp4"
     paths["empty"].write_bytes(b"")
     paths["corrupt"] = root / "corrupt.mp4"
     paths["corrupt"].write_bytes(paths["ok0"].read_bytes()[:300])
     paths["crash"] = root / "crash.mp4"
-    write_video(paths["crash"], [100, 100, CRASH_LEVEL])
+    write_flat_video(paths["crash"], [100, 100, CRASH_LEVEL])
     return paths
 
 

@@ -93,6 +93,20 @@ class PoseEstimator(abc.ABC):
         """frames: uint8 [n, H, W, 3] RGB -> one FrameDetections per frame."""
 
 
+def check_frames(frames: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
+    """The frames as uint8 [n, H, W, 3] RGB whose size matches the intrinsics, or a ValueError saying what to fix."""
+    arr = np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [n, H, W, 3] RGB, got {arr.dtype} {arr.shape}")
+    h, w = arr.shape[1:3]
+    if (intrinsics.width, intrinsics.height) != (w, h):
+        raise ValueError(
+            f"intrinsics are for {intrinsics.width}x{intrinsics.height} but the frames are {w}x{h}; "
+            "pass the intrinsics of this video (or rescale them to the decoded size)"
+        )
+    return arr
+
+
 def ort_session(
     path: Path, threads: ThreadConfig, providers: Sequence[str] = ("CPUExecutionProvider",)
 ) -> ort.InferenceSession:

@@ -13,6 +13,7 @@ from models.runtime import (
     FrameDetections,
     PoseEstimator,
     ThreadConfig,
+    check_frames,
     configure_tensorflow,
     ort_session,
     session_threads,
@@ -89,7 +90,7 @@ class MarkersEstimator(PoseEstimator):
         return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
 
     def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
-        frames = _check_frames(frames, intrinsics)
+        frames = check_frames(frames, intrinsics)
         n_j = len(self.joint_names)
         dets = self.detect(frames)
         boxes = [b for b, _ in dets]
@@ -107,16 +108,3 @@ class MarkersEstimator(PoseEstimator):
             sel = crops.frame_index == i
             result.append(FrameDetections(boxes=b, scores=s, kp2d=kp2d[sel], kp3d=kp3d[sel], conf=conf[sel]))
         return result
-
-
-def _check_frames(frames: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
-    arr = np.asarray(frames)
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 [n, H, W, 3] RGB, got {arr.dtype} {arr.shape}")
-    h, w = arr.shape[1:3]
-    if (intrinsics.width, intrinsics.height) != (w, h):
-        raise ValueError(
-            f"intrinsics are for {intrinsics.width}x{intrinsics.height} images but the frames are {w}x{h}; "
-            "pass the intrinsics of this video (or rescale them to the decoded size)"
-        )
-    return arr

@@ -28,7 +28,14 @@ from models.metrabs.processing import (
     xywh_to_xyxy,
 )
 from models.modelset import ModelSet, ModelSetError
-from models.runtime import FrameDetections, PoseEstimator, ThreadConfig, configure_tensorflow, ort_session
+from models.runtime import (
+    FrameDetections,
+    PoseEstimator,
+    ThreadConfig,
+    check_frames,
+    configure_tensorflow,
+    ort_session,
+)
 
 if TYPE_CHECKING:
     from mocapflow.camera import Intrinsics
@@ -104,15 +111,7 @@ class MetrabsEstimator(PoseEstimator):
         return np.concatenate(p2).astype(np.float32), np.concatenate(p3).astype(np.float32)
 
     def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [n, H, W, 3] RGB, got {frames.dtype} {frames.shape}")
-        h, w = frames.shape[1:3]
-        if (intrinsics.width, intrinsics.height) != (w, h):
-            raise ValueError(
-                f"intrinsics are for {intrinsics.width}x{intrinsics.height} but the frames are {w}x{h}; "
-                "use the intrinsics of the decoded video"
-            )
+        frames = check_frames(frames, intrinsics)
         n_joints = len(self.joint_names)
         if frames.shape[0] == 0:
             return []

@@ -395,7 +395,9 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic cohort and the plots.")] = Path(
         "mocapflow-demo"
     ),
-    videos: Annotated[int, typer.Option("--videos", min=2, help="Good videos (a corrupt file is added).")] = 3,
+    videos: Annotated[
+        int, typer.Option("--videos", min=2, help="Good videos (a corrupt file is added).")
+    ] = 3,
     seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Length of each video.")] = 5.0,
     seed: Annotated[int, typer.Option("--seed")] = 7,
 ) -> None:
@@ -413,8 +415,13 @@ def demo(
 
     settings = load_settings()
     t_start = time.perf_counter()
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[last]}"))
+    columns = (
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+    )
     with Progress(*columns, console=console) as progress:
         bars = {
             "synth": progress.add_task("rendering synthetic videos", total=videos, last=""),
@@ -429,7 +436,16 @@ def demo(
         report = run_demo(settings, out, n_videos=videos, seconds=seconds, seed=seed, progress=tick)
 
     table = Table(title=f"mocapflow demo: cohort run {report.run_state.lower()} ({report.run_message[:80]})")
-    for col in ("video", "motion", "status", "frames", "probe s", "pose s", "fit s", "joint-angle error (deg)"):
+    for col in (
+        "video",
+        "motion",
+        "status",
+        "frames",
+        "probe s",
+        "pose s",
+        "fit s",
+        "joint-angle error (deg)",
+    ):
         table.add_column(col, justify="right" if col not in ("video", "motion", "status") else "left")
     for v in report.videos:
         status = "[green]ok[/]" if v.status == "ok" else f"[red]failed at {v.failed_stage}[/]: {v.error}"
@@ -437,10 +453,16 @@ def demo(
         def s(x: float | None) -> str:
             return "" if x is None else f"{x:.1f}"
 
-        table.add_row(v.name + (" (2 people)" if v.second_person else ""), v.motion, status,
-                      "" if v.frames is None else str(v.frames), s(v.seconds.get("probe")),
-                      s(v.seconds.get("pose")), s(v.seconds.get("fit")),
-                      "" if v.mjae_deg is None else f"{v.mjae_deg:.2f}")
+        table.add_row(
+            v.name + (" (2 people)" if v.second_person else ""),
+            v.motion,
+            status,
+            "" if v.frames is None else str(v.frames),
+            s(v.seconds.get("probe")),
+            s(v.seconds.get("pose")),
+            s(v.seconds.get("fit")),
+            "" if v.mjae_deg is None else f"{v.mjae_deg:.2f}",
+        )
     out_console = Console()
     out_console.print(table)
     total = time.perf_counter() - t_start
@@ -476,7 +498,9 @@ def validate_all(
     for suite in ("pose", "fit"):
         console.print(f"running the {suite} accuracy suite")
         proc = subprocess.run(
-            [sys.executable, "-m", "mocapflow", "validate", suite, "--json"], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", "mocapflow", "validate", suite, "--json"],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         if proc.returncode != 0:
             console.print(f"[red]the {suite} suite failed (exit {proc.returncode})[/]")
@@ -499,7 +523,9 @@ def validate_all(
 
 @models_app.command("import-metrabs")
 def models_import_metrabs(
-    src: Annotated[Path, typer.Argument(help="Folder with the detector SavedModel, backbone .onnx and metadata .pkl.")],
+    src: Annotated[
+        Path, typer.Argument(help="Folder with the detector SavedModel, backbone .onnx and metadata .pkl.")
+    ],
     dest: Annotated[Path | None, typer.Option("--dest", help="Folder; default <models_dir>/metrabs.")] = None,
     skeleton: Annotated[str, typer.Option("--skeleton", help="Skeleton in the metadata.")] = "bml_movi_87",
 ) -> None:
@@ -509,4 +535,6 @@ def models_import_metrabs(
 
     settings = load_settings()
     ms = import_metrabs(src, dest or settings.modelsets_dir / "metrabs", skeleton=skeleton)
-    console.print(f"[green]imported {ms.manifest.name}[/] id={ms.id} at {ms.root} ({len(ms.manifest.joint_names)} joints)")
+    console.print(
+        f"[green]imported {ms.manifest.name}[/] id={ms.id} at {ms.root} ({len(ms.manifest.joint_names)} joints)"
+    )

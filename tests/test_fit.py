@@ -18,14 +18,16 @@ from mocapflow.fit.clip import gait_clip, keypoints_of, keypoints_table
 from mocapflow.fit.fitting import (
     FitOptions,
     FitResult,
+    balanced_w2d,
     estimate_noise_mm,
     fit_arrays,
     fit_body_model,
     initial_params,
     prepare,
 )
+from mocapflow.fit.init import refine_rotation_2d, robust_kabsch, weighted_kabsch
 from mocapflow.fit.kinematics import site_positions
-from mocapflow.fit.loss import total_loss
+from mocapflow.fit.loss import CONF_POWER_3D, total_loss
 from mocapflow.fit.outputs import (
     MOT,
     PNG,
@@ -37,6 +39,7 @@ from mocapflow.fit.outputs import (
     write_fit,
 )
 from mocapflow.fit.params import Limits, bounded_mask, q_to_x
+from mocapflow.fit.robust import RobustOptions, RobustStats, geman_mcclure_weights, reweight
 from mocapflow.fit.run import fit_keypoints, read_keypoints
 from mocapflow.fit.runtime import jax_cache_folder, xla_flags
 from mocapflow.fit.sites import map_keypoints
@@ -219,7 +222,7 @@ def test_videos_in_one_frame_bucket_share_one_compilation(model):
     for n_frames in (40, 57):  # both pad to the 64-frame bucket
         prep, params = _prepared(model, gait_clip(model, n_frames), names)
         assert prep.n_bucket == 64 and len(prep.frames) == n_frames
-        fitted, info = optimise.optimise(
+        fitted, _, info = optimise.optimise(
             params,
             prep.data,
             model,
@@ -229,6 +232,134 @@ def test_videos_in_one_frame_bucket_share_one_compilation(model):
         )
         assert info.iterations == 40 and np.isfinite(info.final_loss)
     assert optimise.trace_count("block") - before == 1
+
+
+def test_optimise_reweights_at_the_given_steps_without_recompiling(model, clip, clean_fit):
+    del clean_fit  # its compiled block (shapes, block size) is the one reused here
+    prep, params = _prepared(model, clip)
+    calls: list[float] = []
+
+    def count(p, d):
+        calls.append(float(total_loss(p, d, model)))  # called with the current parameters and data
+        return eqx.tree_at(lambda x: x.robust3d, d, 0.5 * d.robust3d)
+
+    before = optimise.trace_count("block")
+    _, data, info = optimise.optimise(
+        params,
+        prep.data,
+        model,
+        max_iters=1000,
+        learning_rate=0.03,
+        block_size=FitOptions().block_size,
+        reweight_at=(150, 400, 2000),  # 150: before the block starting at 200; 2000 is beyond max_iters
+        reweight=count,
+    )
+    assert len(calls) == 2 and calls[1] < calls[0]  # the second call sees parameters fitted further
+    np.testing.assert_allclose(np.asarray(data.robust3d), 0.25)  # the returned data is the reweighted one
+    assert info.iterations >= 600  # no early stop before the block after the last reweighting
+    assert optimise.trace_count("block") == before
+
+
+def test_geman_mcclure_weights_and_noise_balance():
+    w = geman_mcclure_weights(np.array([0.0, 2.5, 25.0, 1e9]), spread=1.0, cutoff=2.5)
+    np.testing.assert_allclose(w[:3], [1.0, 0.25, 1.0 / 101.0**2], rtol=1e-5)
+    assert w[3] > 0  # floored: a down-weighted observation is still measured at the next reweighting
+    # 2D keypoints 10x more precise (per unit) than the 3D ones get 100x the 3D weight
+    stats = RobustStats(spread_2d_px=0.5, spread_3d_cm=5.0, outliers_2d=0.0, outliers_3d=0.0)
+    assert balanced_w2d(1.0, stats) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="cutoff"):
+        RobustOptions(cutoff=0.0)
+
+
+def test_reweighting_finds_gross_depth_errors(model, clip, clean_fit):
+    """At the clean fit's parameters, keypoints whose depth is off by 40 cm get weights near 0, the rest near 1."""
+    meta, arrays = keypoints_of(clip, NAMES)
+    rng = np.random.default_rng(5)
+    bad = rng.random(arrays["conf"].shape) < 0.1
+    arrays["kp3d_mm"][bad, 2] += 400.0
+    prep = prepare(meta, arrays, model, FitOptions(max_iters=CLIP_ITERS))
+    params = clean_fit_params(clean_fit)
+    n = len(prep.frames)
+    once, _ = reweight(params, prep.data, model, RobustOptions())
+    w_once = np.asarray(once.robust3d)[:n]
+    # the outliers also shift every frame's centre, so the first pass only separates them ...
+    assert np.median(w_once[bad]) < 0.05 < 0.5 < np.median(w_once[~bad])
+    # ... and the second, centred without them, leaves the inliers at full weight
+    twice, stats = reweight(params, once, model, RobustOptions())
+    w3 = np.asarray(twice.robust3d)[:n]
+    assert np.median(w3[bad]) < 0.05 and np.median(w3[~bad]) > 0.9
+    assert stats.outliers_3d == pytest.approx(bad.mean(), abs=0.03)
+    w2 = np.asarray(twice.robust2d)[:n]
+    assert np.median(w2) > 0.9  # the 2D keypoints were not touched: they are inliers
+
+
+def clean_fit_params(result: FitResult):
+    """The parameters of a finished fit, rebuilt from its result (per-frame joint values as a B-spline)."""
+    from mocapflow.fit.params import FitParams, init_bspline
+
+    n = len(result.frames)
+    nb = bucket_frames(n)
+    x = q_to_x(result.q, result.model)
+    x = np.concatenate([x, np.repeat(x[-1:], nb - n, axis=0)])
+    basis = bspline_basis(nb, result.meta.fps, result.options.knots_per_second)
+    return FitParams(
+        trajectory=init_bspline(x, basis, np.concatenate([np.ones(n), np.full(nb - n, 1e-3)])),
+        log_scale=jnp.log(jnp.asarray(result.group_scale, jnp.float32)),
+        log_body=jnp.asarray(
+            np.log(result.body_scale / (result.model.group_matrix @ result.group_scale)), jnp.float32
+        ),
+        offset=jnp.zeros((len(result.keypoint_names), 3), jnp.float32),
+    )
+
+
+def test_fit_with_gross_depth_errors_still_recovers_the_angles(model, clip):
+    """15 % of the 3D keypoints 0.3-1.5 m too deep (what partly hidden markers give): outliers stop pulling."""
+    meta, arrays = keypoints_of(clip, NAMES, seed=11)
+    rng = np.random.default_rng(11)
+    bad = rng.random(arrays["conf"].shape) < 0.15
+    arrays["kp3d_mm"][bad, 2] += rng.uniform(300.0, 1500.0, bad.sum())
+    result = fit_arrays(meta, arrays, FitOptions(max_iters=CLIP_ITERS), model)
+    for dof in ("hip_flexion_r", "hip_flexion_l", "knee_angle_r", "knee_angle_l"):
+        err = np.rad2deg(np.abs(result.angle(dof) - clip.q[:, model.dof_index(dof)]))
+        assert np.median(err) < 3.0, (dof, np.median(err))
+    assert len(result.robust) == len(FitOptions().robust_at)
+    assert 0.1 < result.robust[-1].outliers_3d < 0.3
+
+
+def test_robust_rigid_fit_and_2d_refinement():
+    rng = np.random.default_rng(2)
+    src = rng.normal(0.0, 0.12, (7, 3))  # a body's sites (m)
+    angle = np.deg2rad(35.0)
+    axis = np.array([0.3, 0.9, 0.2]) / np.linalg.norm([0.3, 0.9, 0.2])
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    r_true = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    t_true = np.array([4.0, 0.1, -0.2])  # world: 4 m in front of the level camera
+    dst = src @ r_true.T + t_true
+    noisy = dst.copy()
+    noisy[[1, 4]] += np.array([0.6, 0.0, 0.0])  # two depths (world X = camera z) off by 60 cm ...
+    conf = np.array([1.0, 0.6, 1.0, 1.0, 0.6, 1.0, 1.0])  # ... where the pose model was less sure
+
+    def err(r):
+        return np.degrees(np.arccos(np.clip((np.trace(r.T @ r_true) - 1) / 2, -1, 1)))
+
+    w = conf**CONF_POWER_3D
+    plain, _ = weighted_kabsch(src, noisy, conf)
+    robust, t = robust_kabsch(src, noisy, w)
+    assert err(plain) > 10.0 and err(weighted_kabsch(src, noisy, w)[0]) > 3.0 and err(robust) < 1.0
+    np.testing.assert_allclose(t, t_true, atol=0.01)
+    one = dst.copy()
+    one[3] += np.array([0.5, 0.0, 0.0])  # one gross error at full confidence
+    assert err(robust_kabsch(src, one, np.ones(7))[0]) < 1.0 < err(weighted_kabsch(src, one, np.ones(7))[0])
+    # exact 2D through a camera improves a rotation that noisy depths put 10 degrees off
+    from mocapflow.fit.sites import WORLD_TO_CAMERA
+
+    intr = (500.0, 500.0, 320.0, 240.0)
+    cam = dst @ WORLD_TO_CAMERA.T
+    uv = np.stack([500.0 * cam[:, 0] / cam[:, 2] + 320.0, 500.0 * cam[:, 1] / cam[:, 2] + 240.0], axis=1)
+    tilt = np.deg2rad(10.0)
+    off = r_true @ np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
+    refined = refine_rotation_2d(src, uv, off, t_true, intr)
+    assert err(off) > 9.0 and err(refined) < 0.5
 
 
 def test_schedule_warms_up_then_decays_to_the_final_ratio():

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import equinox as eqx
@@ -45,14 +45,18 @@ from mocapflow.fit.loss import (
 )
 from mocapflow.fit.optimise import OptimiseInfo, optimise
 from mocapflow.fit.params import FitParams, FrameTrajectory, Limits, init_bspline, q_to_x
+from mocapflow.fit.robust import RobustOptions, RobustStats, reweight
 from mocapflow.fit.sites import KeypointMap, map_keypoints, offset_projection
 from mocapflow.keypoints import KeypointsMeta, read_arrays
 from models.body import BodyModel, default_body_model
 
 logger = logging.getLogger(__name__)
 
-FIT_VERSION = 1
+FIT_VERSION = 2
 Method = Literal["bspline", "frames"]
+INIT_OUTLIER_WINDOW_S = (
+    0.25  # half-width of the running median that flipped initial pelvis frames are checked against
+)
 SMOOTH_DEFAULT: dict[str, float] = {"bspline": 10000.0, "frames": 10000.0}
 
 
@@ -78,12 +82,18 @@ class FitOptions:
     block_size: int = 200
     rtol: float = 1e-4
     w3d: float = 1.0
-    w2d: float = 0.1
+    w2d: float = 0.3  # until the first reweighting balances it against 3D (balanced_w2d)
     scale: float = 0.1
     body: float = 0.1
     offset: float = 0.05
     smooth: float | None = None  # None: the method's default (SMOOTH_DEFAULT)
     noise_floor_mm: float = 1.0
+    # outliers are reweighted at these fractions of max_iters; robust_cutoff: the residual / spread ratio at
+    # which an observation's weight is 1/4 (mocapflow.fit.robust); balance_noise: at each reweighting, weigh
+    # 2D against 3D by their measured residual spreads (balanced_w2d)
+    robust_at: tuple[float, ...] = (0.1, 0.25, 0.45)
+    robust_cutoff: float = 2.5
+    balance_noise: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("bspline", "frames"):
@@ -91,6 +101,10 @@ class FitOptions:
         if self.max_iters < 1 or self.block_size < 1 or self.learning_rate <= 0 or self.knots_per_second <= 0:
             raise ValueError(
                 f"invalid fit options {self}: iterations, block size, rate and knots must be > 0"
+            )
+        if not all(0.0 < f < 1.0 for f in self.robust_at) or self.robust_cutoff <= 0:
+            raise ValueError(
+                f"invalid fit options {self}: robust_at fractions must lie in (0, 1) and robust_cutoff be > 0"
             )
 
     @classmethod
@@ -121,6 +135,7 @@ class FitOptions:
         """What goes into the fit's content hash (with the inputs' ids)."""
         d = asdict(self)
         d["smooth"] = self.smooth_per_cm2
+        d["robust_at"] = list(self.robust_at)
         d["fit_version"] = FIT_VERSION
         return d
 
@@ -162,6 +177,7 @@ class FitResult:
     seconds: float
     noise_mm: float  # keypoint noise measured before the fit
     smooth_weight: float  # the smoothness weight it led to
+    robust: tuple[RobustStats, ...] = ()  # what each outlier reweighting found
 
     def angle(self, dof: str) -> NDArray[np.float64]:
         """One DOF over time (radians or metres)."""
@@ -242,6 +258,7 @@ def prepare(
         conf,
         (intr.fx, intr.fy, intr.cx, intr.cy),
         smooth_frames=init_smoothing_frames(noise_mm, meta.fps, options.noise_floor_mm),
+        outlier_window_frames=int(round(INIT_OUTLIER_WINDOW_S * meta.fps)),
     )
 
     nb = bucket_frames(n)
@@ -255,6 +272,8 @@ def prepare(
         kp2d=jnp.asarray(np.concatenate([kp2d, np.full((pad, *kp2d.shape[1:]), np.nan, np.float32)])),
         kp3d=jnp.asarray(np.concatenate([kp3d, np.full((pad, *kp3d.shape[1:]), np.nan, np.float32)])),
         conf=jnp.asarray(np.concatenate([conf, np.zeros((pad, conf.shape[1]), np.float32)])),
+        robust2d=jnp.ones((nb, conf.shape[1]), jnp.float32),
+        robust3d=jnp.ones((nb, conf.shape[1]), jnp.float32),
         frame_mask=jnp.asarray(frame_mask),
         basis=jnp.asarray(basis),
         site_index=tuple(int(i) for i in kmap.site_index),
@@ -264,6 +283,17 @@ def prepare(
         weights=options.weights(noise_mm if np.isfinite(noise_mm) else options.noise_floor_mm),
     )
     return PreparedVideo(data, kmap, frames, time_s, observed, q_init, nb, noise_mm)
+
+
+def balanced_w2d(w3d: float, stats: RobustStats) -> float:
+    """The 2D weight that gives 2D and 3D residuals equal pull per unit of their measured spread.
+
+    Both terms are squared residuals (cm and px) below their Huber deltas, so weights proportional to the inverse
+    squared spreads make the loss a likelihood in which precise 2D keypoints (a fraction of a pixel) outweigh
+    centimetre-noisy monocular depths, and noisy 2D ones do not. The spreads are floored
+    (:class:`~mocapflow.fit.robust.RobustOptions`), which bounds the ratio.
+    """
+    return w3d * (stats.spread_3d_cm / stats.spread_2d_px) ** 2
 
 
 def root_rotation_mask(model: BodyModel) -> NDArray[np.float64]:
@@ -337,7 +367,20 @@ def fit_arrays(
     model = model or fit_body_model()
     prep = prepare(meta, arrays, model, options)
     params = initial_params(prep, model, options)
-    params, info = optimise(
+    robust_options = RobustOptions(cutoff=options.robust_cutoff)
+    robust_stats: list[RobustStats] = []
+
+    def reweight_outliers(p: FitParams, d: FitData) -> FitData:
+        d, stats = reweight(p, d, model, robust_options)
+        robust_stats.append(stats)
+        if options.balance_noise:
+            d = eqx.tree_at(
+                lambda x: x.weights.w2d, d, jnp.asarray(balanced_w2d(options.w3d, stats), jnp.float32)
+            )
+        logger.debug("video %s: reweighted outliers %s", meta.video_sha256[:12], stats)
+        return d
+
+    params, data, info = optimise(
         params,
         prep.data,
         model,
@@ -346,7 +389,10 @@ def fit_arrays(
         block_size=options.block_size,
         rtol=options.rtol,
         root_mask=root_rotation_mask(model),
+        reweight_at=[round(f * options.max_iters) for f in options.robust_at],
+        reweight=reweight_outliers,
     )
+    prep = replace(prep, data=data)
     q, pred, terms = _evaluate(params, prep.data, model)
     n = len(prep.frames)
     q_np = np.asarray(q, np.float64)[:n]
@@ -371,6 +417,7 @@ def fit_arrays(
         seconds=time.perf_counter() - t0,
         noise_mm=prep.noise_mm,
         smooth_weight=float(prep.data.weights.smooth),
+        robust=tuple(robust_stats),
     )
     logger.info(
         "fitted video %s: %d frames (bucket %d), %d iterations in %.1f s, median residual %.1f px / %.1f mm",

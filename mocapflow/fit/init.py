@@ -2,7 +2,9 @@
 
 A rigid (Kabsch) fit of zero-pose sites to each frame's 3D keypoints gives the pelvis orientation (the pelvis's own
 keypoints if at least 3 are visible, else the trunk's, else all), so the optimiser never starts facing the wrong
-way; with noisy keypoints the track is smoothed over time. Without 3D keypoints the subject starts upright, facing
+way. Monocular 3D keypoints carry gross depth errors, so the rigid fit is robust: keypoints are weighted by a steep
+power of their confidence and reweighted by their rigid-fit residuals (:func:`robust_kabsch`); with noisy keypoints
+the track is median-filtered, then smoothed over time. Without 3D keypoints the subject starts upright, facing
 the camera or away depending on where its right side appears. The absolute position comes from the 2D keypoints
 and the recorded intrinsics (the 3D loss is root-relative, so absolute 3D depths are not trusted).
 """
@@ -19,6 +21,7 @@ from numpy.typing import NDArray
 
 from mocapflow.fit.basis import bucket_frames
 from mocapflow.fit.kinematics import site_positions
+from mocapflow.fit.loss import CONF_POWER_3D
 from mocapflow.fit.sites import WORLD_TO_CAMERA
 from models.body import BodyModel, forward_kinematics
 
@@ -27,6 +30,7 @@ logger = logging.getLogger(__name__)
 _PELVIS_DOFS = ("pelvis_tx", "pelvis_ty", "pelvis_tz", "pelvis_tilt", "pelvis_list", "pelvis_rotation")
 _TRUNK_BODIES = ("pelvis", "torso")
 _BENT_DOFS = ("knee_angle_r", "knee_angle_l", "elbow_flex_r", "elbow_flex_l")
+OUTLIER_ROTATION_DEG = 30.0  # a rigid-fit rotation this far from the running median of its track is refitted
 
 
 @eqx.filter_jit
@@ -45,16 +49,117 @@ def euler_zxy(rot: NDArray[np.floating]) -> NDArray[np.float64]:
     return np.stack([a, b, c], axis=-1)
 
 
-def kabsch(
-    src: NDArray[np.floating], dst: NDArray[np.floating]
+def euler_rotation(angles: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Inverse of :func:`euler_zxy`: ``Rz(a) @ Rx(b) @ Ry(c)``."""
+    a, b, c = (float(v) for v in angles)
+    ca, sa, cb, sb, cc, sc = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(c), np.sin(c)
+    rz = np.array([[ca, -sa, 0.0], [sa, ca, 0.0], [0.0, 0.0, 1.0]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cb, -sb], [0.0, sb, cb]])
+    ry = np.array([[cc, 0.0, sc], [0.0, 1.0, 0.0], [-sc, 0.0, cc]])
+    return rz @ rx @ ry
+
+
+def _angle_deg(r1: NDArray[np.floating], r2: NDArray[np.floating]) -> float:
+    """The angle (degrees) of the rotation between two rotation matrices."""
+    return float(np.degrees(np.arccos(np.clip((np.trace(r1.T @ r2) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def _wrap(angles: NDArray[np.floating]) -> NDArray[np.float64]:
+    return (np.asarray(angles, np.float64) + np.pi) % (2.0 * np.pi) - np.pi
+
+
+def weighted_kabsch(
+    src: NDArray[np.floating], dst: NDArray[np.floating], w: NDArray[np.floating]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Rotation R and translation t minimising ``|R @ src_i + t - dst_i|`` (src, dst [n, 3], n >= 3)."""
+    """Rotation R and translation t minimising ``sum_i w_i |R @ src_i + t - dst_i|^2`` (n >= 3, weights >= 0)."""
     s, d = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    sc, dc = s.mean(0), d.mean(0)
-    u, _, vt = np.linalg.svd((s - sc).T @ (d - dc))
+    wn = np.asarray(w, np.float64) / max(float(np.sum(w)), 1e-12)
+    sc, dc = wn @ s, wn @ d
+    u, _, vt = np.linalg.svd((s - sc).T @ (wn[:, None] * (d - dc)))
     sign = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
     r = vt.T @ np.diag([1.0, 1.0, sign]) @ u.T
     return r, dc - r @ sc
+
+
+def _weighted_median(values: NDArray[np.floating], w: NDArray[np.floating]) -> float:
+    order = np.argsort(values)
+    cum = np.cumsum(w[order])
+    return float(values[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def robust_kabsch(
+    src: NDArray[np.floating],
+    dst: NDArray[np.floating],
+    w: NDArray[np.floating],
+    *,
+    rounds: int = 3,
+    floor_m: float = 0.02,
+    cutoff: float = 2.5,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """:func:`weighted_kabsch`, reweighted ``rounds`` times by Geman-McClure weights of its residuals.
+
+    The residual spread is the weighted median residual, floored at ``floor_m``: exact points keep their weights, a
+    point far outside the spread (a depth off by decimetres) stops pulling. It starts from the weighted least
+    squares fit, so it removes a minority of outliers that the weights ``w`` (confidences) already hold down, not
+    a majority: a least-median start from point triples was tried and lost accuracy on Gaussian noise.
+    """
+    s, d = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    w0 = np.asarray(w, np.float64)
+    r, t = weighted_kabsch(s, d, w0)
+    for _ in range(rounds):
+        res = np.linalg.norm(s @ r.T + t - d, axis=1)
+        spread = max(_weighted_median(res, w0), floor_m)
+        r, t = weighted_kabsch(s, d, w0 / (1.0 + (res / (cutoff * spread)) ** 2) ** 2)
+    return r, t
+
+
+def refine_rotation_2d(
+    sites: NDArray[np.floating],
+    uv: NDArray[np.floating],
+    r_world: NDArray[np.floating],
+    t_world: NDArray[np.floating],
+    intrinsics: tuple[float, float, float, float],
+    max_change_deg: float = 45.0,
+) -> NDArray[np.float64]:
+    """The rigid rotation refined on the 2D keypoints (iterative PnP started from the 3D estimate).
+
+    2D keypoints are far more precise than monocular depths, but a rigid body seen by one camera has a mirror
+    (depth-flipped) pose with nearly the same projection; starting from the 3D estimate keeps the branch the 3D
+    keypoints chose. A refinement that moves the rotation by more than ``max_change_deg`` is rejected.
+    """
+    import cv2
+
+    fx, fy, cx, cy = intrinsics
+    k = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    r_cam = WORLD_TO_CAMERA @ np.asarray(r_world, np.float64)
+    rvec, _ = cv2.Rodrigues(r_cam)
+    tvec = (WORLD_TO_CAMERA @ np.asarray(t_world, np.float64)).reshape(3, 1)
+    ok, rvec, tvec = cv2.solvePnP(
+        np.ascontiguousarray(sites, np.float64),
+        np.ascontiguousarray(uv, np.float64),
+        k,
+        None,
+        rvec,
+        tvec,
+        useExtrinsicGuess=True,
+        flags=cv2.SOLVEPNP_ITERATIVE,
+    )
+    if not ok or tvec[2, 0] <= 0:
+        return np.asarray(r_world, np.float64)
+    r_new = WORLD_TO_CAMERA.T @ cv2.Rodrigues(rvec)[0]
+    return r_new if _angle_deg(r_new, r_world) <= max_change_deg else np.asarray(r_world, np.float64)
+
+
+def _median_filter(values: NDArray[np.float64], ok: NDArray[np.bool_], radius: int) -> NDArray[np.float64]:
+    """Running median over the ``ok`` rows (``2 * radius + 1`` of them at most); others unchanged."""
+    if radius < 1 or ok.sum() < 3:
+        return values
+    rows = np.flatnonzero(ok)
+    out = values.copy()
+    for k, t in enumerate(rows):
+        window = rows[max(0, k - radius) : k + radius + 1]
+        out[t] = np.median(values[window], axis=0)
+    return out
 
 
 def _gaussian_smooth(values: NDArray[np.float64], ok: NDArray[np.bool_], sigma: float) -> NDArray[np.float64]:
@@ -91,10 +196,13 @@ def initial_pose(
     conf: NDArray[np.floating],
     intrinsics: tuple[float, float, float, float],
     smooth_frames: float = 0.0,
+    outlier_window_frames: int = 0,
 ) -> NDArray[np.float64]:
     """Per-frame joint values [T, D]: pelvis from the keypoints, knees/elbows slightly bent, the rest zero.
 
     ``smooth_frames``: Gaussian sigma (frames) applied to the pelvis estimates (noisy keypoints need it).
+    ``outlier_window_frames``: half-width of the running median that frames with a flipped pelvis are checked
+    against (0: no check).
     """
     n_frames = kp2d.shape[0]
     q = np.tile(np.clip(np.zeros(model.n_dofs), model.lower, model.upper), (n_frames, 1))
@@ -114,8 +222,10 @@ def initial_pose(
     valid3 = (conf > 0) & np.isfinite(kp3d).all(-1)
     valid2 = (conf > 0) & np.isfinite(kp2d).all(-1)
 
+    weights3 = np.where(valid3, conf, 0.0).astype(np.float64) ** CONF_POWER_3D
     rot = np.full((n_frames, 3), np.nan)
     have_rot = np.zeros(n_frames, bool)
+    guesses: dict[int, tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]]] = {}
     for t in range(n_frames):
         use = valid3[t]  # the pelvis's own keypoints if there are 3, else the trunk's, else all
         for subset in (on_pelvis, trunk):
@@ -125,13 +235,36 @@ def initial_pose(
         if use.sum() < 3:
             continue
         obs_world = (kp3d[t, use] / 1000.0) @ WORLD_TO_CAMERA  # camera m -> level-camera world axes
-        r, _ = kabsch(zero_sites[use], obs_world)
+        r, tr = robust_kabsch(zero_sites[use], obs_world, weights3[t, use])
+        use2 = use & valid2[t]
+        if use2.sum() >= 4:
+            guesses[t] = (use2, r, tr)
+            r = refine_rotation_2d(zero_sites[use2], kp2d[t, use2], r, tr, intrinsics)
         rot[t] = euler_zxy(r)
         have_rot[t] = True
     if not have_rot.any():
         rot[:] = _facing_from_2d(model, kp2d, valid2, site_index)
         have_rot[:] = True
     rot[have_rot, 2] = np.unwrap(rot[have_rot, 2])
+    if outlier_window_frames > 0:
+        # A frame whose rigid fit took the mirror branch (its depths misled it) stands out from its neighbours:
+        # refine it on its 2D keypoints again, starting from the running median of the track.
+        med = _median_filter(rot, have_rot, outlier_window_frames)
+        for t in np.flatnonzero(have_rot):
+            if _angle_deg(euler_rotation(rot[t]), euler_rotation(med[t])) <= OUTLIER_ROTATION_DEG:
+                continue
+            rot[t] = med[t]
+            if t in guesses:
+                use2, _, tr = guesses[t]
+                r = refine_rotation_2d(
+                    zero_sites[use2],
+                    kp2d[t, use2],
+                    euler_rotation(med[t]),
+                    tr,
+                    intrinsics,
+                    max_change_deg=OUTLIER_ROTATION_DEG,
+                )
+                rot[t] = med[t] + _wrap(euler_zxy(r) - med[t])
     rot = _fill_gaps(_gaussian_smooth(rot, have_rot, smooth_frames), have_rot)
     q[:, pelvis[3:]] = rot
 

@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import equinox as eqx
@@ -190,17 +191,24 @@ def optimise(
     rtol: float = 1e-4,
     min_iters: int | None = None,
     root_mask: np.ndarray | None = None,
-) -> tuple[FitParams, OptimiseInfo]:
+    reweight_at: Sequence[int] = (),
+    reweight: Callable[[FitParams, FitData], FitData] | None = None,
+) -> tuple[FitParams, FitData, OptimiseInfo]:
     """Run blocks of Adam steps until ``max_iters`` or until a block improves the loss by less than ``rtol``.
 
     The loss compared between blocks is the mean over the last quarter of each block (Adam's steps are noisy).
     ``root_mask`` [D] marks DOFs held at their initial values for the first tenth of the iterations.
     Early stopping is only allowed after ``min_iters`` (default: half of ``max_iters``), when the learning rate
-    has decayed by two orders of magnitude.
+    has decayed by two orders of magnitude, and after the last reweighting.
+    ``reweight(params, data) -> data`` is called before the first block that starts at or after each step of
+    ``reweight_at`` (robust weights are data arrays: nothing recompiles). Returns the data as last reweighted.
     """
     if max_iters < 1 or block_size < 1:
         raise ValueError(f"max_iters ({max_iters}) and block_size ({block_size}) must be >= 1")
+    pending = sorted(int(s) for s in reweight_at if 0 < s < max_iters) if reweight is not None else []
     min_iters = max_iters // 2 if min_iters is None else min_iters
+    if pending:
+        min_iters = max(min_iters, pending[-1] + block_size)
     n_dofs = int(jax.tree.leaves(params.trajectory)[0].shape[-1])
     schedule = Schedule.make(learning_rate, max_iters, root_mask=root_mask, n_dofs=n_dofs)
     opt_state = init_state(params)
@@ -209,6 +217,10 @@ def optimise(
     history: list[float] = []
     tail = max(1, block_size // 4)
     while step < max_iters:
+        if pending and step >= pending[0] and reweight is not None:
+            pending = [s for s in pending if s > step]
+            data = reweight(params, data)
+            prev = math.inf  # the loss changes with the weights: compare blocks after this one only
         params, opt_state, losses = run_block(
             params, opt_state, jnp.asarray(step, jnp.int32), data, schedule, model, block_size
         )
@@ -231,4 +243,4 @@ def optimise(
     logger.debug(
         "optimised %d steps in %.2f s (loss %.4g, converged=%s)", step, seconds, info.final_loss, converged
     )
-    return params, info
+    return params, data, info

@@ -91,6 +91,66 @@ def gait_clip(
     return Clip(q, fps, intr, extr, tuple(model.site_names), sites)
 
 
+def observe(
+    cam_m: NDArray[np.floating],
+    intrinsics: Intrinsics,
+    fps: float,
+    names: tuple[str, ...],
+    *,
+    noise_2d_px: float = 0.0,
+    noise_3d_mm: float = 0.0,
+    drop_frames: float = 0.0,
+    zero_conf: float = 0.0,
+    seed: int = 0,
+    video_sha256: str,
+    model_id: str,
+) -> tuple[KeypointsMeta, dict[str, NDArray[np.floating]]]:
+    """Keypoint arrays of camera-frame points [T, J, 3] (m), as a pose model with the given errors would give.
+
+    2D noise (px) and 3D noise (mm) per coordinate, a fraction ``drop_frames`` of frames and ``zero_conf`` of
+    keypoints with confidence 0 (NaN observations); all corruption off gives the exact points.
+    """
+    rng = np.random.default_rng(seed)
+    cam = np.asarray(cam_m, np.float64)
+    n, j = cam.shape[:2]
+    kp2d = project(cam, intrinsics) + noise_2d_px * rng.standard_normal((n, j, 2))
+    kp3d = cam * 1000.0 + noise_3d_mm * rng.standard_normal((n, j, 3))
+    conf = np.ones((n, j))
+    conf[rng.random((n, j)) < zero_conf] = 0.0
+    conf[rng.random(n) < drop_frames] = 0.0
+    conf[~np.isfinite(kp2d).all(-1)] = 0.0
+    kp2d[conf == 0] = np.nan
+    kp3d[conf == 0] = np.nan
+    has = (conf > 0).any(axis=1)
+    box = np.full((n, 4), np.nan)
+    if has.any():
+        box[has] = np.concatenate([np.nanmin(kp2d[has], axis=1), np.nanmax(kp2d[has], axis=1)], axis=1)
+    meta = KeypointsMeta(
+        video_sha256=video_sha256,
+        fps=fps,
+        width=intrinsics.width,
+        height=intrinsics.height,
+        n_frames=n,
+        intrinsics=intrinsics,
+        joint_names=names,
+        joint_edges=(),
+        model_id=model_id,
+        model_name="markers",
+        params={"noise_2d_px": noise_2d_px, "noise_3d_mm": noise_3d_mm, "seed": seed},
+    )
+    arrays = {
+        "frame": np.arange(n, dtype=np.int32),
+        "time_s": np.arange(n) / fps,
+        "kp2d_px": kp2d.astype(np.float32),
+        "kp3d_mm": kp3d.astype(np.float32),
+        "conf": conf.astype(np.float32),
+        "box": box.astype(np.float32),
+        "box_score": has.astype(np.float32),
+        "track_id": np.where(has, 0, -1).astype(np.int32),
+    }
+    return meta, arrays
+
+
 def keypoints_of(
     clip: Clip,
     names: tuple[str, ...] | None = None,
@@ -104,46 +164,20 @@ def keypoints_of(
     """Keypoint arrays (and metadata) of the clip's sites ``names`` (default: all) through its camera."""
     names = clip.site_names if names is None else names
     idx = [clip.site_names.index(n) for n in names]
-    rng = np.random.default_rng(seed)
-    cam = clip.extrinsics.apply(clip.sites_world_m[:, idx])
-    kp3d = cam * 1000.0 + noise_3d_mm * rng.standard_normal(cam.shape)
-    kp2d = project(cam, clip.intrinsics) + noise_2d_px * rng.standard_normal((*cam.shape[:2], 2))
-    n, j = kp2d.shape[:2]
-    conf = np.ones((n, j))
-    conf[rng.random((n, j)) < zero_conf] = 0.0
-    conf[rng.random(n) < drop_frames] = 0.0
-    conf[~np.isfinite(kp2d).all(-1)] = 0.0
-    kp2d[conf == 0] = np.nan
-    kp3d[conf == 0] = np.nan
-    has = (conf > 0).any(1)
-    lo = np.nanmin(np.where(has[:, None, None], kp2d, np.nan), axis=1)
-    hi = np.nanmax(np.where(has[:, None, None], kp2d, np.nan), axis=1)
-    box = np.where(has[:, None], np.concatenate([lo, hi], axis=1), np.nan)
     digest = hashlib.sha256(np.ascontiguousarray(clip.q).tobytes() + repr((names, seed)).encode()).hexdigest()
-    meta = KeypointsMeta(
+    return observe(
+        clip.extrinsics.apply(clip.sites_world_m[:, idx]),
+        clip.intrinsics,
+        clip.fps,
+        names,
+        noise_2d_px=noise_2d_px,
+        noise_3d_mm=noise_3d_mm,
+        drop_frames=drop_frames,
+        zero_conf=zero_conf,
+        seed=seed,
         video_sha256=digest,
-        fps=clip.fps,
-        width=clip.intrinsics.width,
-        height=clip.intrinsics.height,
-        n_frames=n,
-        intrinsics=clip.intrinsics,
-        joint_names=names,
-        joint_edges=(),
         model_id=hashlib.sha256(b"mocapflow-fit-clip").hexdigest()[:16],
-        model_name="markers",
-        params={"noise_2d_px": noise_2d_px, "noise_3d_mm": noise_3d_mm, "seed": seed},
     )
-    arrays = {
-        "frame": np.arange(n, dtype=np.int32),
-        "time_s": np.arange(n) / clip.fps,
-        "kp2d_px": kp2d.astype(np.float32),
-        "kp3d_mm": kp3d.astype(np.float32),
-        "conf": conf.astype(np.float32),
-        "box": box.astype(np.float32),
-        "box_score": has.astype(np.float32),
-        "track_id": np.where(has, 0, -1).astype(np.int32),
-    }
-    return meta, arrays
 
 
 def keypoints_table(meta: KeypointsMeta, arrays: dict[str, NDArray[np.floating]]) -> pa.Table:

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mocapflow.camera import Extrinsics, Intrinsics, project
+from mocapflow.camera import Extrinsics, Intrinsics
+from mocapflow.fit.clip import observe
 from mocapflow.fit.fitting import FitOptions, FitResult, fit_arrays, fit_body_model
 from mocapflow.keypoints import KeypointsMeta
 from models.body import BodyModel
@@ -132,48 +133,23 @@ def keypoints_from_truth(
     seed: int = 0,
 ) -> tuple[KeypointsMeta, dict[str, NDArray[Any]]]:
     """Keypoint arrays of the markers through the recorded camera; all corruption off gives exact markers."""
-    rng = np.random.default_rng(seed)
     cam = video.markers_cam_m
-    n, j = cam.shape[:2]
-    kp2d = project(cam, video.intrinsics) + noise_2d_px * rng.standard_normal((n, j, 2))
-    kp3d = cam * 1000.0 + noise_3d_mm * rng.standard_normal((n, j, 3))
-    conf = np.ones((n, j))
-    conf[rng.random((n, j)) < zero_conf_keypoints] = 0.0
-    conf[rng.random(n) < dropped_frames] = 0.0
-    conf[~np.isfinite(kp2d).all(-1)] = 0.0
-    kp2d[conf == 0] = np.nan
-    kp3d[conf == 0] = np.nan
-    has = (conf > 0).any(axis=1)
-    box = np.full((n, 4), np.nan)
-    if has.any():
-        box[has] = np.concatenate([np.nanmin(kp2d[has], axis=1), np.nanmax(kp2d[has], axis=1)], axis=1)
     digest = hashlib.sha256(
         np.ascontiguousarray(cam).tobytes() + repr((noise_2d_px, noise_3d_mm, seed)).encode()
     ).hexdigest()
-    meta = KeypointsMeta(
+    return observe(
+        cam,
+        video.intrinsics,
+        video.fps,
+        video.marker_names,
+        noise_2d_px=noise_2d_px,
+        noise_3d_mm=noise_3d_mm,
+        drop_frames=dropped_frames,
+        zero_conf=zero_conf_keypoints,
+        seed=seed,
         video_sha256=digest,
-        fps=video.fps,
-        width=video.intrinsics.width,
-        height=video.intrinsics.height,
-        n_frames=n,
-        intrinsics=video.intrinsics,
-        joint_names=video.marker_names,
-        joint_edges=(),
         model_id=hashlib.sha256(b"mocapflow-validate-groundtruth").hexdigest()[:16],
-        model_name="markers",
-        params={"noise_2d_px": noise_2d_px, "noise_3d_mm": noise_3d_mm, "seed": seed},
     )
-    arrays = {
-        "frame": np.arange(n, dtype=np.int32),
-        "time_s": np.arange(n) / video.fps,
-        "kp2d_px": kp2d.astype(np.float32),
-        "kp3d_mm": kp3d.astype(np.float32),
-        "conf": conf.astype(np.float32),
-        "box": box.astype(np.float32),
-        "box_score": has.astype(np.float32),
-        "track_id": np.where(has, 0, -1).astype(np.int32),
-    }
-    return meta, arrays
 
 
 def angle_errors_deg(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,7 +69,11 @@ def ensure_ray(
     else:
         cpus = num_cpus or local_cpus()
         logger.info("starting a local Ray with %d CPUs", cpus)
-        ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+        with warnings.catch_warnings():
+            # Ray starts its GCS and raylet with subprocess (fork + exec: no Python runs in the child), which JAX's
+            # fork hook reports as a deadlock risk when JAX is already loaded in this driver (the demo's synthesis).
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
     return dict(ray.cluster_resources())
 
 

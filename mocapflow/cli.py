@@ -435,28 +435,27 @@ def demo(
 
         report = run_demo(settings, out, n_videos=videos, seconds=seconds, seed=seed, progress=tick)
 
-    table = Table(title=f"mocapflow demo: cohort run {report.run_state.lower()} ({report.run_message[:80]})")
-    for col in (
-        "video",
-        "motion",
-        "status",
-        "frames",
-        "probe s",
-        "pose s",
-        "fit s",
-        "joint-angle error (deg)",
+    table = Table(title=f"mocapflow demo: cohort run {report.run_state.lower()}")
+    for col, justify in (
+        ("video", "left"),
+        ("motion", "left"),
+        ("status", "left"),
+        ("frames", "right"),
+        ("probe s", "right"),
+        ("pose s", "right"),
+        ("fit s", "right"),
+        ("angle err deg", "right"),
     ):
-        table.add_column(col, justify="right" if col not in ("video", "motion", "status") else "left")
+        table.add_column(col, justify=justify, no_wrap=col == "video")
+
+    def s(x: float | None) -> str:
+        return "" if x is None else f"{x:.1f}"
+
     for v in report.videos:
-        status = "[green]ok[/]" if v.status == "ok" else f"[red]failed at {v.failed_stage}[/]: {v.error}"
-
-        def s(x: float | None) -> str:
-            return "" if x is None else f"{x:.1f}"
-
         table.add_row(
-            v.name + (" (2 people)" if v.second_person else ""),
-            v.motion,
-            status,
+            Path(v.name).stem,
+            v.motion + (" +1 person" if v.second_person else ""),
+            "[green]ok[/]" if v.status == "ok" else f"[red]failed: {v.failed_stage}[/]",
             "" if v.frames is None else str(v.frames),
             s(v.seconds.get("probe")),
             s(v.seconds.get("pose")),
@@ -465,6 +464,12 @@ def demo(
         )
     out_console = Console()
     out_console.print(table)
+    out_console.print(
+        "joint-angle error: median |fit - truth| over hips, knees, ankles, shoulders and elbows"
+    )
+    for v in report.videos:
+        if v.status != "ok":
+            out_console.print(f"[red]{v.name} failed at {v.failed_stage}[/]: {v.error}")
     total = time.perf_counter() - t_start
     out_console.print(
         f"[bold]done in {total:.0f} s[/] (synth {report.seconds['synth_s']:.0f} s, model set "

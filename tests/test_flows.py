@@ -211,7 +211,8 @@ def test_backfill_resumes_after_interruption_and_reruns_only_failed(cohort: Path
     assert status["status"] == "failed" and status["failed_stage"] == "probe"
 
 
-@pytest.mark.parametrize("storage", ["local", "s3"])
+# the local-store variant repeats the S3 one's path through `serve` and the API; it runs with `make test-slow`
+@pytest.mark.parametrize("storage", [pytest.param("local", marks=pytest.mark.slow), "s3"])
 def test_served_deployment_triggered_through_the_api(
     storage: str, cohort: Path, env, tmp_path: Path, request
 ):

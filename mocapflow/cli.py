@@ -404,6 +404,7 @@ def demo(
     """The main job: a synthetic cohort through the whole DAG on the embedded defaults, checked against truth."""
     import time
 
+    from rich import box
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -435,27 +436,33 @@ def demo(
 
         report = run_demo(settings, out, n_videos=videos, seconds=seconds, seed=seed, progress=tick)
 
-    table = Table(title=f"mocapflow demo: cohort run {report.run_state.lower()}")
+    table = Table(
+        title=f"mocapflow demo: cohort run {report.run_state.lower()}",
+        box=box.SIMPLE_HEAVY,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+    )
     for col, justify in (
         ("video", "left"),
-        ("motion", "left"),
+        ("people", "right"),
         ("status", "left"),
         ("frames", "right"),
         ("probe s", "right"),
         ("pose s", "right"),
         ("fit s", "right"),
-        ("angle err deg", "right"),
+        ("err deg", "right"),
     ):
-        table.add_column(col, justify=justify, no_wrap=col == "video")
+        table.add_column(col, justify=justify, no_wrap=True)
 
     def s(x: float | None) -> str:
         return "" if x is None else f"{x:.1f}"
 
     for v in report.videos:
         table.add_row(
-            Path(v.name).stem,
-            v.motion + (" +1 person" if v.second_person else ""),
-            "[green]ok[/]" if v.status == "ok" else f"[red]failed: {v.failed_stage}[/]",
+            Path(v.name).stem,  # the motion is in the name
+            "" if v.status != "ok" else ("2" if v.second_person else "1"),
+            "[green]ok[/]" if v.status == "ok" else "[red]failed[/]",
             "" if v.frames is None else str(v.frames),
             s(v.seconds.get("probe")),
             s(v.seconds.get("pose")),

@@ -472,7 +472,7 @@ def demo(
     out_console = Console()
     out_console.print(table)
     out_console.print(
-        "joint-angle error: median |fit - truth| over hips, knees, ankles, shoulders and elbows"
+        "err deg: median |fit - truth| joint angle over hips, knees, ankles, shoulders and elbows"
     )
     for v in report.videos:
         if v.status != "ok":

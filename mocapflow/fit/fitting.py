@@ -15,8 +15,15 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
 - Per-keypoint offsets (prior towards 0) with any rotation of their body projected out (see
   :func:`~mocapflow.fit.sites.offset_projection`): offsets cannot mimic joint angles.
 - The smoothness weight scales with the keypoint noise measured before the fit (:func:`estimate_noise_mm`).
-- Optimisation order: the pelvis orientation starts from a rigid fit to its own keypoints and is held for the
-  first 10 % of the steps, offsets are held for the first 20 % (``mocapflow.fit.optimise``).
+- Optimisation order: the pelvis orientation starts from a robust rigid fit to its own keypoints, refined on their
+  2D positions, and is held for the first 10 % of the steps; offsets are held for the first 20 %
+  (``mocapflow.fit.optimise``).
+- Monocular keypoints have gross errors (a hidden marker's depth off by a metre). 3D observations pull with
+  ``conf ** 4`` (a low confidence means a depth guess, not a 2D one); at 10, 25 and 45 % of the steps every
+  observation is reweighted by its residual (:mod:`mocapflow.fit.robust`) and the 2D weight is set from the
+  measured 2D and 3D residual spreads (:func:`balanced_w2d`). On the demo cohort (markers set, real pose output)
+  this took the median joint-angle error from 9-23 deg to 2.0-2.8 deg; on the validation set's Gaussian noise
+  from 3.10 to 2.4 deg, clean unchanged (0.98).
 """
 
 from __future__ import annotations
@@ -54,9 +61,8 @@ logger = logging.getLogger(__name__)
 
 FIT_VERSION = 2
 Method = Literal["bspline", "frames"]
-INIT_OUTLIER_WINDOW_S = (
-    0.25  # half-width of the running median that flipped initial pelvis frames are checked against
-)
+# half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
+INIT_OUTLIER_WINDOW_S = 0.25
 SMOOTH_DEFAULT: dict[str, float] = {"bspline": 10000.0, "frames": 10000.0}
 
 

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from mocapflow.fit.basis import bucket_frames
 from mocapflow.fit.kinematics import site_positions
 from mocapflow.fit.loss import CONF_POWER_3D
+from mocapflow.fit.robust import geman_mcclure_weights
 from mocapflow.fit.sites import WORLD_TO_CAMERA
 from models.body import BodyModel, forward_kinematics
 
@@ -109,7 +110,7 @@ def robust_kabsch(
     for _ in range(rounds):
         res = np.linalg.norm(s @ r.T + t - d, axis=1)
         spread = max(_weighted_median(res, w0), floor_m)
-        r, t = weighted_kabsch(s, d, w0 / (1.0 + (res / (cutoff * spread)) ** 2) ** 2)
+        r, t = weighted_kabsch(s, d, w0 * geman_mcclure_weights(res, spread, cutoff))
     return r, t
 
 
@@ -225,7 +226,7 @@ def initial_pose(
     weights3 = np.where(valid3, conf, 0.0).astype(np.float64) ** CONF_POWER_3D
     rot = np.full((n_frames, 3), np.nan)
     have_rot = np.zeros(n_frames, bool)
-    guesses: dict[int, tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]]] = {}
+    guesses: dict[int, tuple[NDArray[np.bool_], NDArray[np.float64]]] = {}  # frame -> 2D keypoints used, t
     for t in range(n_frames):
         use = valid3[t]  # the pelvis's own keypoints if there are 3, else the trunk's, else all
         for subset in (on_pelvis, trunk):
@@ -238,7 +239,7 @@ def initial_pose(
         r, tr = robust_kabsch(zero_sites[use], obs_world, weights3[t, use])
         use2 = use & valid2[t]
         if use2.sum() >= 4:
-            guesses[t] = (use2, r, tr)
+            guesses[t] = (use2, tr)
             r = refine_rotation_2d(zero_sites[use2], kp2d[t, use2], r, tr, intrinsics)
         rot[t] = euler_zxy(r)
         have_rot[t] = True
@@ -255,7 +256,7 @@ def initial_pose(
                 continue
             rot[t] = med[t]
             if t in guesses:
-                use2, _, tr = guesses[t]
+                use2, tr = guesses[t]
                 r = refine_rotation_2d(
                     zero_sites[use2],
                     kp2d[t, use2],

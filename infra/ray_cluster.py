@@ -74,7 +74,24 @@ def ensure_ray(
             # fork hook reports as a deadlock risk when JAX is already loaded in this driver (the demo's synthesis).
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
             ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+        _restore_excepthook()
     return dict(ray.cluster_resources())
+
+
+def _restore_excepthook() -> None:
+    """Undo Ray's driver excepthook for a Ray this process started itself.
+
+    ``import ray`` replaces ``sys.excepthook`` with one that first records the driver's uncaught exception in the GCS
+    (for the dashboard's job view). An operator's Ctrl-C reaches the whole process group, so a local GCS is already
+    gone when the KeyboardInterrupt reaches that hook, and it waits about 60 s for it before the driver exits.
+    A local Ray here has no dashboard to show the record, so the previous hook is put back.
+    """
+    import sys
+
+    from ray._private import worker as ray_worker
+
+    if sys.excepthook is getattr(ray_worker, "custom_excepthook", None):
+        sys.excepthook = getattr(ray_worker, "normal_excepthook", sys.__excepthook__)
 
 
 def cluster_cpus() -> int:

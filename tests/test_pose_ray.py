@@ -141,6 +141,10 @@ def test_ensure_ray_is_idempotent_and_workers_get_the_environment(ray_cluster: N
         "PREFECT_API_URL": PREFECT_URL,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
+    # a Ray this process started: Ctrl-C (which also stops the local GCS) must not wait ~60 s in Ray's excepthook
+    from ray._private import worker as ray_worker
+
+    assert ray_worker.custom_excepthook is not sys.excepthook
 
 
 def test_pool_reuses_models_and_isolates_bad_videos(

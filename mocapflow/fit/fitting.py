@@ -47,12 +47,10 @@ from mocapflow.fit.loss import (
     LossWeights,
     effective_offset,
     loss_terms,
-    predict_camera_m,
-    project_px,
 )
 from mocapflow.fit.optimise import OptimiseInfo, optimise
 from mocapflow.fit.params import FitParams, FrameTrajectory, Limits, init_bspline, q_to_x
-from mocapflow.fit.robust import RobustOptions, RobustStats, reweight
+from mocapflow.fit.robust import RobustOptions, RobustStats, observation_residuals, reweight
 from mocapflow.fit.sites import KeypointMap, map_keypoints, offset_projection
 from mocapflow.keypoints import KeypointsMeta, read_arrays
 from models.body import BodyModel, default_body_model
@@ -334,31 +332,24 @@ def initial_params(prep: PreparedVideo, model: BodyModel, options: FitOptions) -
 @eqx.filter_jit
 def _evaluate(params: FitParams, data: FitData, model: BodyModel):
     q = data.limits.to_q(params.trajectory.values(data.basis))
-    return q, predict_camera_m(params, data, model), loss_terms(params, data, model)
+    return q, loss_terms(params, data, model)
 
 
 def _residuals(
-    pred_m: NDArray[np.float64], prep: PreparedVideo
+    params: FitParams, prep: PreparedVideo, model: BodyModel
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
-    d = prep.data
+    """Per frame: mean 2D residual (px), mean root-relative 3D residual (mm), usable 2D keypoints (NaN: none).
+
+    The residuals are the loss's own (:func:`~mocapflow.fit.robust.observation_residuals`): every usable observation
+    counts, outliers too; only the 3D centring is weighted as in the fit, so an outlier does not shift its frame.
+    """
     n = len(prep.frames)
-    kp2d, kp3d, conf = (np.asarray(a)[:n].astype(np.float64) for a in (d.kp2d, d.kp3d, d.conf))
-    intr = np.asarray(d.intrinsics, np.float64)
-    uv = np.asarray(project_px(jnp.asarray(pred_m), jnp.asarray(intr)))
-    v2 = (conf > 0) & np.isfinite(kp2d).all(-1)
-    e2 = np.where(v2, np.linalg.norm(np.where(v2[..., None], uv - kp2d, 0.0), axis=-1), 0.0)
+    r2, w2, r3, w3 = (np.asarray(a, np.float64)[:n] for a in observation_residuals(params, prep.data, model))
+    v2, v3 = w2 > 0, w3 > 0
     with np.errstate(invalid="ignore"):
-        r2 = e2.sum(1) / np.where(v2.sum(1) > 0, v2.sum(1), np.nan)
-    v3 = (conf > 0) & np.isfinite(kp3d).all(-1)
-    cnt = np.maximum(v3.sum(1, keepdims=True), 1)[..., None]
-    p = pred_m * 1000.0
-    o = np.where(v3[..., None], kp3d, 0.0)
-    pc = p - (p * v3[..., None]).sum(1, keepdims=True) / cnt
-    oc = o - o.sum(1, keepdims=True) / cnt
-    e3 = np.where(v3, np.linalg.norm(np.where(v3[..., None], pc - oc, 0.0), axis=-1), 0.0)
-    with np.errstate(invalid="ignore"):
-        r3 = e3.sum(1) / np.where(v3.sum(1) > 0, v3.sum(1), np.nan)
-    return r2, r3, v2.sum(1).astype(np.int64)
+        mean2 = np.where(v2, r2, 0.0).sum(1) / np.where(v2.any(1), v2.sum(1), np.nan)
+        mean3 = 10.0 * np.where(v3, r3, 0.0).sum(1) / np.where(v3.any(1), v3.sum(1), np.nan)
+    return mean2, mean3, v2.sum(1).astype(np.int64)
 
 
 def fit_arrays(
@@ -399,10 +390,10 @@ def fit_arrays(
         reweight=reweight_outliers,
     )
     prep = replace(prep, data=data)
-    q, pred, terms = _evaluate(params, prep.data, model)
+    q, terms = _evaluate(params, prep.data, model)
     n = len(prep.frames)
     q_np = np.asarray(q, np.float64)[:n]
-    r2, r3, n_valid = _residuals(np.asarray(pred, np.float64)[:n], prep)
+    r2, r3, n_valid = _residuals(params, prep, model)
     result = FitResult(
         model=model,
         meta=meta,

@@ -92,6 +92,33 @@ class PoseEstimator(abc.ABC):
     def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
         """frames: uint8 [n, H, W, 3] RGB -> one FrameDetections per frame."""
 
+    def video_session(self, intrinsics: Intrinsics) -> VideoSession:
+        """A session for ONE video: call it with that video's consecutive batches of frames, in order.
+
+        A session may carry state from one frame to the next (e.g. BlazePose's region of interest taken from the
+        previous frame's landmarks, MediaPipe-style); the default one is stateless and calls the estimator per batch.
+        """
+        return StatelessSession(self, intrinsics)
+
+
+class VideoSession(abc.ABC):
+    """Per-video pose state (the loop's state as one visible object, STYLE.md #11)."""
+
+    @abc.abstractmethod
+    def __call__(self, frames: np.ndarray) -> list[FrameDetections]:
+        """The next consecutive frames of the video (uint8 [n, H, W, 3] RGB) -> one FrameDetections per frame."""
+
+
+class StatelessSession(VideoSession):
+    """Every batch estimated on its own."""
+
+    def __init__(self, estimator: PoseEstimator, intrinsics: Intrinsics) -> None:
+        self.estimator = estimator
+        self.intrinsics = intrinsics
+
+    def __call__(self, frames: np.ndarray) -> list[FrameDetections]:
+        return self.estimator(frames, self.intrinsics)
+
 
 def check_frames(frames: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
     """The frames as uint8 [n, H, W, 3] RGB whose size matches the intrinsics, or a ValueError saying what to fix."""

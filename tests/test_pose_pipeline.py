@@ -25,7 +25,7 @@ from mocapflow.store import Store
 from mocapflow.synth import GroundTruth
 from mocapflow.video import VideoError
 from models.modelset import ModelSet, read_local, write_manifest
-from models.runtime import FrameDetections, PoseEstimator, ThreadConfig
+from models.runtime import FrameDetections, PoseEstimator, StatelessSession, ThreadConfig
 
 W, H, FPS = 96, 64, 10.0
 JOINTS = ["head", "hip", "feet"]
@@ -315,6 +315,9 @@ class Spy:
         out = self.inner(frames, intrinsics)
         self.people += [d.n for d in out]
         return out
+
+    def video_session(self, intrinsics: Intrinsics) -> StatelessSession:
+        return StatelessSession(self, intrinsics)  # type: ignore[arg-type]
 
 
 def synthetic(tmp_path_factory: pytest.TempPathFactory, **spec: object) -> tuple[Path, GroundTruth]:

@@ -164,9 +164,10 @@ def detect_all(
 ) -> list[FrameDetections]:
     """Run the estimator over every frame, batch by batch; one FrameDetections per decoded frame."""
     detections: list[FrameDetections] = []
+    session = estimator.video_session(intrinsics)
     for batch in iter_batches(video_path, batch_size, threads=decode_threads):
         t0 = time.perf_counter()
-        found = estimator(batch, intrinsics)
+        found = session(batch)
         if len(found) != len(batch):
             raise RuntimeError(
                 f"model set {estimator.model_set.manifest.name!r} returned {len(found)} results for a batch of "

@@ -7,6 +7,7 @@ the brightest pixel and (other joints) constants shifted by the crop's top-left 
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import pickle
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from numpy._core.multiarray import _reconstruct
 
 from mocapflow.camera import Intrinsics
 from models.metrabs import UnsafePickleError, import_metrabs, load_pickle, pickle_to_json
@@ -210,6 +212,77 @@ def test_garbage_pickle_is_named(tmp_path: Path) -> None:
     path.write_bytes(b"\x80\x04not a pickle")
     with pytest.raises(pickle.UnpicklingError, match="not a readable pickle"):
         load_pickle(path)
+
+
+class _Reduce:
+    """Pickles as ``call(*args)``, then BUILD with ``state`` if given (how the bombs below are written)."""
+
+    def __init__(self, call: Any, args: tuple[Any, ...], state: Any = None) -> None:
+        self.call, self.args, self.state = call, args, state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.call, self.args) if self.state is None else (self.call, self.args, self.state)
+
+
+def _refused(path: Path, match: str) -> None:
+    with pytest.raises(UnsafePickleError, match=match) as info:
+        pickle_to_json(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_bytearray_bomb_is_refused(tmp_path: Path) -> None:
+    # 33 bytes that allocate 100 MB when unpickled plainly: bytearray(100_000_000) via REDUCE
+    bomb = b"\x80\x02c__builtin__\nbytearray\nJ\x00\xe1\xf5\x05\x85R."
+    assert len(bomb) == 33 and len(pickle.loads(bomb)) == 100_000_000
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(bomb)
+    _refused(path, "refusing to load global 'builtins.bytearray'")
+    # a bytearray written as data (a protocol 5 opcode, sized by the file) is still plain data
+    legit = tmp_path / "ok.pkl"
+    legit.write_bytes(pickle.dumps(metadata(as_numpy=True) | {"blob": bytearray(b"ab")}, protocol=5))
+    loaded = pickle_to_json(legit)
+    assert loaded["blob"] == "ab" and loaded["skeleton_infos"]["bml_movi_87"] == SKELETON
+
+
+def _array(shape: tuple[int, ...], dtype: str, raw: Any) -> _Reduce:
+    """numpy's own pickle form of an array: _reconstruct(ndarray, (0,), b"b") then BUILD with the state."""
+    return _Reduce(_reconstruct, (np.ndarray, (0,), b"b"), (1, shape, np.dtype(dtype), False, raw))
+
+
+_MB = b"\x01" * (1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        # an object array claiming 10**8 items with one given: numpy allocates 800 MB (or crashes) on BUILD
+        (lambda: _array((10**8,), "O", [None]), r"object array of shape \(100000000,\) has 1 items"),
+        (lambda: _array((10**9,), "f8", b"\0" * 8), "needs 8000000000 data bytes, has 8"),
+        (lambda: _Reduce(_reconstruct, (np.ndarray, (10**12,), b"b")), "would allocate 1000000000000 bytes"),
+        (lambda: _Reduce(np.ndarray, ((10**9,),)), "calling numpy.ndarray directly"),
+        (lambda: _Reduce(codecs.encode, ("x", "rot13")), r"allowed only as \(str, 'latin1'\)"),
+        # 100 arrays sharing one 1 MB bytes object (pickled once): a 1 MB file asking for 100 MB of arrays
+        (lambda: [_array((1 << 20,), "u1", _MB) for _ in range(100)], "limit 67108864 bytes of arrays"),
+    ],
+    ids=["object-array-state", "short-data", "reconstruct-shape", "ndarray-call", "codecs", "shared-buffer"],
+)
+def test_unpickler_bounds_allocations(tmp_path: Path, payload: Any, match: str) -> None:
+    path = tmp_path / "meta.pkl"
+    path.write_bytes(pickle.dumps({"joint_names": ["a"], "x": payload()}, protocol=4))
+    assert path.stat().st_size < (2 << 20)
+    _refused(path, match)
+
+
+def test_shared_references_do_not_expand_without_bound(tmp_path: Path) -> None:
+    nested: Any = ["joint"]
+    for _ in range(40):  # 2**40 leaves once expanded; a few hundred bytes as a pickle
+        nested = [nested, nested]
+    path = tmp_path / "laughs.pkl"
+    path.write_bytes(pickle.dumps({"joint_names": nested}, protocol=4))
+    assert path.stat().st_size < 1000
+    # 2**41 - 1 lists + 2**40 strings + the dict and its key; 5 * 2**40 + len("joint_names") characters
+    _refused(path, r"expands to 3298534883329 values and 5497558138891 characters as JSON \(limits 2000000")
 
 
 # -- pure pre/post-processing -------------------------------------------------------------------------------

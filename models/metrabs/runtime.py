@@ -210,6 +210,11 @@ class MetrabsEstimator(PoseEstimator):
             crop_matrices(boxes, self.crop_size, self.crop_scale), self.schedule, self.crop_size
         )
         crop2d, rel3d = self._predict(frames, owner, matrices)
+        if crop2d.shape[2] != self.mirror.size:
+            raise ModelSetError(
+                f"model set {self.model_set.manifest.name!r} ({self.model_set.root}): the backbone returned "
+                f"{crop2d.shape[2]} joints but its metadata lists {self.mirror.size}; re-import matching artifacts"
+            )
         img2d, rel3d = unaugment(crop2d, rel3d, matrices, self.schedule, self.mirror)
         sel = self.joint_indices
         kp2d, rel3d, spread, ok = tta_average(img2d[:, :, sel], rel3d[:, :, sel])

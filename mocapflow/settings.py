@@ -77,7 +77,12 @@ class Settings(BaseSettings):
         "longest", description="Which person track is the subject."
     )
     max_gap_frames: int = Field(15, ge=0, description="Tracking bridges gaps up to this many frames.")
-    test_time_augmentation: int = Field(1, ge=1, description="Crops per detection (where supported).")
+    test_time_augmentation: int = Field(
+        1,
+        ge=1,
+        description="Crops per detection (metrabs only; the authors use 5, their cohort pipeline 10): >= 2 gives each "
+        "joint a confidence from its spread across rotated/zoomed/flipped crops; 1 caps confidence at 0.5.",
+    )
 
     # -- fitting -----------------------------------------------------------------------------------------
     fit_max_iters: int = Field(4000, ge=1, description="Maximum optimiser steps per fit.")

@@ -92,6 +92,11 @@ class PoseEstimator(abc.ABC):
     def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
         """frames: uint8 [n, H, W, 3] RGB -> one FrameDetections per frame."""
 
+    def output_params(self) -> dict[str, Any]:
+        """Runtime options that change this estimator's output (e.g. ``metrabs``' test-time augmentation and the
+        confidence rule it implies); empty when the output depends on the model set alone."""
+        return {}
+
     def video_session(self, intrinsics: Intrinsics) -> VideoSession:
         """A session for ONE video: call it with that video's consecutive batches of frames, in order.
 
@@ -185,9 +190,21 @@ def configure_tensorflow(threads: ThreadConfig) -> dict[str, int]:
     }
 
 
-def open_estimator(model_set: ModelSet, threads: ThreadConfig) -> PoseEstimator:
-    """Instantiate the runtime for a model set's kind."""
+def open_estimator(
+    model_set: ModelSet, threads: ThreadConfig, test_time_augmentation: int = 1
+) -> PoseEstimator:
+    """Instantiate the runtime for a model set's kind.
+
+    ``test_time_augmentation``: crops per detection where the kind supports it (``metrabs``); other kinds log a
+    warning and run one crop."""
     kind = model_set.manifest.kind
+    if test_time_augmentation > 1 and kind != "metrabs":
+        logger.warning(
+            "model set %r (%s) has no test-time augmentation; test_time_augmentation=%d is ignored",
+            model_set.manifest.name,
+            kind,
+            test_time_augmentation,
+        )
     if kind == "markers":
         from models.markers.runtime import MarkersEstimator
 
@@ -197,7 +214,9 @@ def open_estimator(model_set: ModelSet, threads: ThreadConfig) -> PoseEstimator:
 
         return BlazePoseEstimator(model_set, threads)
     if kind == "metrabs":
-        from models.metrabs.runtime import MetrabsEstimator
+        from models.metrabs.runtime import MetrabsEstimator, MetrabsOptions
 
-        return MetrabsEstimator(model_set, threads)
+        return MetrabsEstimator(
+            model_set, threads, MetrabsOptions(test_time_augmentation=test_time_augmentation)
+        )
     raise ModelSetError(f"model set {model_set.manifest.name!r}: no runtime for kind {kind!r}")

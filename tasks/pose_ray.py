@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import ray
@@ -101,7 +102,9 @@ class PoseWorker:
         )
         if _uses_tensorflow(self.model_set):
             configure_tensorflow(self.threads)
-        self._open_model = open_model or open_estimator
+        self._open_model = open_model or partial(
+            open_estimator, test_time_augmentation=settings.test_time_augmentation
+        )
         self.loads = 0
         self.videos = 0
         self.store = Store.from_settings(settings)
@@ -158,6 +161,7 @@ class PoseWorker:
             "pinned": self.lease.cpus,
             "model_set": self.model_set.manifest.name,
             "model_id": self.model_set.id,
+            "output_params": self.estimator.output_params(),
             "ort_sessions": {name: session_threads(s) for name, s in _ort_sessions(self.estimator).items()},
             "tensorflow": tensorflow_threads(),
         }

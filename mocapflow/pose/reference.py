@@ -2,7 +2,7 @@
 
 ``mediapipe==0.10.21`` pins protobuf<5, which TensorFlow cannot share, so it never goes into the project's
 environment: :func:`ensure_reference_venv` creates ``<cache_dir>/reference-venv`` with ``python -m venv`` (the
-same Python 3.11 as the project) and ``pip install``s :data:`REQUIREMENTS` (~1-2 min once; a marker file written
+same Python 3.11 as the project) and ``pip install``s :data:`REQUIREMENTS` (~1-2 min once on an idle machine, 5 on a loaded one; a marker file written
 last makes it idempotent). :func:`run_reference` runs ``reference_worker.py`` (shipped beside this module) in a
 subprocess pinned to the same CPUs as the caller and reads its ``.npz`` (no pickles) with :func:`read_reference`.
 """
@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def read_reference(path: Path) -> ReferenceResult:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("kp2d_px", "visibility", "presence", "found", "meta")}
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ReferenceError(
             f"reference result {path} is unreadable or incomplete ({e}); rerun the reference"
         ) from e
@@ -156,7 +157,7 @@ def ensure_reference_venv(
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     base = python or getattr(sys, "_base_executable", None) or sys.executable
-    logger.info("creating the reference venv at %s (%s); ~1-2 min", root, ", ".join(requirements))
+    logger.info("creating the reference venv at %s (%s); a few minutes", root, ", ".join(requirements))
     _check([base, "-m", "venv", str(root)], f"python -m venv {root}")
     py = str(venv_python(cache_dir))
     _check(

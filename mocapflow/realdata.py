@@ -383,9 +383,9 @@ CLIPS: dict[str, Clip] = {
         Clip(
             "vtest_8s",
             "vtest.avi",
-            "8 s (frames 170-249) of vtest.avi: pedestrians filmed from above, people ~80-130 px tall",
+            "8 s (frames 160-239) of vtest.avi: pedestrians filmed from above, people ~80-130 px tall",
             frames=80,
-            first_frame=170,
+            first_frame=160,
         ),
         Clip("vtest", "vtest.avi", "all 79.5 s of vtest.avi (795 frames)"),
         Clip(

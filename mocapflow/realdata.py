@@ -440,13 +440,34 @@ def _recipe_hash(recipe: dict[str, object]) -> str:
 def _write_video(
     path: Path, frames: Iterable[NDArray[np.uint8]], width: int, height: int, fps: float
 ) -> None:
-    """H.264 at a high quality (crf 12), written atomically (the project's writer)."""
-    from mocapflow.synth.render import h264_writer
+    """H.264 (libx264, yuv420p, crf 12, 2 encoder threads: the same bytes everywhere) by imageio-ffmpeg's ffmpeg,
+    written to a hidden partial file and renamed into place."""
+    import imageio_ffmpeg
 
+    if width % 2 or height % 2:
+        raise ValueError(f"{path}: yuv420p needs an even frame size, got {width}x{height}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with h264_writer(path, width, height, fps, crf=12) as write:
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    writer = imageio_ffmpeg.write_frames(
+        str(partial),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        quality=None,
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+        output_params=["-crf", "12", "-preset", "medium", "-threads", "2", "-f", "mp4"],
+    )
+    try:
+        writer.send(None)
         for frame in frames:
-            write(frame)
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        os.replace(partial, path)
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _read_image_rgb(path: Path) -> NDArray[np.uint8]:
@@ -473,7 +494,7 @@ def clip_video(name: str, cache_dir: Path, seconds: float | None = None, fetch: 
     if not clip.is_still:
         if clip.frames is None:
             return src
-        recipe = {"clip": asdict(clip), "sha256": SOURCES[clip.source].sha256, "v": 2}
+        recipe = {"clip": asdict(clip), "sha256": SOURCES[clip.source].sha256, "v": 3}
         out = clips_dir(cache_dir) / f"{name}-{_recipe_hash(recipe)}.mp4"
         if not out.is_file():
             frames, fps = _decode_range(src, clip.first_frame, clip.frames)
@@ -483,7 +504,7 @@ def clip_video(name: str, cache_dir: Path, seconds: float | None = None, fetch: 
         return out
     seconds = clip.seconds if seconds is None else seconds
     n = max(1, round(seconds * clip.fps))
-    recipe = {"clip": asdict(clip), "frames": n, "sha256": SOURCES[clip.source].sha256, "v": 1}
+    recipe = {"clip": asdict(clip), "frames": n, "sha256": SOURCES[clip.source].sha256, "v": 3}
     out = clips_dir(cache_dir) / f"{name}-{n}f-{_recipe_hash(recipe)}.mp4"
     if not out.is_file():
         photo = _read_image_rgb(src)

@@ -188,7 +188,6 @@ def _levels(path: Path) -> np.ndarray:
 
 
 def test_derived_videos(tmp_path: Path) -> None:
-    from mocapflow.synth.render import h264_writer
     from mocapflow.video import probe
 
     src = tmp_path / "src.mp4"
@@ -197,9 +196,7 @@ def test_derived_videos(tmp_path: Path) -> None:
         f = np.full((48, 96, 3), 40 + 25 * i, np.uint8)
         f[:, :32] = 250
         frames.append(f)
-    with h264_writer(src, 96, 48, 12.0, crf=12) as write:
-        for f in frames:
-            write(f)
+    rd._write_video(src, frames, 96, 48, 12.0)
     orig = _levels(src)
     with pytest.raises(ValueError, match="kind"):
         derived_video(src, "upside-down")

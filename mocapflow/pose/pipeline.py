@@ -1,7 +1,9 @@
-"""The pose stage for one video (pure core): decode in batches, estimate, track the subject, write one table.
+"""The pose stage for one video (pure core): decode in batches, estimate, track every person, write two tables.
 
-Per-frame detections are collected in a list and turned into arrays once at the end; the keypoints table is written
-in one put under ``keypoints_key(video sha256, model id, params)`` and committed with ``_SUCCESS.json`` after it.
+Per-frame detections are collected in a list and turned into arrays once at the end; the subject's keypoints table
+is written in one put under ``keypoints_key(video sha256, model id, params)``, every person's tracks in one put as
+``tracks.parquet`` beside it, and both are committed with ``_SUCCESS.json`` after them. :func:`subject_from_tracks`
+takes another subject from ``tracks.parquet`` without running the models.
 The intrinsics come from the caller (a cohort manifest), else from ``<video stem>.camera.json`` beside the video,
 else from the default field of view; the SAME object goes into the table (and its key) for the fit.
 """
@@ -19,8 +21,23 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from mocapflow.camera import Intrinsics
-from mocapflow.keypoints import KeypointsMeta, build_table
-from mocapflow.pose.tracking import TrackerConfig, track_subject
+from mocapflow.keypoints import (
+    SCHEMA_VERSION,
+    KeypointsMeta,
+    build_table,
+    build_tracks_table,
+    read_tracks_arrays,
+)
+from mocapflow.pose.tracking import (
+    PeopleArrays,
+    SubjectArrays,
+    SubjectRule,
+    TrackerConfig,
+    TrackSummary,
+    choose_from_summaries,
+    subject_from_people,
+    track_people,
+)
 from mocapflow.store import keypoints_key, keypoints_prefix
 from mocapflow.video import VideoError, VideoInfo, iter_batches, local_copy, probe
 
@@ -33,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 SIDECAR_SUFFIX = ".camera.json"
+TRACKS_FILE = "tracks.parquet"
 
 
 class CameraError(ValueError):
@@ -63,8 +81,13 @@ class PoseParams:
         )
 
     def key_params(self, intrinsics: Intrinsics) -> dict[str, Any]:
-        """The parameters recorded in the table and hashed into its key."""
-        return {"tracker": self.tracker.to_params(), "intrinsics": intrinsics.to_dict()}
+        """The parameters recorded in the table and hashed into its key (with the table's schema version, so a
+        store written by older code is not taken for this code's output)."""
+        return {
+            "tracker": self.tracker.to_params(),
+            "intrinsics": intrinsics.to_dict(),
+            "keypoints_schema": SCHEMA_VERSION,
+        }
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,10 @@ class PoseResult:
     seconds: float
     frames: int
     fps_processed: float
+    frames_detected: int = 0  # frames where the subject was found (coverage = frames_detected / frames)
+    coverage: float = 0.0
+    tracks_uri: str = ""
+    n_tracks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,7 +214,46 @@ def detect_all(
     return detections
 
 
-def estimate_keypoints(
+@dataclass(frozen=True)
+class PoseTables:
+    """The subject's keypoints table and every person's tracks table of one video."""
+
+    keypoints: pa.Table
+    tracks: pa.Table
+
+
+def _subject_table(subject: SubjectArrays, meta: KeypointsMeta) -> pa.Table:
+    # The table ties track_id to the box (-1 exactly where the box is NaN), so bridged frames, which have no box,
+    # are written with -1; the tracker's own arrays keep the subject's id on them.
+    track_id = subject.track_id.copy()
+    track_id[subject.bridged] = -1
+    return build_table(
+        subject.frame,
+        None,
+        subject.kp2d_px,
+        subject.kp3d_mm,
+        subject.conf,
+        subject.box,
+        subject.box_score,
+        track_id,
+        meta,
+    )
+
+
+def _people_table(people: PeopleArrays, meta: KeypointsMeta) -> pa.Table:
+    return build_tracks_table(
+        people.frame,
+        people.kp2d_px,
+        people.kp3d_mm,
+        people.conf,
+        people.box,
+        people.box_score,
+        people.track_id,
+        meta,
+    )
+
+
+def estimate_people(
     video_path: str,
     estimator: PoseEstimator,
     intrinsics: Intrinsics,
@@ -195,14 +261,17 @@ def estimate_keypoints(
     info: VideoInfo | None = None,
     decode_threads: int | None = None,
     on_progress: ProgressCallback | None = None,
-) -> pa.Table:
-    """The keypoints table of the subject in a local video (probed here unless ``info`` is given)."""
+) -> PoseTables:
+    """The subject's keypoints table and every person's tracks table of a local video (probed unless ``info``)."""
     info = info or probe(video_path)
     detections = detect_all(
         video_path, estimator, intrinsics, params.batch_size, info.n_frames, decode_threads, on_progress
     )
     n_joints = len(estimator.joint_names)
-    subject = track_subject(detections, n_joints, params.tracker, image_size=(info.width, info.height))
+    try:
+        found = track_people(detections, n_joints, params.tracker, image_size=(info.width, info.height))
+    except ValueError as e:
+        raise type(e)(f"video {info.uri or video_path}: {e}") from e
     if len(detections) != info.n_frames:
         logger.info(
             "%s: decoded %d frames, the container says %d", video_path, len(detections), info.n_frames
@@ -219,22 +288,58 @@ def estimate_keypoints(
         model_id=estimator.model_set.id,
         model_name=estimator.model_set.manifest.name,
         params=params.key_params(intrinsics),
+        subject_track_id=found.subject_track_id,
+        tracks=tuple(t.to_dict() for t in found.summaries),
     )
-    # The table ties track_id to the box (-1 exactly where the box is NaN), so bridged frames, which have no box,
-    # are written with -1; the tracker's own arrays keep the subject's id on them.
-    track_id = subject.track_id.copy()
-    track_id[subject.bridged] = -1
-    return build_table(
-        subject.frame,
-        None,
-        subject.kp2d_px,
-        subject.kp3d_mm,
-        subject.conf,
-        subject.box,
-        subject.box_score,
-        track_id,
+    keypoints = _subject_table(found.subject, meta)
+    tracks = _people_table(found.people, KeypointsMeta.from_metadata(keypoints.schema.metadata))
+    return PoseTables(keypoints, tracks)
+
+
+def estimate_keypoints(
+    video_path: str,
+    estimator: PoseEstimator,
+    intrinsics: Intrinsics,
+    params: PoseParams,
+    info: VideoInfo | None = None,
+    decode_threads: int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> pa.Table:
+    """The keypoints table of the subject in a local video (probed here unless ``info`` is given)."""
+    return estimate_people(
+        video_path, estimator, intrinsics, params, info, decode_threads, on_progress
+    ).keypoints
+
+
+def subject_from_tracks(tracks: pa.Table, subject: SubjectRule) -> pa.Table:
+    """The keypoints table the pose stage would have written with subject rule ``subject`` (a rule name or a track
+    id), taken from the video's ``tracks.parquet`` without running the models. Its metadata's ``params`` record the
+    new rule, so :func:`keypoints_key` of them is where a run with that rule would store it.
+
+    Raises :class:`mocapflow.pose.tracking.SubjectTrackError` when the video has no such track.
+    """
+    meta, a = read_tracks_arrays(tracks)
+    tracker_params = dict(meta.params.get("tracker", {}))
+    config = TrackerConfig(**{**tracker_params, "subject": subject})
+    summaries = [TrackSummary.from_dict(t) for t in meta.tracks]
+    chosen = choose_from_summaries(summaries, config.subject, config.min_subject_fraction)
+    people = PeopleArrays(
+        a["frame"], a["kp2d_px"], a["kp3d_mm"], a["conf"], a["box"], a["box_score"], a["track_id"]
+    )
+    chosen_id = None if chosen is None else chosen.track_id
+    arrays = subject_from_people(people, chosen_id, meta.n_frames)
+    new_meta = dataclasses.replace(
         meta,
+        params={**meta.params, "tracker": config.to_params()},
+        subject_track_id=chosen_id,
+        frames_detected=None,
     )
+    return _subject_table(arrays, new_meta)
+
+
+def tracks_key(keypoints_key: str) -> str:
+    """``tracks.parquet`` beside the keypoints table."""
+    return f"{keypoints_key.rsplit('/', 1)[0]}/{TRACKS_FILE}"
 
 
 @contextlib.contextmanager
@@ -273,11 +378,14 @@ def run_pose(
         intr = resolve_intrinsics(
             video_uri, info.width, info.height, params.default_fov_deg, intrinsics, storage_options
         )
-        table = estimate_keypoints(path, estimator, intr, params, info, decode_threads, on_progress)
+        tables = estimate_people(path, estimator, intr, params, info, decode_threads, on_progress)
+    table = tables.keypoints
+    meta = KeypointsMeta.from_metadata(table.schema.metadata)
     model_id = estimator.model_set.id
     key_params = params.key_params(intr)
     key = keypoints_key(info.sha256, model_id, key_params)
     report = store.write_table(key, table)
+    people_report = store.write_table(tracks_key(key), tables.tracks)
     seconds = time.perf_counter() - t0
     store.commit(
         keypoints_prefix(info.sha256, model_id, key_params),
@@ -285,6 +393,10 @@ def run_pose(
             "rows": table.num_rows,
             "bytes": report.bytes,
             "seconds": seconds,
+            "n_frames": meta.n_frames,
+            "frames_detected": meta.frames_detected,
+            "coverage": meta.coverage,
+            "tracks": {**people_report.to_dict(), "n_tracks": len(meta.tracks)},
             "inputs": {
                 "video": video_uri,
                 "video_sha256": info.sha256,
@@ -306,8 +418,20 @@ def run_pose(
         seconds=seconds,
         frames=frames,
         fps_processed=frames / seconds if seconds > 0 else float("inf"),
+        frames_detected=meta.frames_detected or 0,
+        coverage=meta.coverage or 0.0,
+        tracks_uri=people_report.uri,
+        n_tracks=len(meta.tracks),
     )
     logger.info(
-        "pose %s: %d frames in %.2f s (%.1f fps) -> %s", video_uri, frames, seconds, result.fps_processed, key
+        "pose %s: %d frames in %.2f s (%.1f fps), subject found in %d (%.0f %%), %d people -> %s",
+        video_uri,
+        frames,
+        seconds,
+        result.fps_processed,
+        result.frames_detected,
+        100.0 * result.coverage,
+        result.n_tracks,
+        key,
     )
     return result

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pytest
 
 from infra.s3server import S3Server
@@ -229,15 +230,14 @@ def test_run_pose_writes_one_committed_table_under_its_content_key(
     success = store.get_json(f"{prefix}/_SUCCESS.json")
     assert success["rows"] == 23 and success["bytes"] == result.bytes
     assert success["inputs"]["video_sha256"] == sha and success["inputs"]["params"] == expected_params
-    assert store.list(prefix) == [
-        f"{prefix}/_SUCCESS.json",
-        f"{prefix}/keypoints.parquet",
-        f"{prefix}/tracks.parquet",
-    ]
+    assert store.list(prefix) == [f"{prefix}/_SUCCESS.json", f"{prefix}/keypoints.parquet"]
+    people = prefix.replace("keypoints/", "tracks/", 1)
+    assert store.list(people) == [f"{people}/_SUCCESS.json", f"{people}/tracks.parquet"]
     # coverage: the subject is missing in frames 9-11 of 23; two people were tracked
     assert (result.frames_detected, result.coverage, result.n_tracks) == (20, pytest.approx(20 / 23), 2)
     assert (success["frames_detected"], success["n_frames"], success["coverage"]) == (20, 23, 20 / 23)
-    assert result.tracks_uri == f"s3://{s3_bucket}/cohort/{prefix}/tracks.parquet"
+    assert result.tracks_uri == f"s3://{s3_bucket}/cohort/{people}/tracks.parquet"
+    assert store.get_json(f"{people}/_SUCCESS.json")["n_tracks"] == 2
     assert success["tracks"]["rows"] == 23 and success["tracks"]["n_tracks"] == 2
 
 
@@ -293,16 +293,19 @@ def test_tracks_table_holds_every_person_and_another_subject_needs_no_models(
     result = run_pose(
         str(videos["walk"]), ScriptedEstimator(model_set, ThreadConfig(1), walk_script), store, PoseParams()
     )
-    root = tmp_path / "store" / "keypoints"
+    root = tmp_path / "store"
     counts = duckdb.sql(
-        f"SELECT track_id, count(*) AS n, min(frame) AS f0 FROM read_parquet('{root}/**/tracks.parquet', "
+        f"SELECT track_id, count(*) AS n, min(frame) AS f0 FROM read_parquet('{root}/tracks/**/*.parquet', "
         "hive_partitioning=1) GROUP BY track_id ORDER BY track_id"
     ).fetchall()
     assert counts == [(0, 20, 0), (1, 3, 3)]
     ((cov,),) = duckdb.sql(
-        f"SELECT count(*) FILTER (WHERE track_id >= 0) / count(*) FROM read_parquet('{root}/**/keypoints.parquet')"
+        f"SELECT count(*) FILTER (WHERE track_id >= 0) / count(*) FROM read_parquet('{root}/keypoints/**/*.parquet')"
     ).fetchall()
     assert cov == pytest.approx(result.coverage) == pytest.approx(20 / 23)
+    # pyarrow.dataset: each folder is one dataset of its own table
+    assert pads.dataset(root / "tracks", format="parquet", partitioning="hive").count_rows() == 23
+    assert pads.dataset(root / "keypoints", format="parquet", partitioning="hive").count_rows() == 23
 
 
 def test_intrinsics_come_from_the_caller_then_the_sidecar_then_the_fov(

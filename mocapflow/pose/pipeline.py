@@ -1,8 +1,9 @@
 """The pose stage for one video (pure core): decode in batches, estimate, track every person, write two tables.
 
 Per-frame detections are collected in a list and turned into arrays once at the end; the subject's keypoints table
-is written in one put under ``keypoints_key(video sha256, model id, params)``, every person's tracks in one put as
-``tracks.parquet`` beside it, and both are committed with ``_SUCCESS.json`` after them. :func:`subject_from_tracks`
+is written in one put under ``keypoints_key(video sha256, model id, params)``, every person's tracks in one put under
+the same key with ``tracks/`` for ``keypoints/`` (:func:`tracks_key`, a dataset of its own), and each prefix is
+committed with ``_SUCCESS.json`` after the data, the keypoints prefix last. :func:`subject_from_tracks`
 takes another subject from ``tracks.parquet`` without running the models.
 The intrinsics come from the caller (a cohort manifest), else from ``<video stem>.camera.json`` beside the video,
 else from the default field of view; the SAME object goes into the table (and its key) for the fit.
@@ -338,8 +339,11 @@ def subject_from_tracks(tracks: pa.Table, subject: SubjectRule) -> pa.Table:
 
 
 def tracks_key(keypoints_key: str) -> str:
-    """``tracks.parquet`` beside the keypoints table."""
-    return f"{keypoints_key.rsplit('/', 1)[0]}/{TRACKS_FILE}"
+    """``tracks/model=<id>/video=<sha256>/params=<hash>/tracks.parquet`` for the keypoints table at ``keypoints_key``:
+    the same content key under its own top-level folder, so ``keypoints/`` and ``tracks/`` each read as one dataset."""
+    if not keypoints_key.startswith("keypoints/"):
+        raise ValueError(f"{keypoints_key!r} is not a keypoints key (keypoints/model=.../keypoints.parquet)")
+    return f"tracks/{keypoints_key.removeprefix('keypoints/').rsplit('/', 1)[0]}/{TRACKS_FILE}"
 
 
 @contextlib.contextmanager
@@ -385,8 +389,25 @@ def run_pose(
     key_params = params.key_params(intr)
     key = keypoints_key(info.sha256, model_id, key_params)
     report = store.write_table(key, table)
-    people_report = store.write_table(tracks_key(key), tables.tracks)
+    people_key = tracks_key(key)
+    people_report = store.write_table(people_key, tables.tracks)
     seconds = time.perf_counter() - t0
+    inputs = {
+        "video": video_uri,
+        "video_sha256": info.sha256,
+        "model_id": model_id,
+        "model_name": estimator.model_set.manifest.name,
+        "params": key_params,
+    }
+    store.commit(
+        people_key.rsplit("/", 1)[0],
+        {
+            "rows": tables.tracks.num_rows,
+            "bytes": people_report.bytes,
+            "n_tracks": len(meta.tracks),
+            "inputs": inputs,
+        },
+    )
     store.commit(
         keypoints_prefix(info.sha256, model_id, key_params),
         {
@@ -397,13 +418,7 @@ def run_pose(
             "frames_detected": meta.frames_detected,
             "coverage": meta.coverage,
             "tracks": {**people_report.to_dict(), "n_tracks": len(meta.tracks)},
-            "inputs": {
-                "video": video_uri,
-                "video_sha256": info.sha256,
-                "model_id": model_id,
-                "model_name": estimator.model_set.manifest.name,
-                "params": key_params,
-            },
+            "inputs": inputs,
         },
     )
     frames = table.num_rows

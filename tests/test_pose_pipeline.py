@@ -23,8 +23,10 @@ from mocapflow.keypoints import read_arrays, read_tracks_arrays
 from mocapflow.pose.pipeline import (
     CameraError,
     PoseParams,
+    detect_all,
     estimate_keypoints,
     estimate_people,
+    pose_tables,
     run_pose,
     sidecar_uri,
     subject_from_tracks,
@@ -201,6 +203,7 @@ def test_run_pose_writes_one_committed_table_under_its_content_key(
             "min_iou": 0.1,
             "max_kp_dist": 0.5,
             "gap_growth": 0.25,
+            "gap_penalty": 0.02,
             "min_subject_fraction": 0.5,
         },
         "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy, "width": W, "height": H},
@@ -477,3 +480,92 @@ def test_two_people_yield_the_main_subjects_track(
     assert main <= 1.0 < other
     tracked = a["track_id"][a["track_id"] >= 0]
     assert tracked.size and (tracked == tracked[0]).all()
+
+
+@pytest.mark.slow  # ~45 s CPU (render + 30 frames of markers); tests/test_tracking.py has the fast crossing case
+def test_two_people_crossing_keep_their_identities(
+    markers: PoseEstimator, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second person of similar size walks across in front of the subject (2 s at 15 fps). While they overlap the
+    markers detector sees one person, the one in front; each track must hold one person only, before and after."""
+    from mocapflow.synth import CohortSpec, generate_cohort, read_ground_truth
+    from mocapflow.video import probe
+
+    root = tmp_path_factory.mktemp("crossing")
+    spec = CohortSpec(
+        n_videos=1,
+        seed=3,
+        seconds=2.0,
+        fps=15.0,
+        n_second_person=1,
+        second_person_path="crossing",
+        motions=("squat",),
+    )
+    (entry,) = generate_cohort(root, spec)
+    assert entry.gt is not None and "crossing" in entry.flags
+    truth = read_ground_truth(entry.gt)
+    assert truth.second_present.all()
+    # similar size: the walker is 0.4-0.7 m nearer, so 1.1-1.3x the subject's image height
+    ratio = np.ptp(truth.second_kp2d_px[..., 1], axis=1) / np.ptp(truth.kp2d_px[..., 1], axis=1)
+    assert 0.8 < np.median(ratio) < 1.6
+    # within 1 px of one person's truth means that person: the two are never closer than 10 px (median joint)
+    apart = np.nanmedian(np.linalg.norm(truth.kp2d_px - truth.second_kp2d_px, axis=-1), axis=1)
+    assert apart.min() > 10.0
+    info = probe(str(entry.video))
+    spy = Spy(markers)
+    detections = detect_all(str(entry.video), spy, truth.intrinsics, 16)  # type: ignore[arg-type]
+    # the scene: two people apart at first, one box while the walker covers the subject, two again at the end
+    assert spy.people[0] == 2 and spy.people[-1] == 2 and 1 in spy.people
+
+    names = list(markers.joint_names)
+    order = [names.index(n) for n in truth.joint_names]
+
+    def per_row_error(kp: np.ndarray, frames: np.ndarray, person: np.ndarray) -> np.ndarray:
+        return np.nanmedian(np.linalg.norm(kp[:, order] - person[frames], axis=-1), axis=1)
+
+    def who(tracks: pa.Table) -> dict[int, str]:
+        """Each track's person, after checking every row of it is within 1 px of that person's truth."""
+        _, p = read_tracks_arrays(tracks)
+        out = {}
+        for tid in np.unique(p["track_id"]):
+            rows = p["track_id"] == tid
+            to_main = per_row_error(p["kp2d_px"][rows], p["frame"][rows], truth.kp2d_px)
+            to_other = per_row_error(p["kp2d_px"][rows], p["frame"][rows], truth.second_kp2d_px)
+            if (to_main <= 1.0).all():
+                out[int(tid)] = "subject"
+            elif (to_other <= 1.0).all():
+                out[int(tid)] = "walker"
+            else:
+                raise AssertionError(
+                    f"track {tid} mixes the two people: {to_main.round(1)} / {to_other.round(1)}"
+                )
+        return out
+
+    # default gap (15 frames): the subject, hidden for longer, comes back on a new track, never on the walker's
+    default = pose_tables(detections, markers, truth.intrinsics, PoseParams(), info)
+    assert sorted(who(default.tracks).values()) == ["subject", "subject", "walker"]
+
+    # a gap allowance longer than the occlusion: one track per person
+    params = PoseParams(tracker=TrackerConfig(max_gap_frames=30))
+    tables = pose_tables(detections, markers, truth.intrinsics, params, info)
+    people = who(tables.tracks)
+    assert sorted(people.values()) == ["subject", "walker"]
+    meta, _ = read_arrays(tables.keypoints)
+    walker = next(t for t, p in people.items() if p == "walker")
+    subject = next(t for t, p in people.items() if p == "subject")
+    # "longest" takes the walker here: it is in view in all 30 frames, the subject only where it is not covered
+    assert meta.subject_track_id == walker and meta.frames_detected == 30
+    summary = {t["track_id"]: t for t in meta.tracks}
+    assert summary[walker]["frames_detected"] == 30 > summary[subject]["frames_detected"]
+
+    # the user picks the other person from tracks.parquet, without the models
+    chosen = subject_from_tracks(tables.tracks, subject)
+    m, a = read_arrays(chosen)
+    assert m.subject_track_id == subject and m.frames_detected == summary[subject]["frames_detected"]
+    seen = np.isfinite(a["kp2d_px"][..., 0]).any(-1)
+    assert seen.tolist() == [n == 2 for n in spy.people]  # found exactly where it was not covered
+    assert m.coverage == pytest.approx(seen.mean()) and m.coverage < 0.5  # flagged as low coverage by a run
+    frames = np.flatnonzero(seen)
+    assert (per_row_error(a["kp2d_px"][seen], frames, truth.kp2d_px) <= 1.0).all()
+    assert (per_row_error(a["kp2d_px"][seen], frames, truth.second_kp2d_px) > 10.0).all()
+    assert (a["conf"][~seen] == 0).all() and np.isnan(a["kp2d_px"][~seen]).all()

@@ -196,3 +196,48 @@ def test_detections_with_zero_score_or_broken_box_are_ignored() -> None:
     good = person(500, 240)
     out = track_subject([frame(bad, broken, good)] * 3, J, TrackerConfig())
     np.testing.assert_array_equal(out.box, np.stack([good["box"]] * 3))
+
+
+def crossing(t: int) -> FrameDetections:
+    """A stands at x=300; B, as big, walks in front of A from x=60 to x=540 (16 px/frame, frames 0-30). Where they
+    overlap (|xB - 300| < 100) the detector returns one box around both, with B's keypoints (B is in front)."""
+    a, b = person(300, 240), person(60 + 16 * t, 250, h=170)
+    if abs(b["box"][0] + 30 - 300) >= 100:
+        return frame(a, b) if t % 2 else frame(b, a)  # detection order varies
+    both = dict(b)
+    both["box"] = np.concatenate(
+        [np.minimum(a["box"][:2], b["box"][:2]), np.maximum(a["box"][2:], b["box"][2:])]
+    )
+    return frame(both)
+
+
+def test_two_people_crossing_never_swap_tracks() -> None:
+    dets = [crossing(t) for t in range(31)]
+    covered = [t for t in range(31) if dets[t].n == 1]
+    assert covered == list(range(9, 22))  # 13 frames
+
+    def person_of(tracks: list) -> list[str]:
+        out = []
+        for tr in tracks:
+            kp = np.stack([dets[f].kp2d[d] for f, d in zip(tr.frames, tr.det_index, strict=True)])
+            is_a = np.isclose(kp[:, 1, 0], 300.0) & np.isclose(
+                kp[:, 1, 1], 240.0
+            )  # A's hip; B's is 10 px lower
+            assert is_a.all() or not is_a.any(), f"track {tr.track_id} mixes A and B"
+            out.append("A" if is_a.all() else "B")
+        return out
+
+    # A hidden for 13 frames: bridged with a gap allowance of 13, a new track for A with 12, never B's track
+    tracks = link_tracks(dets, TrackerConfig(max_gap_frames=13))
+    assert person_of(tracks) == ["A", "B"] or person_of(tracks) == ["B", "A"]
+    a_track = tracks[person_of(tracks).index("A")]
+    assert a_track.frames.tolist() == [t for t in range(31) if t not in covered]
+    short = link_tracks(dets, TrackerConfig(max_gap_frames=12))
+    assert sorted(person_of(short)) == ["A", "A", "B"]
+    # B is in every frame, so "longest" is B; the subject rule by track id gives A, missing while covered
+    result = track_people(dets, J, TrackerConfig(max_gap_frames=13), image_size=(640, 480))
+    assert person_of([tracks[result.subject_track_id]]) == ["B"]
+    a_id = a_track.track_id
+    sub = subject_from_people(result.people, a_id, 31)
+    assert np.isnan(sub.kp2d_px[covered]).all() and sub.bridged[covered].all()
+    np.testing.assert_array_equal(sub.kp2d_px[30], person(300, 240)["kp2d"])

@@ -268,15 +268,26 @@ def estimate_people(
     detections = detect_all(
         video_path, estimator, intrinsics, params.batch_size, info.n_frames, decode_threads, on_progress
     )
-    n_joints = len(estimator.joint_names)
-    try:
-        found = track_people(detections, n_joints, params.tracker, image_size=(info.width, info.height))
-    except ValueError as e:
-        raise type(e)(f"video {info.uri or video_path}: {e}") from e
     if len(detections) != info.n_frames:
         logger.info(
             "%s: decoded %d frames, the container says %d", video_path, len(detections), info.n_frames
         )
+    return pose_tables(detections, estimator, intrinsics, params, info)
+
+
+def pose_tables(
+    detections: list[FrameDetections],
+    estimator: PoseEstimator,
+    intrinsics: Intrinsics,
+    params: PoseParams,
+    info: VideoInfo,
+) -> PoseTables:
+    """Track every person in a video's detections (one per decoded frame) and build its two tables."""
+    n_joints = len(estimator.joint_names)
+    try:
+        found = track_people(detections, n_joints, params.tracker, image_size=(info.width, info.height))
+    except ValueError as e:
+        raise type(e)(f"video {info.uri}: {e}") from e
     meta = KeypointsMeta(
         video_sha256=info.sha256,
         fps=info.fps,

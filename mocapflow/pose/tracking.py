@@ -1,7 +1,9 @@
 """Subject tracking (pure numpy): link per-frame detections into tracks and pick the subject's track.
 
 Linking is greedy on a cost that adds ``1 - IoU`` of the boxes and the mean keypoint distance (in units of the box
-size, ``sqrt(area)``) between a track's last detection and a new one. A detection may join a track only if its IoU
+size, ``sqrt(area)``) between a track's last detection, moved on at the track's recent velocity, and a new one, plus
+``gap_penalty`` per frame the track was not seen (so a person hidden behind another does not take the detection of
+the one in front, whose track was seen a frame ago). A detection may join a track only if its IoU
 reaches ``min_iou`` or its keypoint distance is within ``max_kp_dist`` (allowed to grow with the gap since the track
 was last seen), and only while that gap is at most ``max_gap_frames``. Frames inside the subject's track where it was
 not detected are *bridged*: they keep the track id but no keypoints are invented (NaN, confidence 0).
@@ -54,6 +56,9 @@ class TrackerConfig:
     min_iou: float = 0.1
     max_kp_dist: float = 0.5
     gap_growth: float = 0.25  # allowed keypoint distance: max_kp_dist * (1 + gap_growth * missed frames)
+    gap_penalty: float = (
+        0.02  # added to the cost per frame the track was not seen: recent tracks win close calls
+    )
     min_subject_fraction: float = (
         0.5  # "largest"/"central" choose among tracks >= this fraction of the longest
     )
@@ -64,8 +69,8 @@ class TrackerConfig:
         check_subject_rule(self.subject)
         if not 0.0 <= self.min_iou <= 1.0:
             raise ValueError(f"min_iou must be in [0, 1], got {self.min_iou}")
-        if self.max_kp_dist < 0 or self.gap_growth < 0:
-            raise ValueError("max_kp_dist and gap_growth must be >= 0")
+        if self.max_kp_dist < 0 or self.gap_growth < 0 or self.gap_penalty < 0:
+            raise ValueError("max_kp_dist, gap_growth and gap_penalty must be >= 0")
         if not 0.0 <= self.min_subject_fraction <= 1.0:
             raise ValueError(f"min_subject_fraction must be in [0, 1], got {self.min_subject_fraction}")
 
@@ -250,11 +255,43 @@ def clean_joints(
 # -- linking ------------------------------------------------------------------------------------------------
 
 
+def _velocity(
+    detections: Sequence[FrameDetections], before: tuple[int, int] | None, last: tuple[int, int]
+) -> NDArray[np.float64]:
+    """Image velocity (px/frame) of a track from its last two detections: the mean displacement of the joints seen
+    in both (else of the box centre); zero with a single detection or more than ``_VELOCITY_MAX_STEP`` frames apart."""
+    if before is None or last[0] - before[0] > _VELOCITY_MAX_STEP:
+        return np.zeros(2)
+    (f0, d0), (f1, d1) = before, last
+    a, b = detections[f0], detections[f1]
+    both = (
+        (a.conf[d0] > 0)
+        & (b.conf[d1] > 0)
+        & np.isfinite(a.kp2d[d0]).all(-1)
+        & np.isfinite(b.kp2d[d1]).all(-1)
+    )
+    if both.any():
+        step = (np.asarray(b.kp2d[d1], np.float64)[both] - np.asarray(a.kp2d[d0], np.float64)[both]).mean(
+            axis=0
+        )
+    else:
+        step = _box_centre(b.boxes[d1]) - _box_centre(a.boxes[d0])
+    return step / float(f1 - f0)
+
+
+_VELOCITY_MAX_STEP = 3
+
+
 def link_tracks(detections: Sequence[FrameDetections], config: TrackerConfig) -> list[Track]:
-    """Link detections frame by frame into tracks (greedy lowest-cost matching). Ids follow creation order."""
+    """Link detections frame by frame into tracks (greedy lowest-cost matching). Ids follow creation order.
+
+    Each track's last detection is moved by its constant-velocity prediction (:func:`_velocity`) before it is
+    compared, so when a person passes in front of another, the one who keeps moving keeps its track.
+    """
     frames_of: list[list[int]] = []
     index_of: list[list[int]] = []
     last: list[tuple[int, int]] = []  # (frame, detection index) of each track's latest detection
+    before: list[tuple[int, int] | None] = []  # ... and the one before it
     for t, det in enumerate(detections):
         valid = _valid_detections(det)
         if valid.size == 0:
@@ -266,13 +303,16 @@ def link_tracks(detections: Sequence[FrameDetections], config: TrackerConfig) ->
             prev = detections[f0]
             gap = t - f0 - 1
             allowed = config.max_kp_dist * (1.0 + config.gap_growth * gap)
-            ious = box_iou(prev.boxes[d0], det.boxes[valid])[0]
+            shift = _velocity(detections, before[ti], last[ti]) * (t - f0)
+            kp_pred = np.asarray(prev.kp2d[d0], np.float64) + shift
+            box_pred = np.asarray(prev.boxes[d0], np.float64) + np.tile(shift, 2)
+            ious = box_iou(box_pred, det.boxes[valid])[0]
             for k, di in enumerate(valid):
                 dist = keypoint_distance(
-                    prev.kp2d[d0], prev.conf[d0], prev.boxes[d0], det.kp2d[di], det.conf[di], det.boxes[di]
+                    kp_pred, prev.conf[d0], box_pred, det.kp2d[di], det.conf[di], det.boxes[di]
                 )
                 if ious[k] >= config.min_iou or dist <= allowed:
-                    pairs.append((float(1.0 - ious[k] + dist), ti, int(di)))
+                    pairs.append((float(1.0 - ious[k] + dist + config.gap_penalty * gap), ti, int(di)))
         pairs.sort()
         used_tracks: set[int] = set()
         used_dets: set[int] = set()
@@ -283,12 +323,14 @@ def link_tracks(detections: Sequence[FrameDetections], config: TrackerConfig) ->
             used_dets.add(di)
             frames_of[ti].append(t)
             index_of[ti].append(di)
+            before[ti] = last[ti]
             last[ti] = (t, di)
         for di in valid:
             if int(di) not in used_dets:
                 frames_of.append([t])
                 index_of.append([int(di)])
                 last.append((t, int(di)))
+                before.append(None)
     return [
         Track(i, np.asarray(f, np.int64), np.asarray(d, np.int64))
         for i, (f, d) in enumerate(zip(frames_of, index_of, strict=True))

@@ -125,10 +125,15 @@ def _row(chain: _Chain, rt: FlowRuntime | None = None) -> dict[str, Any]:
                 angles_summary=res.get("angles_summary"),
                 cached=row["cached"] and bool(res.get("cached")),
             )
-    min_coverage = rt.settings.min_coverage if rt is not None else 0.5
-    if row["status"] == OK and row["coverage"] is not None and row["coverage"] < min_coverage:
-        row["status"] = LOW_COVERAGE
+    row["status"] = coverage_status(row["status"], row["coverage"], rt.settings.min_coverage if rt else 0.5)
     return row
+
+
+def coverage_status(status: str, coverage: float | None, min_coverage: float) -> str:
+    """``low_coverage`` for a processed video whose subject was found in fewer than ``min_coverage`` of its frames."""
+    if status == OK and coverage is not None and coverage < min_coverage:
+        return LOW_COVERAGE
+    return status
 
 
 SUMMARY_SCHEMA = pa.schema(

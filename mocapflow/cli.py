@@ -191,6 +191,40 @@ def pose(
         raise typer.Exit(1)
 
 
+@app.command()
+def subject(
+    keypoints: Annotated[str, typer.Argument(help="A keypoints.parquet path or URI under the storage root.")],
+    track: Annotated[
+        str,
+        typer.Option(
+            "--track", help="Subject rule (longest, largest, central) or a track id from tracks.parquet."
+        ),
+    ],
+) -> None:
+    """Take another person of an already processed video as its subject, from tracks.parquet (no model runs)."""
+    from mocapflow.pose.pipeline import switch_subject
+    from mocapflow.settings import load_settings
+    from mocapflow.store import KeyNotFoundError, Store
+
+    settings = load_settings()
+    store = Store.from_settings(settings)
+    root = store.root.rstrip("/")
+    uri = _abs_uri(keypoints)
+    key = uri.removeprefix(root + "/")
+    if key == uri:
+        console.print(f"[red]{keypoints} is not under the storage root {root}[/]; set MOCAPFLOW_STORAGE_ROOT")
+        raise typer.Exit(2)
+    rule: str | int = int(track) if track.isdigit() else track
+    try:
+        r = switch_subject(store, key, rule)
+    except (ValueError, KeyNotFoundError) as e:  # an unknown rule or track, or no committed pose output
+        console.print(f"[red]{keypoints}: {e}[/]")
+        raise typer.Exit(1) from e
+    Console().print(
+        f"subject {track}: found in {r.frames_detected} of {r.frames} frames ({100 * r.coverage:.0f} %) -> {r.uri}"
+    )
+
+
 @validate_app.command("pose")
 def validate_pose(
     as_json: Annotated[

@@ -30,10 +30,11 @@ from mocapflow.pose.pipeline import (
     run_pose,
     sidecar_uri,
     subject_from_tracks,
+    switch_subject,
 )
 from mocapflow.pose.tracking import SubjectTrackError, TrackerConfig
 from mocapflow.pose.validate import compare, compare_with_truth, summarise
-from mocapflow.store import Store
+from mocapflow.store import KeyNotFoundError, Store
 from mocapflow.synth import GroundTruth
 from mocapflow.video import VideoError
 from models.modelset import ModelSet, read_local, write_manifest
@@ -306,9 +307,26 @@ def test_tracks_table_holds_every_person_and_another_subject_needs_no_models(
         f"SELECT count(*) FILTER (WHERE track_id >= 0) / count(*) FROM read_parquet('{root}/keypoints/**/*.parquet')"
     ).fetchall()
     assert cov == pytest.approx(result.coverage) == pytest.approx(20 / 23)
+    # switching the subject in the store writes what a run with that rule writes, under the same key
+    switched = switch_subject(store, result.key, 1)
+    other_store = Store(str(tmp_path / "other"))
+    rerun = run_pose(
+        str(videos["walk"]),
+        ScriptedEstimator(model_set, ThreadConfig(1), walk_script),
+        other_store,
+        PoseParams(tracker=TrackerConfig(subject=1)),
+    )
+    assert switched.key == rerun.key != result.key
+    assert (switched.frames_detected, switched.n_tracks) == (3, 2)
+    assert_same_table(store.read_table(switched.key), other_store.read_table(rerun.key))
+    t_key = switched.key.replace("keypoints/", "tracks/", 1).replace("keypoints.parquet", "tracks.parquet")
+    assert store.read_table(t_key).schema == other_store.read_table(t_key).schema
+    assert store.is_committed(switched.key.rsplit("/", 1)[0]) and store.is_committed(t_key.rsplit("/", 1)[0])
+    with pytest.raises(KeyNotFoundError, match="no committed pose output"):
+        switch_subject(other_store, result.key, 0)
     # pyarrow.dataset: each folder is one dataset of its own table
-    assert pads.dataset(root / "tracks", format="parquet", partitioning="hive").count_rows() == 23
-    assert pads.dataset(root / "keypoints", format="parquet", partitioning="hive").count_rows() == 23
+    assert pads.dataset(root / "tracks", format="parquet", partitioning="hive").count_rows() == 2 * 23
+    assert pads.dataset(root / "keypoints", format="parquet", partitioning="hive").count_rows() == 2 * 23
 
 
 def test_intrinsics_come_from_the_caller_then_the_sidecar_then_the_fov(

@@ -39,7 +39,7 @@ from mocapflow.pose.tracking import (
     subject_from_people,
     track_people,
 )
-from mocapflow.store import keypoints_key, keypoints_prefix
+from mocapflow.store import KeyNotFoundError, keypoints_key, keypoints_prefix
 from mocapflow.video import VideoError, VideoInfo, iter_batches, local_copy, probe
 
 if TYPE_CHECKING:
@@ -461,3 +461,80 @@ def run_pose(
         key,
     )
     return result
+
+
+def switch_subject(store: Store, keypoints_key_: str, subject: SubjectRule) -> PoseResult:
+    """Write the keypoints (and tracks) table of another subject of an already processed video, from its committed
+    ``tracks.parquet``, under the key a pose run with rule ``subject`` would use; no model runs. The fit then takes
+    the new table like any other. Raises KeyNotFoundError if the video's pose output is not committed."""
+    t0 = time.perf_counter()
+    source_prefix = keypoints_key_.rsplit("/", 1)[0]
+    if not store.is_committed(source_prefix) or not store.is_committed(
+        tracks_key(keypoints_key_).rsplit("/", 1)[0]
+    ):
+        raise KeyNotFoundError(
+            f"{keypoints_key_}: no committed pose output with tracks here; run the pose stage with this code first"
+        )
+    tracks = store.read_table(tracks_key(keypoints_key_))
+    table = subject_from_tracks(tracks, subject)
+    meta = KeypointsMeta.from_metadata(table.schema.metadata)
+    _, a = read_tracks_arrays(tracks)
+    people = build_tracks_table(
+        a["frame"], a["kp2d_px"], a["kp3d_mm"], a["conf"], a["box"], a["box_score"], a["track_id"], meta
+    )
+    key = keypoints_key(meta.video_sha256, meta.model_id, meta.params)
+    report = store.write_table(key, table)
+    people_report = store.write_table(tracks_key(key), people)
+    inputs = {
+        "video_sha256": meta.video_sha256,
+        "model_id": meta.model_id,
+        "params": meta.params,
+        "switched_from": keypoints_key_,
+    }
+    store.commit(
+        tracks_key(key).rsplit("/", 1)[0],
+        {
+            "rows": people.num_rows,
+            "bytes": people_report.bytes,
+            "n_tracks": len(meta.tracks),
+            "inputs": inputs,
+        },
+    )
+    seconds = time.perf_counter() - t0
+    store.commit(
+        key.rsplit("/", 1)[0],
+        {
+            "rows": table.num_rows,
+            "bytes": report.bytes,
+            "seconds": seconds,
+            "n_frames": meta.n_frames,
+            "frames_detected": meta.frames_detected,
+            "coverage": meta.coverage,
+            "tracks": {**people_report.to_dict(), "n_tracks": len(meta.tracks)},
+            "inputs": inputs,
+        },
+    )
+    logger.info(
+        "subject %s of %s -> %s (found in %d of %d frames)",
+        subject,
+        keypoints_key_,
+        key,
+        meta.frames_detected or 0,
+        meta.n_frames,
+    )
+    return PoseResult(
+        video=keypoints_key_,
+        video_sha256=meta.video_sha256,
+        model_id=meta.model_id,
+        key=key,
+        uri=report.uri,
+        rows=table.num_rows,
+        bytes=report.bytes,
+        seconds=seconds,
+        frames=table.num_rows,
+        fps_processed=table.num_rows / seconds if seconds > 0 else float("inf"),
+        frames_detected=meta.frames_detected or 0,
+        coverage=meta.coverage or 0.0,
+        tracks_uri=people_report.uri,
+        n_tracks=len(meta.tracks),
+    )

@@ -34,7 +34,7 @@ from mocapflow.pose.pipeline import (
 )
 from mocapflow.pose.tracking import SubjectTrackError, TrackerConfig
 from mocapflow.pose.validate import compare, compare_with_truth, summarise
-from mocapflow.store import KeyNotFoundError, Store
+from mocapflow.store import KeyNotFoundError, Store, keypoints_key
 from mocapflow.synth import GroundTruth
 from mocapflow.video import VideoError
 from models.modelset import ModelSet, read_local, write_manifest
@@ -587,3 +587,28 @@ def test_two_people_crossing_keep_their_identities(
     assert (per_row_error(a["kp2d_px"][seen], frames, truth.kp2d_px) <= 1.0).all()
     assert (per_row_error(a["kp2d_px"][seen], frames, truth.second_kp2d_px) > 10.0).all()
     assert (a["conf"][~seen] == 0).all() and np.isnan(a["kp2d_px"][~seen]).all()
+
+
+def test_subject_command_switches_to_another_person(
+    model_set: ModelSet, videos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from mocapflow.cli import app
+
+    store = Store(str(tmp_path / "store"))
+    first = run_pose(
+        str(videos["walk"]), ScriptedEstimator(model_set, ThreadConfig(1), walk_script), store, PoseParams()
+    )
+    monkeypatch.setenv("MOCAPFLOW_STORAGE_ROOT", str(tmp_path / "store"))
+    monkeypatch.setenv("COLUMNS", "400")
+    path = str(tmp_path / "store" / first.key)
+    out = CliRunner().invoke(app, ["subject", path, "--track", "1"])
+    assert out.exit_code == 0, out.output
+    assert "subject 1: found in 3 of 23 frames (13 %)" in out.output
+    params = PoseParams(tracker=TrackerConfig(subject=1)).key_params(fov_intrinsics(55.0))
+    key = keypoints_key(first.video_sha256, first.model_id, params)
+    assert store.is_committed(key.rsplit("/", 1)[0])
+    assert read_arrays(store.read_table(key))[0].subject_track_id == 1
+    bad = CliRunner().invoke(app, ["subject", path, "--track", "9"])
+    assert bad.exit_code == 1 and "subject track 9 does not exist; this video has tracks [0, 1]" in bad.output

@@ -70,8 +70,12 @@ def _pose_coverage(res: dict[str, Any], rt: FlowRuntime | None) -> tuple[int | N
 
     from mocapflow.keypoints import KeypointsMeta
 
-    with rt.store.fs.open(rt.store.path(res["key"]), "rb") as f:
-        meta = KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
+    try:
+        with rt.store.fs.open(rt.store.path(res["key"]), "rb") as f:
+            meta = KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
+    except (OSError, ValueError) as e:  # reported as unknown coverage, never fatal for the run
+        get_run_logger().warning("%s: cannot read the subject's coverage: %s", res.get("video"), e)
+        return None, None
     return meta.frames_detected, meta.coverage
 
 

@@ -4,6 +4,8 @@ Per video: probe -> pose (Ray actor pool) -> fit (pinned Ray task). Videos run c
 ``max_videos_in_flight``; a video that fails stops its own chain only. Each run writes a summary table to
 ``runs/<run_id>/summary.parquet`` (committed last with ``_COMMITTED``), a table artifact, a markdown artifact per
 video and a progress artifact while it works; its final state is Failed, naming the videos, when any video failed.
+A video whose subject was found in fewer than ``min_coverage`` of its frames is processed but reported with status
+``low_coverage`` (summary, artifacts and the final message name it), never as a plain ``ok``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tasks.runtime import FlowRuntime
 from tasks.stages import fit_video, pose_video, probe_video
 
 COMMITTED = "_COMMITTED"
+OK, LOW_COVERAGE, FAILED = "ok", "low_coverage", "failed"
 
 
 @dataclass
@@ -57,7 +60,26 @@ def _state_error(fut: PrefectFuture) -> str:
     return state.message or state.name
 
 
-def _row(chain: _Chain) -> dict[str, Any]:
+def _pose_coverage(res: dict[str, Any], rt: FlowRuntime | None) -> tuple[int | None, float | None]:
+    """(frames_detected, coverage) of a pose result; a cached result's come from the committed table's metadata."""
+    if res.get("coverage") is not None:
+        return res.get("frames_detected"), res["coverage"]
+    if rt is None or not res.get("key"):
+        return None, None
+    import pyarrow.parquet as pq
+
+    from mocapflow.keypoints import KeypointsMeta
+
+    try:
+        with rt.store.fs.open(rt.store.path(res["key"]), "rb") as f:
+            meta = KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
+    except (OSError, ValueError) as e:  # reported as unknown coverage, never fatal for the run
+        get_run_logger().warning("%s: cannot read the subject's coverage: %s", res.get("video"), e)
+        return None, None
+    return meta.frames_detected, meta.coverage
+
+
+def _row(chain: _Chain, rt: FlowRuntime | None = None) -> dict[str, Any]:
     """One summary row from a finished chain."""
     row: dict[str, Any] = {
         "video": chain.spec.uri,
@@ -66,6 +88,8 @@ def _row(chain: _Chain) -> dict[str, Any]:
         "error": None,
         "cached": False,
         "frames": None,
+        "frames_detected": None,
+        "coverage": None,
         "video_sha256": None,
         "probe_s": None,
         "pose_s": None,
@@ -80,16 +104,19 @@ def _row(chain: _Chain) -> dict[str, Any]:
     for stage, fut in (("probe", chain.probe), ("pose", chain.pose), ("fit", chain.fit)):
         fut.wait()  # the local final state, with its data (``.state`` alone may fetch a data-less copy from the API)
         if not fut.state.is_completed():
-            row.update(status="failed", failed_stage=stage, error=_state_error(fut))
+            row.update(status=FAILED, failed_stage=stage, error=_state_error(fut))
             break
         res = fut.result()
         if stage == "probe":
             row.update(video_sha256=res["sha256"], frames=res["n_frames"], probe_s=res.get("seconds"))
         elif stage == "pose":
+            detected, coverage = _pose_coverage(res, rt)
             row.update(
                 keypoints_uri=res["uri"],
                 pose_s=res.get("seconds"),
                 frames=res.get("frames") or row["frames"],
+                frames_detected=detected,
+                coverage=coverage,
                 cached=bool(res.get("cached")),
             )
         else:
@@ -102,7 +129,15 @@ def _row(chain: _Chain) -> dict[str, Any]:
                 angles_summary=res.get("angles_summary"),
                 cached=row["cached"] and bool(res.get("cached")),
             )
+    row["status"] = coverage_status(row["status"], row["coverage"], rt.settings.min_coverage if rt else 0.5)
     return row
+
+
+def coverage_status(status: str, coverage: float | None, min_coverage: float) -> str:
+    """``low_coverage`` for a processed video whose subject was found in fewer than ``min_coverage`` of its frames."""
+    if status == OK and coverage is not None and coverage < min_coverage:
+        return LOW_COVERAGE
+    return status
 
 
 SUMMARY_SCHEMA = pa.schema(
@@ -113,6 +148,8 @@ SUMMARY_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("cached", pa.bool_()),
         ("frames", pa.int64()),
+        ("frames_detected", pa.int64()),
+        ("coverage", pa.float64()),
         ("video_sha256", pa.string()),
         ("probe_s", pa.float64()),
         ("pose_s", pa.float64()),
@@ -138,13 +175,15 @@ def _publish(rt: FlowRuntime, run_id: str, kind: str, rows: list[dict[str, Any]]
     table = pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
     prefix = run_prefix(run_id)
     report = rt.store.write_table(f"{prefix}/summary.parquet", table)
-    failed = [r for r in rows if r["status"] != "ok"]
+    failed = [r for r in rows if r["status"] == FAILED]
+    low = [r for r in rows if r["status"] == LOW_COVERAGE]
     rt.store.commit(
         prefix,
         {
             "kind": kind,
             "videos": len(rows),
             "failed": len(failed),
+            "low_coverage": len(low),
             "seconds": seconds,
             "summary": report.to_dict(),
             "model_set": rt.model_set.manifest.name,
@@ -158,6 +197,7 @@ def _publish(rt: FlowRuntime, run_id: str, kind: str, rows: list[dict[str, Any]]
         "failed_stage",
         "cached",
         "frames",
+        "coverage",
         "probe_s",
         "pose_s",
         "fit_s",
@@ -171,7 +211,8 @@ def _publish(rt: FlowRuntime, run_id: str, kind: str, rows: list[dict[str, Any]]
     create_table_artifact(
         key=f"{kind}-summary",
         table=[{c: _fmt(r[c]) for c in cols} for r in rows],
-        description=f"{kind} run {run_id}: {len(rows) - len(failed)} of {len(rows)} videos ok; summary at {report.uri}",
+        description=f"{kind} run {run_id}: {len(rows) - len(failed) - len(low)} of {len(rows)} videos ok, "
+        f"{len(low)} with low subject coverage, {len(failed)} failed; summary at {report.uri}",
     )
     for r in rows:
         lines = [
@@ -179,8 +220,15 @@ def _publish(rt: FlowRuntime, run_id: str, kind: str, rows: list[dict[str, Any]]
             f"status: **{r['status']}**"
             + (f" at {r['failed_stage']}: {r['error']}" if r["failed_stage"] else ""),
         ]
-        if r["status"] == "ok":
+        if r["status"] == LOW_COVERAGE:
+            lines.append(
+                f"- **warning: the subject was found in only {r['frames_detected']} of {r['frames']} frames "
+                f"({100 * r['coverage']:.0f} % < {100 * rt.settings.min_coverage:.0f} %)**; check tracks.parquet "
+                "for the right person (setting subject_track)"
+            )
+        if r["status"] != FAILED:
             lines += [
+                f"- subject coverage: {r['frames_detected']} of {r['frames']} frames ({_fmt(r['coverage'])})",
                 f"- frames: {r['frames']}; seconds: probe {_fmt(r['probe_s'])}, pose {_fmt(r['pose_s'])}, "
                 f"fit {_fmt(r['fit_s'])}{' (cached)' if r['cached'] else ''}",
                 f"- residuals: 2D {_fmt(r['residual_2d_px'])} px, 3D {_fmt(r['residual_3d_mm'])} mm",
@@ -218,11 +266,19 @@ def run_videos(
         finished = [c for c in running if c.fit is first]
         for c in finished:
             running.remove(c)
-            row = _row(c)
+            row = _row(c, rt)
             rows[c.spec.uri] = row
             extra = {"mocapflow_row": row}
-            if row["status"] == "ok":
+            if row["status"] == OK:
                 logger.info("%s: ok%s", c.spec.uri, " (cached)" if row["cached"] else "", extra=extra)
+            elif row["status"] == LOW_COVERAGE:
+                logger.warning(
+                    "%s: low coverage: subject found in %s of %s frames",
+                    c.spec.uri,
+                    row["frames_detected"],
+                    row["frames"],
+                    extra=extra,
+                )
             else:
                 logger.error(
                     "%s: failed at %s: %s", c.spec.uri, row["failed_stage"], row["error"], extra=extra
@@ -236,20 +292,28 @@ def run_videos(
 def _finish(kind: str, rt: FlowRuntime, rows: list[dict[str, Any]], t0: float) -> State:
     run_id = str(flow_run.get_id() or uuid.uuid4())
     uri = _publish(rt, run_id, kind, rows, time.perf_counter() - t0)
-    failed = [r for r in rows if r["status"] != "ok"]
+    failed = [r for r in rows if r["status"] == FAILED]
+    low = [r for r in rows if r["status"] == LOW_COVERAGE]
     summary = {
         "run_id": run_id,
         "summary_uri": uri,
         "videos": len(rows),
         "failed": len(failed),
+        "low_coverage": len(low),
         "pose_calls": rt.pose_calls,
         "fit_calls": rt.fit_calls,
         "rows": rows,
     }
+    low_note = (
+        f"; {len(low)} with the subject in under {100 * rt.settings.min_coverage:.0f} % of frames: "
+        + "; ".join(f"{r['video']} ({r['frames_detected']}/{r['frames']})" for r in low)
+        if low
+        else ""
+    )
     if failed:
         names = "; ".join(f"{r['video']} ({r['failed_stage']}: {r['error']})" for r in failed)
-        return Failed(message=f"{len(failed)} of {len(rows)} videos failed: {names}", data=summary)
-    return Completed(message=f"all {len(rows)} videos processed", data=summary)
+        return Failed(message=f"{len(failed)} of {len(rows)} videos failed: {names}{low_note}", data=summary)
+    return Completed(message=f"all {len(rows)} videos processed{low_note}", data=summary)
 
 
 def _cohort(
@@ -323,7 +387,7 @@ def backfill(
         keep = []
         for s in specs:
             try:
-                if store.get_json(status_key(s.uri))["status"] != "ok":
+                if store.get_json(status_key(s.uri))["status"] == FAILED:
                     keep.append(s)
             except KeyNotFoundError:
                 continue

@@ -31,6 +31,7 @@ class DemoVideo:
     frames: int | None = None
     seconds: dict[str, float | None] = field(default_factory=dict)
     mjae_deg: float | None = None
+    coverage: float | None = None  # fraction of frames where the subject was found
     second_person: bool = False
     plot: str | None = None
     qc_gif: str | None = None
@@ -167,9 +168,10 @@ def run_demo(
             row["error"],
             row["frames"],
             {"probe": row["probe_s"], "pose": row["pose_s"], "fit": row["fit_s"]},
+            coverage=row.get("coverage"),
             second_person=bool(e.second_person),
         )
-        if row["status"] == "ok":
+        if row["status"] != "failed":
             v.mjae_deg, v.plot, v.qc_gif = _pictures(e, row, plots)
         videos.append(v)
         tick("plots", 1, name)

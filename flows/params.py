@@ -5,7 +5,7 @@ A field left empty (None) takes its value from the settings read when the run st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -47,6 +47,9 @@ class RunOptions(BaseModel):
     fit_learning_rate: float | None = Field(None, gt=0, description="Peak Adam learning rate.")
     fit_knots_per_second: float | None = Field(
         None, gt=0, description="Trajectory B-spline knots per second."
+    )
+    subject_track: Literal["longest", "largest", "central"] | Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Which tracked person is the subject: longest, largest, central, or a track id."
     )
     storage_root: str | None = Field(None, description="Output folder or s3:// prefix.")
     ray_address: str | None = Field(None, description="Ray cluster address; empty = local Ray.")

@@ -173,19 +173,56 @@ def pose(
     settings = load_settings(model_set=model, storage_root=out)
     outcomes, seconds = _run_pose_pool(settings, [_abs_uri(v) for v in videos])
     table = Table(title=f"pose: {len(outcomes)} videos in {seconds:.1f} s")
-    for col in ("video", "frames", "key / URI", "seconds"):
+    for col in ("video", "frames", "found %", "people", "key / URI", "seconds"):
         table.add_column(col)
     failed = 0
     for o in outcomes:
         if isinstance(o, PoseFailure):
             failed += 1
-            table.add_row(o.video, "-", f"[red]{o.error}: {o.message}", "-")
+            table.add_row(o.video, "-", "-", "-", f"[red]{o.error}: {o.message}", "-")
         else:
-            table.add_row(o.video, str(o.frames), o.uri, f"{o.seconds:.2f}")
+            found = f"{100 * o.coverage:.0f}"
+            if o.coverage < settings.min_coverage:
+                found = f"[yellow]{found} (low)[/]"
+            table.add_row(o.video, str(o.frames), found, str(o.n_tracks), o.uri, f"{o.seconds:.2f}")
     Console().print(table)
     if failed:
         console.print(f"[red]{failed} of {len(outcomes)} videos failed[/]")
         raise typer.Exit(1)
+
+
+@app.command()
+def subject(
+    keypoints: Annotated[str, typer.Argument(help="A keypoints.parquet path or URI under the storage root.")],
+    track: Annotated[
+        str,
+        typer.Option(
+            "--track", help="Subject rule (longest, largest, central) or a track id from tracks.parquet."
+        ),
+    ],
+) -> None:
+    """Take another person of an already processed video as its subject, from tracks.parquet (no model runs)."""
+    from mocapflow.pose.pipeline import switch_subject
+    from mocapflow.settings import load_settings
+    from mocapflow.store import KeyNotFoundError, Store
+
+    settings = load_settings()
+    store = Store.from_settings(settings)
+    root = store.root.rstrip("/")
+    uri = _abs_uri(keypoints)
+    key = uri.removeprefix(root + "/")
+    if key == uri:
+        console.print(f"[red]{keypoints} is not under the storage root {root}[/]; set MOCAPFLOW_STORAGE_ROOT")
+        raise typer.Exit(2)
+    rule: str | int = int(track) if track.isdigit() else track
+    try:
+        r = switch_subject(store, key, rule)
+    except (ValueError, KeyNotFoundError) as e:  # an unknown rule or track, or no committed pose output
+        console.print(f"[red]{keypoints}: {e}[/]")
+        raise typer.Exit(1) from e
+    Console().print(
+        f"subject {track}: found in {r.frames_detected} of {r.frames} frames ({100 * r.coverage:.0f} %) -> {r.uri}"
+    )
 
 
 @validate_app.command("pose")
@@ -448,6 +485,7 @@ def demo(
         ("people", "right"),
         ("status", "left"),
         ("frames", "right"),
+        ("found %", "right"),
         ("probe s", "right"),
         ("pose s", "right"),
         ("fit s", "right"),
@@ -461,9 +499,10 @@ def demo(
     for v in report.videos:
         table.add_row(
             Path(v.name).stem,  # the motion is in the name
-            "" if v.status != "ok" else ("2" if v.second_person else "1"),
-            "[green]ok[/]" if v.status == "ok" else "[red]failed[/]",
+            "" if v.status == "failed" else ("2" if v.second_person else "1"),
+            {"ok": "[green]ok[/]", "low_coverage": "[yellow]low coverage[/]"}.get(v.status, "[red]failed[/]"),
             "" if v.frames is None else str(v.frames),
+            "" if v.coverage is None else f"{100 * v.coverage:.0f}",
             s(v.seconds.get("probe")),
             s(v.seconds.get("pose")),
             s(v.seconds.get("fit")),
@@ -472,10 +511,11 @@ def demo(
     out_console = Console()
     out_console.print(table)
     out_console.print(
-        "err deg: median |fit - truth| joint angle over hips, knees, ankles, shoulders and elbows"
+        "err deg: median |fit - truth| joint angle over hips, knees, ankles, shoulders and elbows; found %: frames "
+        "where the subject was found (low coverage below the min_coverage setting)"
     )
     for v in report.videos:
-        if v.status != "ok":
+        if v.status == "failed":
             out_console.print(f"[red]{v.name} failed at {v.failed_stage}[/]: {v.error}")
     total = time.perf_counter() - t_start
     out_console.print(

@@ -1,12 +1,20 @@
-"""The keypoints table (docs/ARCHITECTURE.md "Keypoints table"): build, validate and read it.
+"""The keypoints table (docs/ARCHITECTURE.md "Keypoints table"): build, validate and read it; and the tracks table.
 
 One row per video frame of the tracked subject, nested fixed-size-list columns, metadata as UTF-8 JSON values in
 the Arrow schema metadata (kept by Parquet). Missing detections are NaN with confidence 0, never zeros with
-confidence 1: :func:`validate_table` enforces that ``conf == 0`` exactly where ``kp2d_px`` is NaN.
+confidence 1: :func:`validate_table` enforces that ``conf == 0`` exactly where ``kp2d_px`` is NaN. The metadata
+carries the subject's coverage (``frames_detected`` of ``n_frames``) and a summary of every person tracked.
+
+The tracks table (``tracks.parquet`` beside ``keypoints.parquet``) has the same columns and metadata, with one row
+per (track, frame) where that person was detected, sorted by ``track_id`` then ``frame`` (:func:`build_tracks_table`).
+
+Schema version 2 added ``frames_detected``, ``coverage``, ``subject_track_id`` and ``tracks`` to the metadata;
+version 1 tables are still read (their coverage is counted from the rows, their track summary is empty).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +25,10 @@ from numpy.typing import ArrayLike, NDArray
 
 from mocapflow.camera import Intrinsics
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 VERSION_KEY = "mocapflow.schema_version"
+TABLE_KEY = "mocapflow.table"  # "keypoints" (one row per frame) or "tracks" (one row per track and frame)
 _META_KEYS = (
     "video_sha256",
     "fps",
@@ -32,6 +42,7 @@ _META_KEYS = (
     "model_name",
     "params",
 )
+_META_KEYS_V2 = ("frames_detected", "subject_track_id", "tracks")
 COLUMNS = ("frame", "time_s", "kp2d_px", "kp3d_mm", "conf", "box", "box_score", "track_id")
 
 
@@ -41,7 +52,12 @@ class KeypointsError(ValueError):
 
 @dataclass(frozen=True)
 class KeypointsMeta:
-    """The table's schema metadata. ``joint_names``/``joint_edges`` are normalised to tuples."""
+    """The table's schema metadata. ``joint_names``/``joint_edges`` are normalised to tuples.
+
+    ``frames_detected``: frames where the subject was found (rows with a box); None until :func:`build_table` counts
+    it. ``coverage`` = frames_detected / n_frames. ``subject_track_id``: the subject's track (None: no tracker or no
+    subject). ``tracks``: one summary per person tracked (:func:`mocapflow.pose.tracking.summarise_tracks`).
+    """
 
     video_sha256: str
     fps: float
@@ -54,6 +70,9 @@ class KeypointsMeta:
     model_id: str
     model_name: str
     params: dict[str, Any] = field(default_factory=dict)
+    frames_detected: int | None = None
+    subject_track_id: int | None = None
+    tracks: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         intr = self.intrinsics
@@ -88,15 +107,34 @@ class KeypointsMeta:
             raise KeypointsError(f"joint_edges {bad[:3]} out of range for {n} joints")
         if not isinstance(self.params, dict):
             raise KeypointsError(f"params must be a dict, got {type(self.params).__name__}")
+        if self.frames_detected is not None:
+            object.__setattr__(self, "frames_detected", int(self.frames_detected))
+            if not 0 <= self.frames_detected <= self.n_frames:
+                raise KeypointsError(
+                    f"frames_detected {self.frames_detected} must be in 0..n_frames ({self.n_frames})"
+                )
+        if self.subject_track_id is not None:
+            object.__setattr__(self, "subject_track_id", int(self.subject_track_id))
+        if not all(isinstance(t, dict) for t in self.tracks):
+            raise KeypointsError("tracks must be a list of per-track summaries (JSON objects)")
+        object.__setattr__(self, "tracks", tuple(dict(t) for t in self.tracks))
 
     @property
     def n_joints(self) -> int:
         return len(self.joint_names)
 
-    def to_metadata(self) -> dict[bytes, bytes]:
-        """Schema metadata: every value UTF-8 JSON."""
+    @property
+    def coverage(self) -> float | None:
+        """Fraction of the video's frames where the subject was found (None until ``frames_detected`` is known)."""
+        if self.frames_detected is None:
+            return None
+        return self.frames_detected / self.n_frames if self.n_frames else 0.0
+
+    def to_metadata(self, table: str = "keypoints") -> dict[bytes, bytes]:
+        """Schema metadata: every value UTF-8 JSON. ``table``: "keypoints" or "tracks"."""
         values: dict[str, Any] = {
             VERSION_KEY: SCHEMA_VERSION,
+            TABLE_KEY: table,
             "video_sha256": self.video_sha256,
             "fps": self.fps,
             "width": self.width,
@@ -108,6 +146,10 @@ class KeypointsMeta:
             "model_id": self.model_id,
             "model_name": self.model_name,
             "params": self.params,
+            "frames_detected": self.frames_detected,
+            "coverage": self.coverage,
+            "subject_track_id": self.subject_track_id,
+            "tracks": list(self.tracks),
         }
         try:
             return {
@@ -119,7 +161,8 @@ class KeypointsMeta:
             ) from e
 
     @classmethod
-    def from_metadata(cls, metadata: dict[bytes, bytes] | None) -> KeypointsMeta:
+    def from_metadata(cls, metadata: dict[bytes, bytes] | None, table: str = "keypoints") -> KeypointsMeta:
+        """Parse schema metadata (versions in READABLE_VERSIONS); ``table`` is the kind of table expected."""
         md = metadata or {}
         raw_version = md.get(VERSION_KEY.encode())
         if raw_version is None:
@@ -131,16 +174,23 @@ class KeypointsMeta:
             version = json.loads(raw_version)
         except ValueError as e:
             raise KeypointsError(f"{VERSION_KEY!r} metadata is not JSON: {raw_version!r}") from e
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise KeypointsError(
-                f"keypoints schema version {version} is not supported (this code reads {SCHEMA_VERSION}); "
+                f"keypoints schema version {version} is not supported (this code reads {READABLE_VERSIONS}); "
                 "rerun the pose stage"
             )
-        missing = [k for k in _META_KEYS if k.encode() not in md]
+        kind = json.loads(md.get(TABLE_KEY.encode(), b'"keypoints"'))
+        if kind != table:
+            raise KeypointsError(
+                f"this is a {kind} table, not a {table} table "
+                f"(read tracks.parquet with read_tracks_arrays, keypoints.parquet with read_arrays)"
+            )
+        keys = _META_KEYS + (_META_KEYS_V2 if version >= 2 else ())
+        missing = [k for k in keys if k.encode() not in md]
         if missing:
             raise KeypointsError(f"keypoints table metadata lacks {missing}")
         try:
-            values = {k: json.loads(md[k.encode()]) for k in _META_KEYS}
+            values = {k: json.loads(md[k.encode()]) for k in keys}
         except ValueError as e:
             raise KeypointsError(f"keypoints table metadata is not UTF-8 JSON: {e}") from e
         try:
@@ -151,7 +201,7 @@ class KeypointsMeta:
             raise KeypointsError(f"keypoints table metadata is invalid: {e}") from e
 
 
-def schema(meta: KeypointsMeta) -> pa.Schema:
+def schema(meta: KeypointsMeta, table: str = "keypoints") -> pa.Schema:
     """The Arrow schema for ``meta.n_joints`` joints, with ``meta`` as schema metadata."""
     j = meta.n_joints
     return pa.schema(
@@ -165,7 +215,7 @@ def schema(meta: KeypointsMeta) -> pa.Schema:
             pa.field("box_score", pa.float32(), nullable=False),
             pa.field("track_id", pa.int32(), nullable=False),
         ],
-        metadata=meta.to_metadata(),
+        metadata=meta.to_metadata(table),
     )
 
 
@@ -204,8 +254,40 @@ def build_table(
     """Build and validate the keypoints table. ``time_s=None`` means ``frames / meta.fps``.
 
     Shapes: frames [N], kp2d [N,J,2] px, kp3d [N,J,3] camera mm (all NaN for 2D-only models), conf [N,J],
-    box [N,4] x0,y0,x1,y1 px, box_score [N], track_id [N].
+    box [N,4] x0,y0,x1,y1 px, box_score [N], track_id [N]. ``meta.frames_detected`` is counted here (rows with a
+    box); a value given in ``meta`` must agree.
     """
+    return _build(frames, time_s, kp2d, kp3d, conf, box, box_score, track_id, meta, "keypoints")
+
+
+def build_tracks_table(
+    frames: ArrayLike,
+    kp2d: ArrayLike,
+    kp3d: ArrayLike,
+    conf: ArrayLike,
+    box: ArrayLike,
+    box_score: ArrayLike,
+    track_id: ArrayLike,
+    meta: KeypointsMeta,
+) -> pa.Table:
+    """Build and validate the tracks table: one row per detection of every tracked person, sorted by
+    (track_id, frame); same columns, types and missing-joint rules as the keypoints table, every row has a box and
+    a track id >= 0. ``meta`` is the keypoints table's metadata (its coverage is the subject's)."""
+    return _build(frames, None, kp2d, kp3d, conf, box, box_score, track_id, meta, "tracks")
+
+
+def _build(
+    frames: ArrayLike,
+    time_s: ArrayLike | None,
+    kp2d: ArrayLike,
+    kp3d: ArrayLike,
+    conf: ArrayLike,
+    box: ArrayLike,
+    box_score: ArrayLike,
+    track_id: ArrayLike,
+    meta: KeypointsMeta,
+    kind: str,
+) -> pa.Table:
     j = meta.n_joints
     f = np.asarray(frames)
     n = f.shape[0] if f.ndim == 1 else -1
@@ -227,7 +309,14 @@ def build_table(
         if a.shape != shape:
             raise KeypointsError(f"{name} has shape {a.shape}, expected {shape} (N={n} frames, J={j} joints)")
         arrays[name] = a.astype(dtype, copy=False)
-    _check_values(arrays)
+    _check_values(arrays, kind)
+    if kind == "keypoints":
+        detected = int(np.isfinite(arrays["box"][:, 0]).sum())
+        if meta.frames_detected is not None and meta.frames_detected != detected:
+            raise KeypointsError(
+                f"metadata says the subject was found in {meta.frames_detected} frames, the rows hold {detected}"
+            )
+        meta = dataclasses.replace(meta, frames_detected=detected)
     columns = [
         pa.array(arrays["frame"], pa.int32()),
         pa.array(arrays["time_s"], pa.float64()),
@@ -238,7 +327,7 @@ def build_table(
         pa.array(arrays["box_score"], pa.float32()),
         pa.array(arrays["track_id"], pa.int32()),
     ]
-    return pa.Table.from_arrays(columns, schema=schema(meta))
+    return pa.Table.from_arrays(columns, schema=schema(meta, kind))
 
 
 def validate_table(table: pa.Table) -> KeypointsMeta:
@@ -251,13 +340,19 @@ def read_arrays(table: pa.Table) -> tuple[KeypointsMeta, dict[str, NDArray[Any]]
     """Validate, then return the metadata and one numpy array per column (keys = column names).
 
     Shapes as in :func:`build_table`; ``time_s`` float64, ``frame``/``track_id`` int32, the rest float32.
+    For a version-1 table ``meta.frames_detected`` is counted from the rows (for a slice: the slice's rows).
     """
     return _read(table)
 
 
-def _read(table: pa.Table) -> tuple[KeypointsMeta, dict[str, NDArray[Any]]]:
-    meta = KeypointsMeta.from_metadata(table.schema.metadata)
-    want = schema(meta)
+def read_tracks_arrays(table: pa.Table) -> tuple[KeypointsMeta, dict[str, NDArray[Any]]]:
+    """:func:`read_arrays` for the tracks table (one row per track and frame)."""
+    return _read(table, "tracks")
+
+
+def _read(table: pa.Table, kind: str = "keypoints") -> tuple[KeypointsMeta, dict[str, NDArray[Any]]]:
+    meta = KeypointsMeta.from_metadata(table.schema.metadata, kind)
+    want = schema(meta, kind)
     for f in want:
         if f.name not in table.column_names:
             raise KeypointsError(f"keypoints table has no column {f.name!r}; it has {table.column_names}")
@@ -280,7 +375,12 @@ def _read(table: pa.Table) -> tuple[KeypointsMeta, dict[str, NDArray[Any]]]:
         "track_id": (n,),
     }
     arrays = {name: _column_numpy(table.column(name), shape) for name, shape in shapes.items()}
-    _check_values(arrays)
+    _check_values(arrays, kind)
+    if kind == "keypoints":
+        detected = int(np.isfinite(arrays["box"][:, 0]).sum())
+        # version 1: count it. A version-2 figure is the whole video's, so a slice of the table keeps it.
+        if meta.frames_detected is None:
+            meta = dataclasses.replace(meta, frames_detected=min(detected, meta.n_frames))
     return meta, arrays
 
 
@@ -299,10 +399,22 @@ def _first(mask: NDArray[np.bool_]) -> str:
     return f"row {idx[0]}" + (f", joint {idx[1]}" if len(idx) > 1 else "")
 
 
-def _check_values(a: dict[str, NDArray[Any]]) -> None:
+def _check_values(a: dict[str, NDArray[Any]], kind: str = "keypoints") -> None:
     frame, kp2d, kp3d, conf = a["frame"], a["kp2d_px"], a["kp3d_mm"], a["conf"]
     box, score, track = a["box"], a["box_score"], a["track_id"]
-    if frame.size and (frame.min() < 0 or np.any(np.diff(frame.astype(np.int64)) <= 0)):
+    if kind == "tracks":
+        if track.size and track.min() < 0:
+            raise KeypointsError(f"tracks table: track_id must be >= 0 in every row, see {_first(track < 0)}")
+        if np.isnan(box[:, 0]).any():
+            raise KeypointsError(
+                f"tracks table: every row is a detection with a box, see {_first(np.isnan(box[:, 0]))}"
+            )
+        order = track.astype(np.int64) * (1 << 32) + frame.astype(np.int64)
+        if frame.size and (frame.min() < 0 or np.any(np.diff(order) <= 0)):
+            raise KeypointsError(
+                "tracks table: rows must be sorted by (track_id, frame), one per track and frame"
+            )
+    elif frame.size and (frame.min() < 0 or np.any(np.diff(frame.astype(np.int64)) <= 0)):
         raise KeypointsError("frame must be non-negative and strictly increasing (one row per frame)")
     if not np.all(np.isfinite(a["time_s"])):
         raise KeypointsError(f"time_s is not finite at {_first(~np.isfinite(a['time_s']))}")

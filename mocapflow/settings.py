@@ -8,7 +8,7 @@ from a ``.env`` file in the working directory, or from keyword arguments / flow 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,8 +73,20 @@ class Settings(BaseSettings):
     default_fov_deg: float = Field(
         55.0, gt=1, lt=179, description="Horizontal FOV assumed when a video has no camera sidecar."
     )
-    subject_track: Literal["longest", "largest", "central"] = Field(
-        "longest", description="Which person track is the subject."
+    subject_track: Literal["longest", "largest", "central"] | Annotated[int, Field(ge=0)] = Field(
+        "longest",
+        description="Which tracked person is the subject (whose keypoints are fitted): 'longest' = detected in the "
+        "most frames; 'largest' = largest mean box; 'central' = box centre nearest the image centre on average "
+        "('largest'/'central' choose among people seen in at least half as many frames as the longest); or a track "
+        "id (integer) from the video's tracks.parquet or the keypoints table's 'tracks' metadata. Every person's "
+        "track is written to tracks.parquet either way, so another subject can be taken without the models.",
+    )
+    min_coverage: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A video whose subject is found in fewer than this fraction of its frames is reported with "
+        "status 'low_coverage' (its outputs are still written).",
     )
     max_gap_frames: int = Field(15, ge=0, description="Tracking bridges gaps up to this many frames.")
     test_time_augmentation: int = Field(

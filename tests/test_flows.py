@@ -110,6 +110,7 @@ def test_cohort_run_isolates_the_corrupt_video_and_a_rerun_does_no_work(cohort: 
     assert summary["pose_calls"] == 2 and summary["fit_calls"] == 2
     for r in good:
         assert r["frames"] == 45 and r["residual_2d_px"] is not None and r["residual_2d_px"] < 20
+        assert r["coverage"] == r["frames_detected"] / 45 and r["coverage"] >= 0.9
         assert Path(r["fit_uri"], "angles.mot").is_file() and Path(r["fit_uri"], "angles.png").is_file()
 
     # everything under the store reads as a dataset without project code; the run's summary is committed
@@ -124,8 +125,19 @@ def test_cohort_run_isolates_the_corrupt_video_and_a_rerun_does_no_work(cohort: 
     summary2 = _summary(again)
     assert summary2["pose_calls"] == 0 and summary2["fit_calls"] == 0
     assert [r["cached"] for r in summary2["rows"] if r["status"] == "ok"] == [True, True]
+    # a cached video's coverage comes from its committed table
+    assert [r["coverage"] for r in summary2["rows"]] == [r["coverage"] for r in summary["rows"]]
     after = {p: p.stat().st_mtime_ns for p in store_root.rglob("*") if p.is_file() and "runs" not in p.parts}
     assert after == before  # nothing rewritten
+
+
+def test_a_video_with_the_subject_in_under_min_coverage_of_frames_is_flagged() -> None:
+    from flows.cohort import coverage_status
+
+    assert coverage_status("ok", 0.49, 0.5) == "low_coverage"
+    assert coverage_status("ok", 0.5, 0.5) == "ok" and coverage_status("ok", None, 0.5) == "ok"
+    assert coverage_status("failed", 0.1, 0.5) == "failed"
+    assert coverage_status("ok", 0.0, 0.0) == "ok"
 
 
 def _subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:

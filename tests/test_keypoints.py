@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from mocapflow.keypoints import (
     KeypointsError,
     KeypointsMeta,
     build_table,
+    build_tracks_table,
     missing_arrays,
     read_arrays,
+    read_tracks_arrays,
     validate_table,
 )
 from mocapflow.store import Store, keypoints_key, keypoints_prefix
@@ -109,7 +112,10 @@ def test_schema_and_metadata() -> None:
     for name, typ in want.items():
         assert table.schema.field(name).type == typ, name
     md = {k.decode(): json.loads(v) for k, v in table.schema.metadata.items()}
-    assert md["mocapflow.schema_version"] == 1
+    assert md["mocapflow.schema_version"] == 2 and md["mocapflow.table"] == "keypoints"
+    # coverage: the subject is missing in frame 2 of 8
+    assert (md["frames_detected"], md["coverage"]) == (7, 7 / 8)
+    assert md["subject_track_id"] is None and md["tracks"] == []
     assert md["video_sha256"] == SHA_A and md["fps"] == 25.0 and md["n_frames"] == 8
     assert md["intrinsics"] == {"fx": 60.0, "fy": 61.0, "cx": 31.5, "cy": 23.5, "width": 64, "height": 48}
     assert md["joint_names"] == ["j0", "j1", "j2", "j3", "j4"]
@@ -130,7 +136,7 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     rep = store.write_table(key, build(a, meta))
     assert rep.rows == 8
     got_meta, got = read_arrays(store.read_table(key))
-    assert got_meta == meta
+    assert got_meta == dataclasses.replace(meta, frames_detected=7)
     assert got_meta.intrinsics == Intrinsics(fx=60.0, fy=61.0, cx=31.5, cy=23.5, width=64, height=48)
     assert_arrays_equal(got, a)
     assert got["kp2d_px"].dtype == np.float32 and got["time_s"].dtype == np.float64
@@ -336,7 +342,7 @@ def test_table_level_rejections() -> None:
     )
     with pytest.raises(KeypointsError, match="has nulls"):
         validate_table(nulls)
-    assert validate_table(table) == make_meta()
+    assert validate_table(table) == dataclasses.replace(make_meta(), frames_detected=7)
 
 
 def test_meta_rejects_mismatched_intrinsics() -> None:
@@ -369,3 +375,106 @@ def test_meta_rejects_mismatched_intrinsics() -> None:
     assert isinstance(meta.intrinsics, Intrinsics) and meta.joint_edges == ((0, 1),)
     with pytest.raises(KeypointsError, match="out of range"):
         KeypointsMeta(**{**meta.__dict__, "joint_edges": [[0, 2]]})
+
+
+# -- coverage, schema versions and the tracks table ---------------------------------------------------------
+
+
+def test_coverage_is_counted_from_the_rows_and_checked_on_read() -> None:
+    a = make_arrays()
+    a["box"][[0, 6]] = np.nan  # two more frames without the subject
+    for k in ("kp2d_px", "kp3d_mm"):
+        a[k][[0, 6]] = np.nan
+    a["conf"][[0, 6]] = 0
+    a["box_score"][[0, 6]] = 0
+    a["track_id"][[0, 6]] = -1
+    meta = validate_table(build(a))
+    assert (meta.frames_detected, meta.n_frames, meta.coverage) == (5, 8, 5 / 8)
+    with pytest.raises(KeypointsError, match="found in 6 frames, the rows hold 5"):
+        build(a, dataclasses.replace(make_meta(), frames_detected=6))
+    # the figure is the video's: a slice of the table keeps it
+    assert validate_table(build(a).slice(0, 3)).frames_detected == 5
+    md = dict(build(a).schema.metadata)
+    md[b"frames_detected"] = b"9"
+    with pytest.raises(KeypointsError, match=r"frames_detected 9 must be in 0..n_frames \(8\)"):
+        validate_table(build(a).replace_schema_metadata(md))
+
+
+def test_version_1_tables_are_still_read_and_unknown_versions_refused() -> None:
+    table = build(make_arrays())
+    md = {
+        k: v
+        for k, v in table.schema.metadata.items()
+        if k not in (b"frames_detected", b"coverage", b"subject_track_id", b"tracks", b"mocapflow.table")
+    }
+    md[b"mocapflow.schema_version"] = b"1"
+    meta, arrays = read_arrays(table.replace_schema_metadata(md))
+    assert (meta.frames_detected, meta.coverage, meta.tracks) == (7, 7 / 8, ())
+    assert_arrays_equal(arrays, make_arrays())
+    md[b"mocapflow.schema_version"] = b"3"
+    with pytest.raises(
+        KeypointsError, match=r"schema version 3 is not supported \(this code reads \(1, 2\)\)"
+    ):
+        validate_table(table.replace_schema_metadata(md))
+    # a version-2 table must carry the coverage keys
+    md2 = dict(table.schema.metadata)
+    del md2[b"frames_detected"]
+    with pytest.raises(KeypointsError, match=r"lacks \['frames_detected'\]"):
+        validate_table(table.replace_schema_metadata(md2))
+
+
+def tracks_arrays() -> dict[str, np.ndarray]:
+    """Two people: track 0 in frames 0-3, track 4 in frames 1 and 3 (joint 2 of its frame 3 missing)."""
+    frames = np.array([0, 1, 2, 3, 1, 3], np.int32)
+    track = np.array([0, 0, 0, 0, 4, 4], np.int32)
+    rng = np.random.default_rng(4)
+    out = {
+        "frame": frames,
+        "kp2d_px": rng.uniform(1, 60, (6, J, 2)).astype(np.float32),
+        "kp3d_mm": rng.uniform(100, 3000, (6, J, 3)).astype(np.float32),
+        "conf": rng.uniform(0.1, 1.0, (6, J)).astype(np.float32),
+        "box": np.tile(np.array([2, 3, 50, 40], np.float32), (6, 1)),
+        "box_score": rng.uniform(0.5, 1.0, 6).astype(np.float32),
+        "track_id": track,
+    }
+    out["kp2d_px"][5, 2] = np.nan
+    out["kp3d_mm"][5, 2] = np.nan
+    out["conf"][5, 2] = 0
+    return out
+
+
+def build_tracks(t: dict[str, np.ndarray]) -> pa.Table:
+    return build_tracks_table(
+        t["frame"],
+        t["kp2d_px"],
+        t["kp3d_mm"],
+        t["conf"],
+        t["box"],
+        t["box_score"],
+        t["track_id"],
+        make_meta(),
+    )
+
+
+def test_tracks_table_round_trip_and_its_own_rules() -> None:
+    t = tracks_arrays()
+    table = build_tracks(t)
+    assert table.column_names == list(build(make_arrays()).column_names)
+    md = {k.decode(): json.loads(v) for k, v in table.schema.metadata.items()}
+    assert md["mocapflow.table"] == "tracks"
+    meta, got = read_tracks_arrays(table)
+    assert meta.video_sha256 == SHA_A
+    for k, v in t.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    np.testing.assert_allclose(got["time_s"], t["frame"] / 25.0)
+    # a tracks table is not a keypoints table, and the other way round
+    with pytest.raises(KeypointsError, match="this is a tracks table, not a keypoints table"):
+        read_arrays(table)
+    with pytest.raises(KeypointsError, match="this is a keypoints table, not a tracks table"):
+        read_tracks_arrays(build(make_arrays()))
+    unsorted = {**t, "frame": t["frame"][[1, 0, 2, 3, 4, 5]]}
+    with pytest.raises(KeypointsError, match=r"sorted by \(track_id, frame\)"):
+        build_tracks(unsorted)
+    no_track = {**t, "track_id": np.array([0, 0, 0, 0, -1, -1], np.int32)}
+    with pytest.raises(KeypointsError, match="track_id must be >= 0"):
+        build_tracks(no_track)

@@ -13,15 +13,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pytest
 
 from infra.s3server import S3Server
 from mocapflow.camera import Intrinsics
-from mocapflow.keypoints import read_arrays
-from mocapflow.pose.pipeline import CameraError, PoseParams, estimate_keypoints, run_pose, sidecar_uri
-from mocapflow.pose.tracking import TrackerConfig
+from mocapflow.keypoints import read_arrays, read_tracks_arrays
+from mocapflow.pose.pipeline import (
+    CameraError,
+    PoseParams,
+    detect_all,
+    estimate_keypoints,
+    estimate_people,
+    pose_tables,
+    run_pose,
+    sidecar_uri,
+    subject_from_tracks,
+    switch_subject,
+)
+from mocapflow.pose.tracking import SubjectTrackError, TrackerConfig
 from mocapflow.pose.validate import compare, compare_with_truth, summarise
-from mocapflow.store import Store
+from mocapflow.store import KeyNotFoundError, Store, keypoints_key
 from mocapflow.synth import GroundTruth
 from mocapflow.video import VideoError
 from models.modelset import ModelSet, read_local, write_manifest
@@ -109,6 +122,15 @@ def walk_script(i: int) -> FrameDetections:
     return merge(person(80, 30, score=0.95), subject) if 3 <= i <= 5 else subject
 
 
+def assert_same_table(got: pa.Table, want: pa.Table) -> None:
+    """Same schema, metadata and values (NaN equal to NaN)."""
+    assert got.schema.metadata == want.schema.metadata and got.schema == want.schema
+    _, a = read_arrays(got)
+    _, b = read_arrays(want)
+    for name, values in b.items():
+        np.testing.assert_array_equal(a[name], values, err_msg=name)
+
+
 def fov_intrinsics(fov_deg: float) -> Intrinsics:
     f = (W / 2) / math.tan(math.radians(fov_deg) / 2)
     return Intrinsics(f, f, (W - 1) / 2, (H - 1) / 2, W, H)
@@ -151,6 +173,18 @@ def test_table_rows_hold_the_subject_frame_by_frame(model_set: ModelSet, videos:
     assert list(meta.joint_names) == JOINTS and meta.joint_edges == ((0, 1), (1, 2))
     assert (meta.model_id, meta.model_name) == (model_set.id, "scripted")
     assert meta.video_sha256 == hashlib.sha256(videos["walk"].read_bytes()).hexdigest()
+    # coverage and every person tracked: the subject (track 0) and the passer-by of frames 3-5 (track 1)
+    assert (meta.frames_detected, meta.coverage, meta.subject_track_id) == (20, 20 / 23, 0)
+    assert [
+        (t["track_id"], t["first_frame"], t["last_frame"], t["frames_detected"]) for t in meta.tracks
+    ] == [
+        (0, 0, 22, 20),
+        (1, 3, 5, 3),
+    ]
+    assert meta.tracks[1]["mean_box_px"] == pytest.approx(math.sqrt(20 * 40))
+    assert meta.tracks[1]["mean_score"] == pytest.approx(0.95)
+    # the passer-by's box centre (80, 30) is 32.5 px right and 1.5 px above the image centre (47.5, 31.5)
+    assert meta.tracks[1]["centre_offset"] == pytest.approx(math.hypot(32.5, 1.5) / math.hypot(W, H))
 
 
 def test_run_pose_writes_one_committed_table_under_its_content_key(
@@ -170,9 +204,11 @@ def test_run_pose_writes_one_committed_table_under_its_content_key(
             "min_iou": 0.1,
             "max_kp_dist": 0.5,
             "gap_growth": 0.25,
+            "gap_penalty": 0.02,
             "min_subject_fraction": 0.5,
         },
         "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy, "width": W, "height": H},
+        "keypoints_schema": 2,
     }
     phash = hashlib.sha256(
         json.dumps(expected_params, sort_keys=True, separators=(",", ":")).encode()
@@ -199,6 +235,98 @@ def test_run_pose_writes_one_committed_table_under_its_content_key(
     assert success["rows"] == 23 and success["bytes"] == result.bytes
     assert success["inputs"]["video_sha256"] == sha and success["inputs"]["params"] == expected_params
     assert store.list(prefix) == [f"{prefix}/_SUCCESS.json", f"{prefix}/keypoints.parquet"]
+    people = prefix.replace("keypoints/", "tracks/", 1)
+    assert store.list(people) == [f"{people}/_SUCCESS.json", f"{people}/tracks.parquet"]
+    # coverage: the subject is missing in frames 9-11 of 23; two people were tracked
+    assert (result.frames_detected, result.coverage, result.n_tracks) == (20, pytest.approx(20 / 23), 2)
+    assert (success["frames_detected"], success["n_frames"], success["coverage"]) == (20, 23, 20 / 23)
+    assert result.tracks_uri == f"s3://{s3_bucket}/cohort/{people}/tracks.parquet"
+    assert store.get_json(f"{people}/_SUCCESS.json")["n_tracks"] == 2
+    assert success["tracks"]["rows"] == 23 and success["tracks"]["n_tracks"] == 2
+
+
+def test_tracks_table_holds_every_person_and_another_subject_needs_no_models(
+    model_set: ModelSet, videos: dict[str, Path], tmp_path: Path
+) -> None:
+    import duckdb
+
+    intr = fov_intrinsics(60.0)
+    tables = estimate_people(
+        str(videos["walk"]), ScriptedEstimator(model_set, ThreadConfig(1), walk_script), intr, PoseParams()
+    )
+    meta, people = read_tracks_arrays(tables.tracks)
+    subject_frames = [i for i in range(23) if not 9 <= i <= 11]
+    assert people["track_id"].tolist() == [0] * 20 + [1] * 3
+    assert people["frame"].tolist() == subject_frames + [3, 4, 5]
+    for row, i in enumerate(subject_frames):
+        np.testing.assert_array_equal(people["kp2d_px"][row], person(20 + 2 * i, 32).kp2d[0])
+    np.testing.assert_array_equal(people["kp2d_px"][20:], np.tile(person(80, 30).kp2d, (3, 1, 1)))
+    np.testing.assert_array_equal(people["box_score"][20:], np.float32([0.95] * 3))
+    assert meta == read_arrays(tables.keypoints)[0]  # same metadata as the keypoints table
+
+    # the passer-by as the subject, from the tracks table, equals a pose run with that rule
+    other = subject_from_tracks(tables.tracks, 1)
+    direct = estimate_keypoints(
+        str(videos["walk"]),
+        ScriptedEstimator(model_set, ThreadConfig(1), walk_script),
+        intr,
+        PoseParams(tracker=TrackerConfig(subject=1)),
+    )
+    assert_same_table(other, direct)
+    m1, a1 = read_arrays(other)
+    assert (m1.subject_track_id, m1.frames_detected, m1.params["tracker"]["subject"]) == (1, 3, 1)
+    assert a1["track_id"].tolist() == [-1] * 3 + [1] * 3 + [-1] * 17
+    np.testing.assert_array_equal(a1["kp2d_px"][4], person(80, 30).kp2d[0])
+    # the default rule gives back the table that was written
+    again = subject_from_tracks(tables.tracks, "longest")
+    assert_same_table(again, tables.keypoints)
+    with pytest.raises(
+        SubjectTrackError, match=r"subject track 7 does not exist; this video has tracks \[0, 1\]"
+    ):
+        subject_from_tracks(tables.tracks, 7)
+    with pytest.raises(SubjectTrackError, match=r"video .*walk.mp4: subject track 7 does not exist"):
+        estimate_keypoints(
+            str(videos["walk"]),
+            ScriptedEstimator(model_set, ThreadConfig(1), walk_script),
+            intr,
+            PoseParams(tracker=TrackerConfig(subject=7)),
+        )
+
+    # both tables read as one dataset with DuckDB, without project code
+    store = Store(str(tmp_path / "store"))
+    result = run_pose(
+        str(videos["walk"]), ScriptedEstimator(model_set, ThreadConfig(1), walk_script), store, PoseParams()
+    )
+    root = tmp_path / "store"
+    counts = duckdb.sql(
+        f"SELECT track_id, count(*) AS n, min(frame) AS f0 FROM read_parquet('{root}/tracks/**/*.parquet', "
+        "hive_partitioning=1) GROUP BY track_id ORDER BY track_id"
+    ).fetchall()
+    assert counts == [(0, 20, 0), (1, 3, 3)]
+    ((cov,),) = duckdb.sql(
+        f"SELECT count(*) FILTER (WHERE track_id >= 0) / count(*) FROM read_parquet('{root}/keypoints/**/*.parquet')"
+    ).fetchall()
+    assert cov == pytest.approx(result.coverage) == pytest.approx(20 / 23)
+    # switching the subject in the store writes what a run with that rule writes, under the same key
+    switched = switch_subject(store, result.key, 1)
+    other_store = Store(str(tmp_path / "other"))
+    rerun = run_pose(
+        str(videos["walk"]),
+        ScriptedEstimator(model_set, ThreadConfig(1), walk_script),
+        other_store,
+        PoseParams(tracker=TrackerConfig(subject=1)),
+    )
+    assert switched.key == rerun.key != result.key
+    assert (switched.frames_detected, switched.n_tracks) == (3, 2)
+    assert_same_table(store.read_table(switched.key), other_store.read_table(rerun.key))
+    t_key = switched.key.replace("keypoints/", "tracks/", 1).replace("keypoints.parquet", "tracks.parquet")
+    assert store.read_table(t_key).schema == other_store.read_table(t_key).schema
+    assert store.is_committed(switched.key.rsplit("/", 1)[0]) and store.is_committed(t_key.rsplit("/", 1)[0])
+    with pytest.raises(KeyNotFoundError, match="no committed pose output"):
+        switch_subject(other_store, result.key, 0)
+    # pyarrow.dataset: each folder is one dataset of its own table
+    assert pads.dataset(root / "tracks", format="parquet", partitioning="hive").count_rows() == 2 * 23
+    assert pads.dataset(root / "keypoints", format="parquet", partitioning="hive").count_rows() == 2 * 23
 
 
 def test_intrinsics_come_from_the_caller_then_the_sidecar_then_the_fov(
@@ -370,3 +498,117 @@ def test_two_people_yield_the_main_subjects_track(
     assert main <= 1.0 < other
     tracked = a["track_id"][a["track_id"] >= 0]
     assert tracked.size and (tracked == tracked[0]).all()
+
+
+@pytest.mark.slow  # ~45 s CPU (render + 30 frames of markers); tests/test_tracking.py has the fast crossing case
+def test_two_people_crossing_keep_their_identities(
+    markers: PoseEstimator, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second person of similar size walks across in front of the subject (2 s at 15 fps). While they overlap the
+    markers detector sees one person, the one in front; each track must hold one person only, before and after."""
+    from mocapflow.synth import CohortSpec, generate_cohort, read_ground_truth
+    from mocapflow.video import probe
+
+    root = tmp_path_factory.mktemp("crossing")
+    spec = CohortSpec(
+        n_videos=1,
+        seed=3,
+        seconds=2.0,
+        fps=15.0,
+        n_second_person=1,
+        second_person_path="crossing",
+        motions=("squat",),
+    )
+    (entry,) = generate_cohort(root, spec)
+    assert entry.gt is not None and "crossing" in entry.flags
+    truth = read_ground_truth(entry.gt)
+    assert truth.second_present.all()
+    # similar size: the walker is 0.4-0.7 m nearer, so 1.1-1.3x the subject's image height
+    ratio = np.ptp(truth.second_kp2d_px[..., 1], axis=1) / np.ptp(truth.kp2d_px[..., 1], axis=1)
+    assert 0.8 < np.median(ratio) < 1.6
+    # within 1 px of one person's truth means that person: the two are never closer than 10 px (median joint)
+    apart = np.nanmedian(np.linalg.norm(truth.kp2d_px - truth.second_kp2d_px, axis=-1), axis=1)
+    assert apart.min() > 10.0
+    info = probe(str(entry.video))
+    spy = Spy(markers)
+    detections = detect_all(str(entry.video), spy, truth.intrinsics, 16)  # type: ignore[arg-type]
+    # the scene: two people apart at first, one box while the walker covers the subject, two again at the end
+    assert spy.people[0] == 2 and spy.people[-1] == 2 and 1 in spy.people
+
+    names = list(markers.joint_names)
+    order = [names.index(n) for n in truth.joint_names]
+
+    def per_row_error(kp: np.ndarray, frames: np.ndarray, person: np.ndarray) -> np.ndarray:
+        return np.nanmedian(np.linalg.norm(kp[:, order] - person[frames], axis=-1), axis=1)
+
+    def who(tracks: pa.Table) -> dict[int, str]:
+        """Each track's person, after checking every row of it is within 1 px of that person's truth."""
+        _, p = read_tracks_arrays(tracks)
+        out = {}
+        for tid in np.unique(p["track_id"]):
+            rows = p["track_id"] == tid
+            to_main = per_row_error(p["kp2d_px"][rows], p["frame"][rows], truth.kp2d_px)
+            to_other = per_row_error(p["kp2d_px"][rows], p["frame"][rows], truth.second_kp2d_px)
+            if (to_main <= 1.0).all():
+                out[int(tid)] = "subject"
+            elif (to_other <= 1.0).all():
+                out[int(tid)] = "walker"
+            else:
+                raise AssertionError(
+                    f"track {tid} mixes the two people: {to_main.round(1)} / {to_other.round(1)}"
+                )
+        return out
+
+    # default gap (15 frames): the subject, hidden for longer, comes back on a new track, never on the walker's
+    default = pose_tables(detections, markers, truth.intrinsics, PoseParams(), info)
+    assert sorted(who(default.tracks).values()) == ["subject", "subject", "walker"]
+
+    # a gap allowance longer than the occlusion: one track per person
+    params = PoseParams(tracker=TrackerConfig(max_gap_frames=30))
+    tables = pose_tables(detections, markers, truth.intrinsics, params, info)
+    people = who(tables.tracks)
+    assert sorted(people.values()) == ["subject", "walker"]
+    meta, _ = read_arrays(tables.keypoints)
+    walker = next(t for t, p in people.items() if p == "walker")
+    subject = next(t for t, p in people.items() if p == "subject")
+    # "longest" takes the walker here: it is in view in all 30 frames, the subject only where it is not covered
+    assert meta.subject_track_id == walker and meta.frames_detected == 30
+    summary = {t["track_id"]: t for t in meta.tracks}
+    assert summary[walker]["frames_detected"] == 30 > summary[subject]["frames_detected"]
+
+    # the user picks the other person from tracks.parquet, without the models
+    chosen = subject_from_tracks(tables.tracks, subject)
+    m, a = read_arrays(chosen)
+    assert m.subject_track_id == subject and m.frames_detected == summary[subject]["frames_detected"]
+    seen = np.isfinite(a["kp2d_px"][..., 0]).any(-1)
+    assert seen.tolist() == [n == 2 for n in spy.people]  # found exactly where it was not covered
+    assert m.coverage == pytest.approx(seen.mean()) and m.coverage < 0.5  # flagged as low coverage by a run
+    frames = np.flatnonzero(seen)
+    assert (per_row_error(a["kp2d_px"][seen], frames, truth.kp2d_px) <= 1.0).all()
+    assert (per_row_error(a["kp2d_px"][seen], frames, truth.second_kp2d_px) > 10.0).all()
+    assert (a["conf"][~seen] == 0).all() and np.isnan(a["kp2d_px"][~seen]).all()
+
+
+def test_subject_command_switches_to_another_person(
+    model_set: ModelSet, videos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from mocapflow.cli import app
+
+    store = Store(str(tmp_path / "store"))
+    first = run_pose(
+        str(videos["walk"]), ScriptedEstimator(model_set, ThreadConfig(1), walk_script), store, PoseParams()
+    )
+    monkeypatch.setenv("MOCAPFLOW_STORAGE_ROOT", str(tmp_path / "store"))
+    monkeypatch.setenv("COLUMNS", "400")
+    path = str(tmp_path / "store" / first.key)
+    out = CliRunner().invoke(app, ["subject", path, "--track", "1"])
+    assert out.exit_code == 0, out.output
+    assert "subject 1: found in 3 of 23 frames (13 %)" in out.output
+    params = PoseParams(tracker=TrackerConfig(subject=1)).key_params(fov_intrinsics(55.0))
+    key = keypoints_key(first.video_sha256, first.model_id, params)
+    assert store.is_committed(key.rsplit("/", 1)[0])
+    assert read_arrays(store.read_table(key))[0].subject_track_id == 1
+    bad = CliRunner().invoke(app, ["subject", path, "--track", "9"])
+    assert bad.exit_code == 1 and "subject track 9 does not exist; this video has tracks [0, 1]" in bad.output

@@ -509,7 +509,32 @@ def test_second_person_enters_with_a_second_set_of_discs(second):
     assert overlap[present].mean() < 0.5
 
 
+def test_crossing_second_person_passes_in_front_of_the_subject(tmp_path):
+    (entry,) = generate_cohort(
+        tmp_path,
+        CohortSpec(
+            n_videos=1,
+            seed=5,
+            seconds=1.0,
+            fps=10.0,
+            n_second_person=1,
+            second_person_path="crossing",
+            motions=("squat",),
+        ),
+    )
+    gt = read_ground_truth(entry.gt)
+    assert "crossing" in entry.flags and gt.meta["second_subject"]["path"] == "crossing"
+    assert gt.second_present.all()  # already in view at the start: a 1-2 s clip shows the whole crossing
+    depth = np.median(gt.kp3d_mm[..., 2], axis=1)
+    depth2 = np.median(gt.second_kp3d_mm[..., 2], axis=1)
+    assert np.all((depth - depth2 > 350) & (depth - depth2 < 750))  # 0.4-0.7 m nearer the camera (+ motion)
+    side = np.sign(np.median(gt.second_kp2d_px[..., 0], axis=1) - np.median(gt.kp2d_px[..., 0], axis=1))
+    assert side[0] == -side[-1] != 0  # on one side of the subject at the start, on the other at the end
+
+
 def test_spec_refuses_what_it_cannot_make():
+    with pytest.raises(ValueError, match="second_person_path"):
+        CohortSpec(n_videos=1, second_person_path="sideways")
     with pytest.raises(ValueError, match="even"):
         CohortSpec(n_videos=1, width=321)
     with pytest.raises(ValueError, match="n_second_person"):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from mocapflow.pose.tracking import (
+    SubjectTrackError,
     TrackerConfig,
     box_iou,
     choose_subject,
     clean_joints,
     link_tracks,
+    subject_from_people,
+    track_people,
     track_subject,
 )
 from models.runtime import FrameDetections
@@ -113,6 +118,49 @@ def test_subject_rules_choose_by_their_criterion() -> None:
     assert dets[0].boxes[central.det_index[0], 0] == pytest.approx(300.0)
     with pytest.raises(ValueError, match="image size"):
         choose_subject(tracks, dets, "central")
+    # a given track id
+    given = choose_subject(tracks, dets, 1)
+    assert given is not None and given.track_id == 1
+    with pytest.raises(
+        SubjectTrackError, match=r"subject track 5 does not exist; this video has tracks \[0, 1\]"
+    ):
+        choose_subject(tracks, dets, 5)
+    for bad in (-1, "track:1", True, 1.0):
+        with pytest.raises(ValueError, match="is unknown"):
+            TrackerConfig(subject=bad)  # type: ignore[arg-type]
+
+
+def test_every_person_is_kept_and_summarised() -> None:
+    # A (small, central) in frames 0-9; B (large, right) in frames 2-5 with a score above 1 (clipped)
+    dets = [
+        frame(
+            *(
+                [person(320, 240, w=40, h=100)]
+                + ([person(560, 200, w=100, h=256, score=1.5)] if 2 <= t <= 5 else [])
+            )
+        )
+        for t in range(10)
+    ]
+    result = track_people(dets, J, TrackerConfig(subject=1), image_size=(640, 480))
+    assert result.subject_track_id == 1
+    a, b = result.summaries
+    assert (a.track_id, a.first_frame, a.last_frame, a.frames_detected) == (0, 0, 9, 10)
+    assert (b.track_id, b.first_frame, b.last_frame, b.frames_detected) == (1, 2, 5, 4)
+    assert a.mean_box_px == pytest.approx(math.sqrt(40 * 100)) and b.mean_box_px == pytest.approx(160.0)
+    assert a.centre_offset == pytest.approx(math.hypot(0.5, 0.5) / 800.0)
+    assert b.centre_offset == pytest.approx(math.hypot(240.5, 39.5) / 800.0)
+    assert (a.mean_score, b.mean_score) == (pytest.approx(0.9), 1.0)
+    people = result.people
+    assert people.track_id.tolist() == [0] * 10 + [1] * 4
+    assert people.frame.tolist() == list(range(10)) + [2, 3, 4, 5]
+    np.testing.assert_array_equal(people.kp2d_px[10], person(560, 200, w=100, h=256)["kp2d"])
+    # the subject is B: its frames only, "no subject" elsewhere (not bridged: outside its track)
+    assert result.subject.track_id.tolist() == [-1, -1, 1, 1, 1, 1, -1, -1, -1, -1]
+    np.testing.assert_array_equal(result.subject.box[2:6], people.box[10:])
+    # the same subject taken from the people's rows
+    again = subject_from_people(people, 1, 10)
+    for name in ("kp2d_px", "kp3d_mm", "conf", "box", "box_score", "track_id", "bridged"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(result.subject, name), err_msg=name)
 
 
 def test_empty_frames_and_no_people_at_all() -> None:
@@ -148,3 +196,48 @@ def test_detections_with_zero_score_or_broken_box_are_ignored() -> None:
     good = person(500, 240)
     out = track_subject([frame(bad, broken, good)] * 3, J, TrackerConfig())
     np.testing.assert_array_equal(out.box, np.stack([good["box"]] * 3))
+
+
+def crossing(t: int) -> FrameDetections:
+    """A stands at x=300; B, as big, walks in front of A from x=60 to x=540 (16 px/frame, frames 0-30). Where they
+    overlap (|xB - 300| < 100) the detector returns one box around both, with B's keypoints (B is in front)."""
+    a, b = person(300, 240), person(60 + 16 * t, 250, h=170)
+    if abs(b["box"][0] + 30 - 300) >= 100:
+        return frame(a, b) if t % 2 else frame(b, a)  # detection order varies
+    both = dict(b)
+    both["box"] = np.concatenate(
+        [np.minimum(a["box"][:2], b["box"][:2]), np.maximum(a["box"][2:], b["box"][2:])]
+    )
+    return frame(both)
+
+
+def test_two_people_crossing_never_swap_tracks() -> None:
+    dets = [crossing(t) for t in range(31)]
+    covered = [t for t in range(31) if dets[t].n == 1]
+    assert covered == list(range(9, 22))  # 13 frames
+
+    def person_of(tracks: list) -> list[str]:
+        out = []
+        for tr in tracks:
+            kp = np.stack([dets[f].kp2d[d] for f, d in zip(tr.frames, tr.det_index, strict=True)])
+            is_a = np.isclose(kp[:, 1, 0], 300.0) & np.isclose(
+                kp[:, 1, 1], 240.0
+            )  # A's hip; B's is 10 px lower
+            assert is_a.all() or not is_a.any(), f"track {tr.track_id} mixes A and B"
+            out.append("A" if is_a.all() else "B")
+        return out
+
+    # A hidden for 13 frames: bridged with a gap allowance of 13, a new track for A with 12, never B's track
+    tracks = link_tracks(dets, TrackerConfig(max_gap_frames=13))
+    assert person_of(tracks) == ["A", "B"] or person_of(tracks) == ["B", "A"]
+    a_track = tracks[person_of(tracks).index("A")]
+    assert a_track.frames.tolist() == [t for t in range(31) if t not in covered]
+    short = link_tracks(dets, TrackerConfig(max_gap_frames=12))
+    assert sorted(person_of(short)) == ["A", "A", "B"]
+    # B is in every frame, so "longest" is B; the subject rule by track id gives A, missing while covered
+    result = track_people(dets, J, TrackerConfig(max_gap_frames=13), image_size=(640, 480))
+    assert person_of([tracks[result.subject_track_id]]) == ["B"]
+    a_id = a_track.track_id
+    sub = subject_from_people(result.people, a_id, 31)
+    assert np.isnan(sub.kp2d_px[covered]).all() and sub.bridged[covered].all()
+    np.testing.assert_array_equal(sub.kp2d_px[30], person(300, 240)["kp2d"])

@@ -1,7 +1,10 @@
-"""The pose stage for one video (pure core): decode in batches, estimate, track the subject, write one table.
+"""The pose stage for one video (pure core): decode in batches, estimate, track every person, write two tables.
 
-Per-frame detections are collected in a list and turned into arrays once at the end; the keypoints table is written
-in one put under ``keypoints_key(video sha256, model id, params)`` and committed with ``_SUCCESS.json`` after it.
+Per-frame detections are collected in a list and turned into arrays once at the end; the subject's keypoints table
+is written in one put under ``keypoints_key(video sha256, model id, params)``, every person's tracks in one put under
+the same key with ``tracks/`` for ``keypoints/`` (:func:`tracks_key`, a dataset of its own), and each prefix is
+committed with ``_SUCCESS.json`` after the data, the keypoints prefix last. :func:`subject_from_tracks`
+takes another subject from ``tracks.parquet`` without running the models.
 The intrinsics come from the caller (a cohort manifest), else from ``<video stem>.camera.json`` beside the video,
 else from the default field of view; the SAME object goes into the table (and its key) for the fit.
 """
@@ -19,9 +22,24 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from mocapflow.camera import Intrinsics
-from mocapflow.keypoints import KeypointsMeta, build_table
-from mocapflow.pose.tracking import TrackerConfig, track_subject
-from mocapflow.store import keypoints_key, keypoints_prefix
+from mocapflow.keypoints import (
+    SCHEMA_VERSION,
+    KeypointsMeta,
+    build_table,
+    build_tracks_table,
+    read_tracks_arrays,
+)
+from mocapflow.pose.tracking import (
+    PeopleArrays,
+    SubjectArrays,
+    SubjectRule,
+    TrackerConfig,
+    TrackSummary,
+    choose_from_summaries,
+    subject_from_people,
+    track_people,
+)
+from mocapflow.store import KeyNotFoundError, keypoints_key, keypoints_prefix
 from mocapflow.video import VideoError, VideoInfo, iter_batches, local_copy, probe
 
 if TYPE_CHECKING:
@@ -33,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 SIDECAR_SUFFIX = ".camera.json"
+TRACKS_FILE = "tracks.parquet"
 
 
 class CameraError(ValueError):
@@ -63,8 +82,13 @@ class PoseParams:
         )
 
     def key_params(self, intrinsics: Intrinsics) -> dict[str, Any]:
-        """The parameters recorded in the table and hashed into its key."""
-        return {"tracker": self.tracker.to_params(), "intrinsics": intrinsics.to_dict()}
+        """The parameters recorded in the table and hashed into its key (with the table's schema version, so a
+        store written by older code is not taken for this code's output)."""
+        return {
+            "tracker": self.tracker.to_params(),
+            "intrinsics": intrinsics.to_dict(),
+            "keypoints_schema": SCHEMA_VERSION,
+        }
 
 
 @dataclass(frozen=True)
@@ -81,6 +105,10 @@ class PoseResult:
     seconds: float
     frames: int
     fps_processed: float
+    frames_detected: int = 0  # frames where the subject was found (coverage = frames_detected / frames)
+    coverage: float = 0.0
+    tracks_uri: str = ""
+    n_tracks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,39 +215,15 @@ def detect_all(
     return detections
 
 
-def estimate_keypoints(
-    video_path: str,
-    estimator: PoseEstimator,
-    intrinsics: Intrinsics,
-    params: PoseParams,
-    info: VideoInfo | None = None,
-    decode_threads: int | None = None,
-    on_progress: ProgressCallback | None = None,
-) -> pa.Table:
-    """The keypoints table of the subject in a local video (probed here unless ``info`` is given)."""
-    info = info or probe(video_path)
-    detections = detect_all(
-        video_path, estimator, intrinsics, params.batch_size, info.n_frames, decode_threads, on_progress
-    )
-    n_joints = len(estimator.joint_names)
-    subject = track_subject(detections, n_joints, params.tracker, image_size=(info.width, info.height))
-    if len(detections) != info.n_frames:
-        logger.info(
-            "%s: decoded %d frames, the container says %d", video_path, len(detections), info.n_frames
-        )
-    meta = KeypointsMeta(
-        video_sha256=info.sha256,
-        fps=info.fps,
-        width=info.width,
-        height=info.height,
-        n_frames=len(detections),
-        intrinsics=intrinsics,
-        joint_names=tuple(estimator.joint_names),
-        joint_edges=tuple(tuple(e) for e in estimator.joint_edges),
-        model_id=estimator.model_set.id,
-        model_name=estimator.model_set.manifest.name,
-        params=params.key_params(intrinsics),
-    )
+@dataclass(frozen=True)
+class PoseTables:
+    """The subject's keypoints table and every person's tracks table of one video."""
+
+    keypoints: pa.Table
+    tracks: pa.Table
+
+
+def _subject_table(subject: SubjectArrays, meta: KeypointsMeta) -> pa.Table:
     # The table ties track_id to the box (-1 exactly where the box is NaN), so bridged frames, which have no box,
     # are written with -1; the tracker's own arrays keep the subject's id on them.
     track_id = subject.track_id.copy()
@@ -235,6 +239,122 @@ def estimate_keypoints(
         track_id,
         meta,
     )
+
+
+def _people_table(people: PeopleArrays, meta: KeypointsMeta) -> pa.Table:
+    return build_tracks_table(
+        people.frame,
+        people.kp2d_px,
+        people.kp3d_mm,
+        people.conf,
+        people.box,
+        people.box_score,
+        people.track_id,
+        meta,
+    )
+
+
+def estimate_people(
+    video_path: str,
+    estimator: PoseEstimator,
+    intrinsics: Intrinsics,
+    params: PoseParams,
+    info: VideoInfo | None = None,
+    decode_threads: int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> PoseTables:
+    """The subject's keypoints table and every person's tracks table of a local video (probed unless ``info``)."""
+    info = info or probe(video_path)
+    detections = detect_all(
+        video_path, estimator, intrinsics, params.batch_size, info.n_frames, decode_threads, on_progress
+    )
+    if len(detections) != info.n_frames:
+        logger.info(
+            "%s: decoded %d frames, the container says %d", video_path, len(detections), info.n_frames
+        )
+    return pose_tables(detections, estimator, intrinsics, params, info)
+
+
+def pose_tables(
+    detections: list[FrameDetections],
+    estimator: PoseEstimator,
+    intrinsics: Intrinsics,
+    params: PoseParams,
+    info: VideoInfo,
+) -> PoseTables:
+    """Track every person in a video's detections (one per decoded frame) and build its two tables."""
+    n_joints = len(estimator.joint_names)
+    try:
+        found = track_people(detections, n_joints, params.tracker, image_size=(info.width, info.height))
+    except ValueError as e:
+        raise type(e)(f"video {info.uri}: {e}") from e
+    meta = KeypointsMeta(
+        video_sha256=info.sha256,
+        fps=info.fps,
+        width=info.width,
+        height=info.height,
+        n_frames=len(detections),
+        intrinsics=intrinsics,
+        joint_names=tuple(estimator.joint_names),
+        joint_edges=tuple(tuple(e) for e in estimator.joint_edges),
+        model_id=estimator.model_set.id,
+        model_name=estimator.model_set.manifest.name,
+        params=params.key_params(intrinsics),
+        subject_track_id=found.subject_track_id,
+        tracks=tuple(t.to_dict() for t in found.summaries),
+    )
+    keypoints = _subject_table(found.subject, meta)
+    tracks = _people_table(found.people, KeypointsMeta.from_metadata(keypoints.schema.metadata))
+    return PoseTables(keypoints, tracks)
+
+
+def estimate_keypoints(
+    video_path: str,
+    estimator: PoseEstimator,
+    intrinsics: Intrinsics,
+    params: PoseParams,
+    info: VideoInfo | None = None,
+    decode_threads: int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> pa.Table:
+    """The keypoints table of the subject in a local video (probed here unless ``info`` is given)."""
+    return estimate_people(
+        video_path, estimator, intrinsics, params, info, decode_threads, on_progress
+    ).keypoints
+
+
+def subject_from_tracks(tracks: pa.Table, subject: SubjectRule) -> pa.Table:
+    """The keypoints table the pose stage would have written with subject rule ``subject`` (a rule name or a track
+    id), taken from the video's ``tracks.parquet`` without running the models. Its metadata's ``params`` record the
+    new rule, so :func:`keypoints_key` of them is where a run with that rule would store it.
+
+    Raises :class:`mocapflow.pose.tracking.SubjectTrackError` when the video has no such track.
+    """
+    meta, a = read_tracks_arrays(tracks)
+    tracker_params = dict(meta.params.get("tracker", {}))
+    config = TrackerConfig(**{**tracker_params, "subject": subject})
+    summaries = [TrackSummary.from_dict(t) for t in meta.tracks]
+    chosen = choose_from_summaries(summaries, config.subject, config.min_subject_fraction)
+    people = PeopleArrays(
+        a["frame"], a["kp2d_px"], a["kp3d_mm"], a["conf"], a["box"], a["box_score"], a["track_id"]
+    )
+    chosen_id = None if chosen is None else chosen.track_id
+    arrays = subject_from_people(people, chosen_id, meta.n_frames)
+    new_meta = dataclasses.replace(
+        meta,
+        params={**meta.params, "tracker": config.to_params()},
+        subject_track_id=chosen_id,
+        frames_detected=None,
+    )
+    return _subject_table(arrays, new_meta)
+
+
+def tracks_key(keypoints_key: str) -> str:
+    """``tracks/model=<id>/video=<sha256>/params=<hash>/tracks.parquet`` for the keypoints table at ``keypoints_key``:
+    the same content key under its own top-level folder, so ``keypoints/`` and ``tracks/`` each read as one dataset."""
+    if not keypoints_key.startswith("keypoints/"):
+        raise ValueError(f"{keypoints_key!r} is not a keypoints key (keypoints/model=.../keypoints.parquet)")
+    return f"tracks/{keypoints_key.removeprefix('keypoints/').rsplit('/', 1)[0]}/{TRACKS_FILE}"
 
 
 @contextlib.contextmanager
@@ -273,25 +393,43 @@ def run_pose(
         intr = resolve_intrinsics(
             video_uri, info.width, info.height, params.default_fov_deg, intrinsics, storage_options
         )
-        table = estimate_keypoints(path, estimator, intr, params, info, decode_threads, on_progress)
+        tables = estimate_people(path, estimator, intr, params, info, decode_threads, on_progress)
+    table = tables.keypoints
+    meta = KeypointsMeta.from_metadata(table.schema.metadata)
     model_id = estimator.model_set.id
     key_params = params.key_params(intr)
     key = keypoints_key(info.sha256, model_id, key_params)
     report = store.write_table(key, table)
+    people_key = tracks_key(key)
+    people_report = store.write_table(people_key, tables.tracks)
     seconds = time.perf_counter() - t0
+    inputs = {
+        "video": video_uri,
+        "video_sha256": info.sha256,
+        "model_id": model_id,
+        "model_name": estimator.model_set.manifest.name,
+        "params": key_params,
+    }
+    store.commit(
+        people_key.rsplit("/", 1)[0],
+        {
+            "rows": tables.tracks.num_rows,
+            "bytes": people_report.bytes,
+            "n_tracks": len(meta.tracks),
+            "inputs": inputs,
+        },
+    )
     store.commit(
         keypoints_prefix(info.sha256, model_id, key_params),
         {
             "rows": table.num_rows,
             "bytes": report.bytes,
             "seconds": seconds,
-            "inputs": {
-                "video": video_uri,
-                "video_sha256": info.sha256,
-                "model_id": model_id,
-                "model_name": estimator.model_set.manifest.name,
-                "params": key_params,
-            },
+            "n_frames": meta.n_frames,
+            "frames_detected": meta.frames_detected,
+            "coverage": meta.coverage,
+            "tracks": {**people_report.to_dict(), "n_tracks": len(meta.tracks)},
+            "inputs": inputs,
         },
     )
     frames = table.num_rows
@@ -306,8 +444,97 @@ def run_pose(
         seconds=seconds,
         frames=frames,
         fps_processed=frames / seconds if seconds > 0 else float("inf"),
+        frames_detected=meta.frames_detected or 0,
+        coverage=meta.coverage or 0.0,
+        tracks_uri=people_report.uri,
+        n_tracks=len(meta.tracks),
     )
     logger.info(
-        "pose %s: %d frames in %.2f s (%.1f fps) -> %s", video_uri, frames, seconds, result.fps_processed, key
+        "pose %s: %d frames in %.2f s (%.1f fps), subject found in %d (%.0f %%), %d people -> %s",
+        video_uri,
+        frames,
+        seconds,
+        result.fps_processed,
+        result.frames_detected,
+        100.0 * result.coverage,
+        result.n_tracks,
+        key,
     )
     return result
+
+
+def switch_subject(store: Store, keypoints_key_: str, subject: SubjectRule) -> PoseResult:
+    """Write the keypoints (and tracks) table of another subject of an already processed video, from its committed
+    ``tracks.parquet``, under the key a pose run with rule ``subject`` would use; no model runs. The fit then takes
+    the new table like any other. Raises KeyNotFoundError if the video's pose output is not committed."""
+    t0 = time.perf_counter()
+    source_prefix = keypoints_key_.rsplit("/", 1)[0]
+    if not store.is_committed(source_prefix) or not store.is_committed(
+        tracks_key(keypoints_key_).rsplit("/", 1)[0]
+    ):
+        raise KeyNotFoundError(
+            f"{keypoints_key_}: no committed pose output with tracks here; run the pose stage with this code first"
+        )
+    tracks = store.read_table(tracks_key(keypoints_key_))
+    table = subject_from_tracks(tracks, subject)
+    meta = KeypointsMeta.from_metadata(table.schema.metadata)
+    _, a = read_tracks_arrays(tracks)
+    people = build_tracks_table(
+        a["frame"], a["kp2d_px"], a["kp3d_mm"], a["conf"], a["box"], a["box_score"], a["track_id"], meta
+    )
+    key = keypoints_key(meta.video_sha256, meta.model_id, meta.params)
+    report = store.write_table(key, table)
+    people_report = store.write_table(tracks_key(key), people)
+    inputs = {
+        "video_sha256": meta.video_sha256,
+        "model_id": meta.model_id,
+        "params": meta.params,
+        "switched_from": keypoints_key_,
+    }
+    store.commit(
+        tracks_key(key).rsplit("/", 1)[0],
+        {
+            "rows": people.num_rows,
+            "bytes": people_report.bytes,
+            "n_tracks": len(meta.tracks),
+            "inputs": inputs,
+        },
+    )
+    seconds = time.perf_counter() - t0
+    store.commit(
+        key.rsplit("/", 1)[0],
+        {
+            "rows": table.num_rows,
+            "bytes": report.bytes,
+            "seconds": seconds,
+            "n_frames": meta.n_frames,
+            "frames_detected": meta.frames_detected,
+            "coverage": meta.coverage,
+            "tracks": {**people_report.to_dict(), "n_tracks": len(meta.tracks)},
+            "inputs": inputs,
+        },
+    )
+    logger.info(
+        "subject %s of %s -> %s (found in %d of %d frames)",
+        subject,
+        keypoints_key_,
+        key,
+        meta.frames_detected or 0,
+        meta.n_frames,
+    )
+    return PoseResult(
+        video=keypoints_key_,
+        video_sha256=meta.video_sha256,
+        model_id=meta.model_id,
+        key=key,
+        uri=report.uri,
+        rows=table.num_rows,
+        bytes=report.bytes,
+        seconds=seconds,
+        frames=table.num_rows,
+        fps_processed=table.num_rows / seconds if seconds > 0 else float("inf"),
+        frames_detected=meta.frames_detected or 0,
+        coverage=meta.coverage or 0.0,
+        tracks_uri=people_report.uri,
+        n_tracks=len(meta.tracks),
+    )

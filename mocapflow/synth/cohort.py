@@ -46,7 +46,7 @@ from mocapflow.synth.render import (
     h264_writer,
     to_uint8,
 )
-from mocapflow.synth.scene import place_camera, second_person_path
+from mocapflow.synth.scene import crossing_path, place_camera, second_person_path
 from mocapflow.synth.subjects import STATURE_RANGE_M, Subject, sample_subject
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_CSV = "cohort.csv"
 MANIFEST_PARQUET = "cohort.parquet"
 CORRUPT_KINDS = ("truncated", "garbage")
+SECOND_PERSON_PATHS = ("behind", "crossing")
 
 # SeedSequence entropy tags: independent streams for the cohort plan, the subjects and the videos
 _PLAN, _SUBJECT, _VIDEO, _CORRUPT = 0, 1, 2, 3
@@ -71,6 +72,9 @@ class CohortSpec:
     height: int = 480
     noise_sigma: float = 0.0  # Gaussian image noise, grey levels
     n_second_person: int = 0  # how many of the videos show a second person
+    # how the second person walks: "behind" (1-2.5 m behind the subject, in and out of one side of the image) or
+    # "crossing" (across the image 0.4-0.7 m in front of the subject, passing it at mid-clip, similar size)
+    second_person_path: str = "behind"
     dropped_fraction: float = 0.0  # fraction of frames of every video that are blank (background only)
     n_corrupt: int = 0
     textured: bool = False
@@ -93,6 +97,10 @@ class CohortSpec:
             problems.append(f"need fps > 0 and at least 2 frames, got fps={self.fps}, seconds={self.seconds}")
         if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
             problems.append(f"frame size must be even and >= 16 px (yuv420p), got {self.width}x{self.height}")
+        if self.second_person_path not in SECOND_PERSON_PATHS:
+            problems.append(
+                f"second_person_path must be one of {SECOND_PERSON_PATHS}, got {self.second_person_path!r}"
+            )
         if not 0.0 <= self.dropped_fraction <= 1.0:
             problems.append(f"dropped_fraction must be in [0, 1], got {self.dropped_fraction}")
         if self.noise_sigma < 0:
@@ -188,6 +196,8 @@ def _flags(spec: CohortSpec, second: bool) -> tuple[str, ...]:
     flags = []
     if second:
         flags.append("second_person")
+        if spec.second_person_path == "crossing":
+            flags.append("crossing")
     if spec.noise_sigma > 0:
         flags.append("noise")
     if spec.dropped_fraction > 0:
@@ -242,11 +252,19 @@ def _render_video(
         subject2 = sample_subject(
             fk, rng_second, f"{subject.subject_id}_b", stature_range_m=spec.stature_range_m
         )
-        path = second_person_path(main.cam_m, intr, extr, rng_second, spec.seconds, DISC_RADIUS_M)
+        if spec.second_person_path == "crossing":
+            path = crossing_path(main.cam_m, extr, rng_second, spec.seconds)
+        else:
+            path = second_person_path(main.cam_m, intr, extr, rng_second, spec.seconds, DISC_RADIUS_M)
         motion2 = generate_motion(fk, "walking", subject2, n, spec.fps, rng_second, walk_path=path)
         world2 = _markers_world(fk, motion2.q, subject2, marker_idx)
         second = _Person(subject2, motion2.q, extr.apply(world2))
-        second_meta = {**subject2.to_dict(model), "motion": "walking", "motion_params": motion2.params}
+        second_meta = {
+            **subject2.to_dict(model),
+            "motion": "walking",
+            "motion_params": motion2.params,
+            "path": spec.second_person_path,
+        }
 
     # projection, image radii and centre visibility of every disc (both people together)
     people = [main] if second is None else [main, second]

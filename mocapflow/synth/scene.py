@@ -163,3 +163,44 @@ def second_person_path(
         legs=2,
         accel_s=accel,
     )
+
+
+def crossing_path(
+    main_cam_m: NDArray[np.float64],
+    extrinsics: Extrinsics,
+    rng: np.random.Generator,
+    clip_s: float,
+) -> WalkPath:
+    """A walk across the image in front of the main subject, passing it at mid-clip at a similar image size.
+
+    The second person walks 0.4-0.7 m nearer the camera than the main subject's median depth (so it covers the
+    subject while they overlap, at 1.1-1.3x its image size), along the image's horizontal axis from a random side,
+    at 1.5-1.9 m/s (a brisk walk), already at full speed at t = 0, and its pelvis passes the subject's mid-clip pelvis position
+    (camera x) at 40-60 % of the clip. With a short clip it starts and ends inside the image.
+    """
+    z = main_cam_m[..., 2]
+    depth = float(np.median(z)) - float(rng.uniform(0.4, 0.7))
+    mid = main_cam_m[main_cam_m.shape[0] // 2].mean(axis=0)  # mean of the subject's markers at mid-clip
+    x_c = float(mid[0]) * depth / float(mid[2])  # same image column at the walker's depth
+    out = float(rng.choice([-1.0, 1.0]))  # the walk goes along camera -x (out=-1) or +x
+    speed = float(rng.uniform(1.5, 1.9))
+    accel = 0.5
+    meet_s = float(rng.uniform(0.4, 0.6)) * clip_s
+    # already under way at t = 0: the ramp (speed * accel / 2 m) ends at t = 0, then full speed
+    before = speed * accel / 2 + speed * meet_s
+    x_a = x_c - out * before
+    length = before + speed * (clip_s - meet_s) + 1.0  # still walking when the clip ends
+    x_b = x_a + out * length
+    a_w, b_w = (extrinsics.R.T @ (np.array([x, 0.0, depth]) - extrinsics.t) for x in (x_a, x_b))
+    d = np.array([b_w[0] - a_w[0], b_w[2] - a_w[2]])
+    heading = math.atan2(-d[1], d[0])
+    clamped = math.copysign(min(max(abs(heading), MIN_HEADING), math.pi - MIN_HEADING), heading)
+    return WalkPath(
+        start_xz=(float(a_w[0]), float(a_w[2])),
+        heading=clamped,
+        length_m=float(np.linalg.norm(d)),
+        speed_mps=speed,
+        start_s=-accel,
+        legs=1,
+        accel_s=accel,
+    )

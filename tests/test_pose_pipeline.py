@@ -612,3 +612,15 @@ def test_subject_command_switches_to_another_person(
     assert read_arrays(store.read_table(key))[0].subject_track_id == 1
     bad = CliRunner().invoke(app, ["subject", path, "--track", "9"])
     assert bad.exit_code == 1 and "subject track 9 does not exist; this video has tracks [0, 1]" in bad.output
+
+
+def test_test_time_augmentation_is_part_of_the_key_only_when_used() -> None:
+    intr = fov_intrinsics(55.0)
+    single = PoseParams().key_params(intr)
+    assert "test_time_augmentation" not in single
+    assert PoseParams(test_time_augmentation=1).key_params(intr) == single
+    five = PoseParams(test_time_augmentation=5).key_params(intr)
+    assert five["test_time_augmentation"] == 5
+    assert keypoints_key("a" * 64, "0" * 16, five) != keypoints_key("a" * 64, "0" * 16, single)
+    with pytest.raises(ValueError, match="test_time_augmentation"):
+        PoseParams(test_time_augmentation=0)

@@ -60,14 +60,17 @@ class CameraError(ValueError):
 
 @dataclass(frozen=True)
 class PoseParams:
-    """What the pose stage needs besides the video and the model. Only ``tracker`` and the intrinsics change the
-    output, so only they go into the storage key (:meth:`key_params`); the batch size does not."""
+    """What the pose stage needs besides the video and the model. The tracker, the intrinsics and the test-time
+    augmentation change the output, so they go into the storage key (:meth:`key_params`); the batch size does not."""
 
     batch_size: int = 32
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     default_fov_deg: float = 55.0
+    test_time_augmentation: int = 1  # crops per detection where the model set supports it (metrabs)
 
     def __post_init__(self) -> None:
+        if self.test_time_augmentation < 1:
+            raise ValueError(f"test_time_augmentation must be >= 1, got {self.test_time_augmentation}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 1.0 < self.default_fov_deg < 179.0:
@@ -79,16 +82,20 @@ class PoseParams:
             batch_size=settings.batch_size,
             tracker=TrackerConfig(max_gap_frames=settings.max_gap_frames, subject=settings.subject_track),
             default_fov_deg=settings.default_fov_deg,
+            test_time_augmentation=settings.test_time_augmentation,
         )
 
     def key_params(self, intrinsics: Intrinsics) -> dict[str, Any]:
         """The parameters recorded in the table and hashed into its key (with the table's schema version, so a
         store written by older code is not taken for this code's output)."""
-        return {
+        params: dict[str, Any] = {
             "tracker": self.tracker.to_params(),
             "intrinsics": intrinsics.to_dict(),
             "keypoints_schema": SCHEMA_VERSION,
         }
+        if self.test_time_augmentation > 1:  # keys of single-crop runs stay as they were
+            params["test_time_augmentation"] = self.test_time_augmentation
+        return params
 
 
 @dataclass(frozen=True)

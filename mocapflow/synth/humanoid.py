@@ -70,6 +70,7 @@ from mocapflow.synth.raycast import (
     round_cone,
     shade,
 )
+from models.blazepose.skeleton import JOINT_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -109,41 +110,7 @@ SHIRT = (
 TROUSERS = ((48, 70, 112), (34, 34, 38), (168, 148, 108), (92, 92, 98), (30, 40, 72), (100, 72, 46))
 SHOES = ((226, 226, 222), (30, 30, 32), (92, 56, 32), (168, 40, 40), (110, 110, 114))
 
-BLAZEPOSE_NAMES: tuple[str, ...] = (
-    "nose",
-    "left_eye_inner",
-    "left_eye",
-    "left_eye_outer",
-    "right_eye_inner",
-    "right_eye",
-    "right_eye_outer",
-    "left_ear",
-    "right_ear",
-    "mouth_left",
-    "mouth_right",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_pinky",
-    "right_pinky",
-    "left_index",
-    "right_index",
-    "left_thumb",
-    "right_thumb",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-    "left_heel",
-    "right_heel",
-    "left_foot_index",
-    "right_foot_index",
-)
+BLAZEPOSE_NAMES: tuple[str, ...] = JOINT_NAMES  # the ground truth names its landmarks as BlazePose does
 
 # How deep below the skin each landmark lies (m): joint centres are inside the limb, face points on the skin.
 LANDMARK_DEPTH_M: dict[str, float] = {
@@ -249,7 +216,7 @@ def sample_humanoid(rng: np.random.Generator, subject_id: str, stature_m: float)
     d["trunk"] = PROPORTIONS["trunk"] * h * f(0.03)
     d["lumbar_up"] = PROPORTIONS["lumbar_up"] * h * f(0.05)
     d["shoulder_below_c7"] = 0.045 * h * f(0.1)
-    leg = 0.5 * (d["thigh_r"] + d["thigh_l"] + d["shank_r"] + d["shank_l"])
+    leg = max(d["thigh_r"] + d["shank_r"], d["thigh_l"] + d["shank_l"])  # the longer leg stands on the floor
     hip_height = d["ankle_height"] + leg
     vertex_above_neck = h - (hip_height + d["trunk"])
     head_semi_y = 0.118 * (h / 1.75) * f(0.04)

@@ -115,7 +115,7 @@ def _sphere_hit(d: NDArray[np.float32], c: NDArray[np.float64], r: float) -> NDA
 def intersect(prim: Primitive, d: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Ray distance [n] (inf where missed) and unit outward normal [n, 3] of ``prim`` for unit rays ``d`` [n, 3]."""
     t, side = hit_distance(prim, d)
-    return t, surface_normal(prim, d, t, side)
+    return t, surface_normal(prim, d, np.where(np.isfinite(t), t, 0.0).astype(np.float32), side)
 
 
 def hit_distance(

@@ -21,6 +21,13 @@ LIMBS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def fk():
+    from mocapflow.synth.kinematics import FrameFk
+
+    return FrameFk(MODEL)
+
+
 def _q(**deg: float) -> np.ndarray:
     q = np.zeros((1, len(DOFS)))
     for name, value in deg.items():
@@ -94,7 +101,7 @@ def test_pixel_rays_go_through_the_pixel_centres() -> None:
 # -- the humanoid is not the fitter's model -------------------------------------------------------------------------
 
 
-def test_joint_conventions_match_the_angle_definitions_and_the_geometry_does_not() -> None:
+def test_joint_conventions_match_the_angle_definitions_and_the_geometry_does_not(fk) -> None:
     """Same DOF names, axes and order as the fitter's joints (the definitions of the angles); different lengths."""
     model_body = {b.name: b for b in MODEL.bodies}
     for seg, _parent, dofs in hm.JOINTS:
@@ -102,7 +109,7 @@ def test_joint_conventions_match_the_angle_definitions_and_the_geometry_does_not
         assert [(n, tuple(a)) for n, a in dofs] == want
     assert set(hm.DOF_NAMES) == set(DOFS)
     zero = np.zeros((1, len(DOFS)))
-    sites = np.asarray(__import__("mocapflow.synth.kinematics", fromlist=["FrameFk"]).FrameFk(MODEL)(zero))[0]
+    sites = fk(zero)[0]
     idx = {n: i for i, n in enumerate(MODEL.site_names)}
     model_len = {
         "thigh": np.linalg.norm(sites[idx["rhip"]] - sites[idx["rkne"]]),
@@ -223,13 +230,13 @@ def test_depth_order_near_limbs_cover_far_ones(standing) -> None:
     assert not any(vis[f"left_{j}"] for j in ("hip", "knee", "shoulder", "ear"))
 
 
-def test_humanoid_cohort_writes_the_same_ground_truth_tables(tmp_path: Path) -> None:
+def test_humanoid_cohort_writes_the_same_ground_truth_tables(tmp_path: Path, fk) -> None:
     from mocapflow.synth import CohortSpec, generate_cohort, read_ground_truth
     from mocapflow.synth.groundtruth import META_KEYS
     from mocapflow.video import probe
 
     spec = CohortSpec(n_videos=1, seed=4, seconds=0.6, fps=5.0, width=320, height=240, motions=("squat",), style="humanoid")  # fmt: skip
-    (entry,) = generate_cohort(tmp_path / "h", spec)
+    (entry,) = generate_cohort(tmp_path / "h", spec, fk=fk)
     gt = read_ground_truth(entry.gt)
     assert set(META_KEYS) <= set(gt.meta) and gt.meta["style"] == "humanoid"
     assert gt.joint_names == list(hm.BLAZEPOSE_NAMES) and gt.dof_names == DOFS
@@ -240,7 +247,7 @@ def test_humanoid_cohort_writes_the_same_ground_truth_tables(tmp_path: Path) -> 
     assert ((gt.kp2d_px[..., 0] >= box[:, None, 0] - 1) & (gt.kp2d_px[..., 0] <= box[:, None, 2] + 1)).all()
     assert probe(str(entry.video)).n_frames == 3
     # the angles are the marker cohort's motion for the same seed and index (pelvis translation re-placed)
-    markers = generate_cohort(tmp_path / "m", CohortSpec(**{**spec.__dict__, "style": "markers"}))
+    markers = generate_cohort(tmp_path / "m", CohortSpec(**{**spec.__dict__, "style": "markers"}), fk=fk)
     gt_m = read_ground_truth(markers[0].gt)
     hinge = [i for i, d in enumerate(MODEL.dofs) if d.kind == "hinge"]
     np.testing.assert_allclose(gt.q[:, hinge], gt_m.q[:, hinge], atol=1e-12)

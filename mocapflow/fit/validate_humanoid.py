@@ -30,6 +30,13 @@ logger = logging.getLogger(__name__)
 # Targets of issue 11 for the humanoid renders through a real pose model (degrees)
 TARGET_MEDIAN_DEG = 4.0
 TARGET_WORST_VIDEO_DEG = 6.0
+JOINT_GROUPS: dict[str, tuple[str, ...]] = {
+    "hip": ("hip_",),
+    "knee": ("knee_",),
+    "ankle": ("ankle_",),
+    "shoulder": ("arm_flex", "arm_add", "arm_rot"),
+    "elbow": ("elbow_",),
+}
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,8 @@ def validate_humanoid(
 
     ``model_set``: a :class:`models.modelset.ModelSet` whose joints map to the body model (BlazePose or MeTRAbs).
     The summary is JSON-ready: ``median_deg``, ``worst_video_deg``, ``detection_rate``, ``median_2d_px``,
-    ``per_dof_median_deg``, ``videos`` (one entry per video) and ``meets_targets``.
+    ``median_3d_mm`` (root-relative, visible landmarks), ``per_dof_median_deg``, ``per_joint_median_deg``,
+    ``videos`` (one entry per video) and ``meets_targets``.
 
     ``oracle``: also fit the humanoid's exact landmarks (all 33, confidence 1, through the true camera) and report
     ``oracle_median_deg``: the error due to the model mismatch alone (the humanoid is not the fitter's model),
@@ -124,6 +132,7 @@ def validate_humanoid(
     all_err: list[NDArray[np.float64]] = []
     all_2d: list[NDArray[np.float64]] = []
     all_oracle: list[NDArray[np.float64]] = []
+    all_3d: list[NDArray[np.float64]] = []
     for entry in entries:
         assert entry.gt is not None
         gt = read_ground_truth(entry.gt)
@@ -139,6 +148,7 @@ def validate_humanoid(
             "frames": int(len(detected)),
             "detection_rate": float(detected.mean()) if len(detected) else 0.0,
             "median_2d_px": _median(errors_2d.err2d_px),
+            "median_3d_mm": _median(errors_2d.err3d_mm),
             "missed_visible_landmarks": errors_2d.missed,
             "pose_seconds": pose_s,
         }
@@ -163,6 +173,7 @@ def validate_humanoid(
                 d: _median(oracle_err[:, i]) for i, d in enumerate(METRIC_DOFS)
             }
         all_2d.append(errors_2d.err2d_px)
+        all_3d.append(errors_2d.err3d_mm)
         videos.append(record)
         logger.info(
             "humanoid %s: detected %.0f %% of frames, 2D median %s px, angle median %s deg",
@@ -182,7 +193,14 @@ def validate_humanoid(
         "worst_video_deg": worst,
         "detection_rate": float(np.mean([v["detection_rate"] for v in videos])),
         "median_2d_px": _median(np.concatenate(all_2d)) if all_2d else None,
+        "median_3d_mm": _median(np.concatenate(all_3d)) if all_3d else None,
         "per_dof_median_deg": {d: _median(stacked[:, i]) for i, d in enumerate(METRIC_DOFS)},
+        "per_joint_median_deg": {
+            joint: _median(
+                stacked[:, [i for i, d in enumerate(METRIC_DOFS) if d.startswith(prefixes)]].reshape(-1)
+            )
+            for joint, prefixes in JOINT_GROUPS.items()
+        },
         "targets": {"median_deg": TARGET_MEDIAN_DEG, "worst_video_deg": TARGET_WORST_VIDEO_DEG},
         "meets_targets": bool(
             median is not None

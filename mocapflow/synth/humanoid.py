@@ -88,7 +88,7 @@ PROPORTIONS: dict[str, float] = {
     "ankle_height": 0.039,  # sole -> ankle joint centre (Drillis & Contini)
     "inter_asis": 0.134,  # inter-ASIS width; hip centres by Harrington et al. 2007
     "shoulder_breadth": 0.259,  # bi-acromial breadth (Drillis & Contini)
-    "trunk": 0.3044,  # hip-centre midpoint -> C7/T1 (de Leva: trunk M 531.9/1741, F 529.3/1735... as cervicale)
+    "trunk": 0.3044,  # hip-centre midpoint -> neck joint (de Leva's trunk, cervicale -> mid-hip: M 531.9/1741, F 529.3/1735)
     "lumbar_up": 0.066,  # hip-centre midpoint -> L5/S1 joint centre
 }
 
@@ -488,7 +488,6 @@ def body_parts(body: HumanoidBody) -> list[_Part]:
     add(_Part("pelvis", "ellipsoid", (-0.012, 0.03, 0.0), (0.11 * hw / 0.16, 0.115, hw), color="trousers"))
     for _s, m in SIDES:
         add(_Part("pelvis", "ellipsoid", (-0.05, -0.01, m * 0.065 * hw / 0.16), (0.085, 0.095, 0.085), color="trousers"))  # fmt: skip
-    lumbar = body.offsets["torso"]
     add(_Part("torso", "ellipsoid", (0.05, 0.07, 0.0), (0.105 * hw / 0.16, 0.13, d["waist_half_width"]), color="shirt"))  # fmt: skip
     neck_y = body.offsets["head"][1]
     chest_y = neck_y - 0.17 * sy
@@ -499,7 +498,6 @@ def body_parts(body: HumanoidBody) -> list[_Part]:
     for (x, y, z), (_s, m) in zip(sho, SIDES, strict=True):
         add(_Part("torso", "cone", (x - 0.01, y + 0.02, z - m * 0.02), (0.0, top, m * 0.04), (0.05 * d["neck_r"] / 0.048, 0.055), color="shirt"))  # fmt: skip
         add(_Part("torso", "ellipsoid", (x, y + 0.005, z), (0.052, 0.055, 0.05), color="shirt"))
-    del lumbar
     # neck and head
     add(_Part("head", "cone", (-0.01, -0.04, 0.0), (0.015, d["head_centre_y"] - 0.07 * sy, 0.0), (d["neck_r"], d["neck_r"] * 0.95)))  # fmt: skip
     for cx, cy, ax, ay, az in _head_ellipsoids(body):

@@ -51,12 +51,23 @@ def synth(
     ] = 0.0,
     corrupt: Annotated[int, typer.Option("--corrupt", min=0, help="Extra corrupt video files.")] = 0,
     textured: Annotated[bool, typer.Option("--textured/--plain", help="Textured background.")] = False,
+    style: Annotated[
+        str,
+        typer.Option(
+            "--style",
+            help="markers: coloured marker discs (the markers model set); humanoid: a clothed 3D body on a "
+            "textured floor that real pose models (blazepose) detect, from proportions that are not the fitter's.",
+        ),
+    ] = "markers",
 ) -> None:
-    """Write a synthetic cohort of marker videos with ground truth (Parquet) beside each."""
+    """Write a synthetic cohort of marker (or humanoid) videos with ground truth (Parquet) beside each."""
     from rich.progress import Progress
 
     from mocapflow.synth import CohortSpec, generate_cohort
+    from mocapflow.synth.cohort import STYLES
 
+    if style not in STYLES:
+        raise typer.BadParameter(f"--style must be one of {', '.join(STYLES)}, got {style!r}")
     spec = CohortSpec(
         n_videos=videos,
         seed=seed,
@@ -69,6 +80,7 @@ def synth(
         dropped_fraction=dropped,
         n_corrupt=corrupt,
         textured=textured,
+        style=style,
     )
     with Progress(console=console) as progress:
         bar = progress.add_task("rendering", total=videos)

@@ -55,6 +55,7 @@ MANIFEST_CSV = "cohort.csv"
 MANIFEST_PARQUET = "cohort.parquet"
 CORRUPT_KINDS = ("truncated", "garbage")
 SECOND_PERSON_PATHS = ("behind", "crossing")
+STYLES = ("markers", "humanoid")
 
 # SeedSequence entropy tags: independent streams for the cohort plan, the subjects and the videos
 _PLAN, _SUBJECT, _VIDEO, _CORRUPT = 0, 1, 2, 3
@@ -84,6 +85,7 @@ class CohortSpec:
     hfov_deg_range: tuple[float, float] = (50.0, 65.0)
     distance_m_range: tuple[float, float] = (3.0, 6.0)
     crf: int = DEFAULT_CRF
+    style: str = "markers"  # "markers": coloured discs; "humanoid": a clothed 3D body (mocapflow.synth.humanoid)
 
     def __post_init__(self) -> None:
         problems = []
@@ -116,6 +118,10 @@ class CohortSpec:
                 problems.append(f"{name} must be (low, high) with 0 < low <= high, got {(lo, hi)}")
         if not 0 <= self.crf <= 51:
             problems.append(f"crf must be in 0..51, got {self.crf}")
+        if self.style not in STYLES:
+            problems.append(f"style must be one of {STYLES}, got {self.style!r}")
+        elif self.style == "humanoid" and self.n_second_person:
+            problems.append("the humanoid style has no second person yet; use n_second_person=0")
         if problems:
             raise ValueError("invalid CohortSpec: " + "; ".join(problems))
 
@@ -204,6 +210,8 @@ def _flags(spec: CohortSpec, second: bool) -> tuple[str, ...]:
         flags.append("dropped_frames")
     if spec.textured:
         flags.append("textured")
+    if spec.style == "humanoid":
+        flags.append("humanoid")
     return tuple(flags)
 
 
@@ -485,7 +493,12 @@ def generate_cohort(
             subjects[plan.subject_index] = sample_subject(
                 fk, rng, f"s{plan.subject_index:03d}", stature_range_m=spec.stature_range_m
             )
-        entry = _render_video(out, spec, plan, subjects[plan.subject_index], fk)
+        if spec.style == "humanoid":
+            from mocapflow.synth.humanoid_video import render_humanoid_video
+
+            entry = render_humanoid_video(out, spec, plan, subjects[plan.subject_index], fk)
+        else:
+            entry = _render_video(out, spec, plan, subjects[plan.subject_index], fk)
         entries.append(entry)
         if on_video_done is not None:
             on_video_done(entry)

@@ -14,24 +14,34 @@ from models.blazepose import JOINT_EDGES, JOINT_NAMES
 from models.blazepose.detection import (
     AnchorOptions,
     Detections,
+    concat,
     decode_detections,
+    inside_region,
     iou,
     ssd_anchors,
     weighted_nms,
 )
 from models.blazepose.geometry import (
+    detection_regions,
     image_to_input_units,
     input_units_to_image,
     letterbox_matrix,
     roi_from_alignment,
     roi_matrix,
     sample_affine,
+    square_matrix,
+    tile_starts,
+    warp_affine,
 )
 from models.blazepose.landmarks import (
+    alignment_boxes,
     camera_translation,
     decode_landmarks,
     decode_world,
+    dedupe_people,
     landmark_boxes,
+    landmarks_to_image,
+    roi_from_landmarks,
 )
 from models.modelset import ModelSet
 
@@ -197,6 +207,129 @@ def test_sample_affine_identity_shift_and_borders() -> None:
     np.testing.assert_allclose(sample_affine(img, far, 8)[:, 0], img[:, 7], atol=1e-3)
     with pytest.raises(ValueError, match="border"):
         sample_affine(img, ident, 8, border="reflect")
+
+
+def test_warp_affine_matches_the_numpy_sampler() -> None:
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    img = np.asarray(
+        sample_affine(img, np.array([[0.25, 0, 0], [0, 0.25, 0]]), 120)[:, :, :], np.uint8
+    )  # smooth
+    img = np.ascontiguousarray(np.concatenate([img, img[:, :40]], axis=1))
+    for roi, border in (([80.0, 60.0, 150.0, 0.4], "replicate"), ([20.0, 100.0, 90.0, -2.0], "zero")):
+        m = roi_matrix(np.array(roi), 64)
+        fast = warp_affine(img, m, 64, border=border)
+        assert fast.dtype == np.uint8 and fast.shape == (64, 64, 3)
+        # OpenCV interpolates in 1/32 px fixed point and rounds to uint8
+        np.testing.assert_allclose(fast, sample_affine(img, m, 64, border=border), atol=2.0)
+    with pytest.raises(ValueError, match="border"):
+        warp_affine(img, m, 8, border="reflect")
+
+
+def test_square_region_matrix_is_the_letterbox_for_the_centred_square() -> None:
+    np.testing.assert_allclose(
+        square_matrix(0.0, -96.0, 768.0, 224), letterbox_matrix(768, 576, 224), atol=1e-12
+    )
+    m = square_matrix(100.0, 50.0, 448.0, 224)  # 2 image px per input px
+    # the input's edges land on the region's edges (pixel-centre convention: first pixel's left edge at x0 - 0.5)
+    np.testing.assert_allclose(
+        input_units_to_image(m, [[0.0, 0.0], [224.0, 224.0]]), [[99.5, 49.5], [547.5, 497.5]]
+    )
+
+
+def test_tile_starts_cover_with_the_overlap() -> None:
+    s = tile_starts(768, 256, 64)
+    assert s.tolist() == pytest.approx([0, 512 / 3, 1024 / 3, 512])  # 4 tiles: 3 would overlap by < 64 px
+    assert np.all(np.diff(s) <= 256 - 64)
+    assert tile_starts(576, 256, 64).tolist() == [0, 160, 320]
+    assert tile_starts(200, 256, 64).tolist() == [-28.0]  # one tile, centred, bigger than the frame
+    assert tile_starts(300, 256, 64).tolist() == [0, 44]
+    with pytest.raises(ValueError, match="larger than its overlap"):
+        tile_starts(768, 64, 64)
+
+
+def test_detection_regions_pyramid() -> None:
+    r = detection_regions(768, 576, tile=256, overlap=0.25)
+    np.testing.assert_allclose(r[0], [0, -96, 768])  # the whole frame, letterboxed
+    sides = r[1:, 2]
+    assert (sides == 256).sum() == 12 and (sides == 512).sum() == 4 and r.shape == (17, 3)
+    # every tile lies in the frame, and every box up to the overlap (64 px at the finest level) fits in some tile
+    t = r[1:]
+    assert np.all(t[:, 0] >= 0) and np.all(t[:, 0] + t[:, 2] <= 768) and np.all(t[:, 1] + t[:, 2] <= 576)
+    fine = t[t[:, 2] == 256]
+    rng = np.random.default_rng(0)
+    for x, y in rng.uniform([0, 0], [768 - 64, 576 - 64], (200, 2)):
+        inside = (
+            (fine[:, 0] <= x)
+            & (fine[:, 1] <= y)
+            & (x + 64 <= fine[:, 0] + 256)
+            & (y + 64 <= fine[:, 1] + 256)
+        )
+        assert inside.any()
+    assert detection_regions(200, 150, tile=256).shape == (1, 3)  # a small frame: whole frame only
+    with pytest.raises(ValueError, match="overlap"):
+        detection_regions(768, 576, tile=256, overlap=1.0)
+
+
+# -- acquisition and tracking helpers --------------------------------------------------------------------------
+
+
+def _dets(centres: list[tuple[float, float]], radii: list[float], scores: list[float]) -> Detections:
+    c = np.asarray(centres, np.float32)
+    kp = np.zeros((len(c), 4, 2), np.float32)
+    kp[:, 0] = c
+    kp[:, 1] = c - np.stack([np.zeros(len(c)), np.asarray(radii)], 1)  # scale point straight above
+    boxes = np.concatenate([c - 5, c + 5], 1).astype(np.float32)
+    return Detections(boxes, kp, np.asarray(scores, np.float32))
+
+
+def test_inside_region_drops_people_cut_by_the_tile() -> None:
+    d = _dets([(100, 100), (232, 100), (100, 100), (260, 100)], [40, 40, 200, 40], [0.9, 0.8, 0.7, 0.6])
+    region = np.array([0.0, 0.0, 256.0])  # pixels 0..255, right edge at 255.5
+    # 1: fully inside; 2: sticks out by 16.5 px < 0.25 x 80; 3: a body of 400 px extrapolated from a 256 px tile;
+    # 4: sticks out by 44.5 px
+    assert inside_region(d, region, tolerance=0.25).tolist() == [True, True, False, False]
+    assert inside_region(d, region, tolerance=0.0).tolist() == [True, False, False, False]
+    both = concat([d, d.take(np.array([0]))])
+    assert both.n == 5 and concat([]).n == 0
+
+
+def test_alignment_boxes_and_dedupe() -> None:
+    boxes = alignment_boxes(np.array([[100.0, 100.0], [0, 0]]), np.array([[100.0, 60.0], [3.0, 4.0]]))
+    np.testing.assert_allclose(boxes, [[60, 60, 140, 140], [-5, -5, 5, 5]])
+    b = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 0, 30, 10], [0, 0, 10, 10.5]], np.float64)
+    # 0, 1 and 3 are one person (IoU 0.82, 0.95); 1 has the best score and stays
+    assert dedupe_people(b, np.array([0.6, 0.9, 0.7, 0.5]), max_iou=0.6).tolist() == [1, 2]
+    assert dedupe_people(b, np.array([0.6, 0.9, 0.7, 0.5]), max_iou=0.99).tolist() == [0, 1, 2, 3]
+    assert dedupe_people(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
+
+
+def test_roi_from_landmarks_follows_the_auxiliary_points() -> None:
+    """MediaPipe's next-frame ROI: centre = point 33, side = 2 x |34 - 33| x 1.25, 33 -> 34 straight up in the crop."""
+    rng = np.random.default_rng(4)
+    raw = np.zeros((1, 39, 5))
+    raw[0, :, :2] = rng.uniform(60, 200, (39, 2))
+    raw[0, 33, :2] = [128.0, 140.0]
+    raw[0, 34, :2] = [128.0 + 60.0, 140.0]  # scale point to the crop's right: the person lies on their side
+    roi = np.array([[300.0, 200.0, 512.0, 0.3]])  # 2 image px per crop px, rotated
+    pts = landmarks_to_image(raw.reshape(1, -1), roi)
+    np.testing.assert_allclose(pts[0, :33], decode_landmarks(raw.reshape(1, -1), roi)[0][0], atol=1e-3)
+    nxt = roi_from_landmarks(pts)[0]
+    np.testing.assert_allclose(nxt[:2], pts[0, 33], atol=1e-9)
+    assert nxt[2] == pytest.approx(2 * 120.0 * 1.25)  # 60 crop px = 120 image px
+    # in the next crop, 33 sits in the middle and 34 straight above it
+    m = roi_matrix(nxt, 256)
+    np.testing.assert_allclose(image_to_input_units(m, pts[0, 33]), [128, 128], atol=1e-9)
+    np.testing.assert_allclose(image_to_input_units(m, pts[0, 34]), [128, 128 - 256 / 2.5], atol=1e-9)
+
+
+def test_local_regions_centre_on_the_lost_roi() -> None:
+    from models.blazepose.runtime import local_regions
+
+    r = local_regions(np.array([[300.0, 200.0, 100.0, 1.0]]), scale=2.0)
+    np.testing.assert_allclose(r, [[200.5, 100.5, 200.0]])
+    m = square_matrix(*r[0], 224)
+    np.testing.assert_allclose(input_units_to_image(m, [112.0, 112.0]), [300.0, 200.0], atol=1e-9)
 
 
 # -- landmarks -------------------------------------------------------------------------------------------------

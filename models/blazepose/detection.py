@@ -212,7 +212,8 @@ def concat(parts: list[Detections], num_keypoints: int = 4) -> Detections:
 
 def inside_region(dets: Detections, region: np.ndarray, tolerance: float = 0.25) -> np.ndarray:
     """Mask [k]: the person's whole-body box (circle around keypoint 0 through keypoint 1, image px) lies inside the
-    square ``region`` (x0, y0, side) widened on each side by ``tolerance`` x the box's side.
+    square ``region`` (x0, y0, side) widened on each side by ``tolerance`` x the box's side, and is no bigger than
+    the region.
 
     A tile that holds only part of a big person (a face, a torso) still fires; the detector then extrapolates the
     body beyond the tile. Those detections are dropped: a coarser region sees that person whole.
@@ -220,10 +221,12 @@ def inside_region(dets: Detections, region: np.ndarray, tolerance: float = 0.25)
     c = dets.keypoints[:, 0].astype(np.float64)
     r = np.linalg.norm(dets.keypoints[:, 1].astype(np.float64) - c, axis=1)
     x0, y0, side = (float(v) for v in region)
-    margin = tolerance * 2 * r - 0.5
-    return (
-        (c[:, 0] - r >= x0 - margin)
-        & (c[:, 1] - r >= y0 - margin)
-        & (c[:, 0] + r <= x0 + side + margin)
-        & (c[:, 1] + r <= y0 + side + margin)
-    )
+    m = tolerance * 2 * r
+    lo_x, lo_y, hi_x, hi_y = (
+        x0 - 0.5 - m,
+        y0 - 0.5 - m,
+        x0 + side - 0.5 + m,
+        y0 + side - 0.5 + m,
+    )  # pixel edges
+    inside = (c[:, 0] - r >= lo_x) & (c[:, 1] - r >= lo_y) & (c[:, 0] + r <= hi_x) & (c[:, 1] + r <= hi_y)
+    return inside & (2 * r <= side)

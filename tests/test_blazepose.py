@@ -580,3 +580,66 @@ def test_rejects_non_rgb_frames_and_accepts_no_frames(
     with pytest.raises(ValueError, match=r"uint8 \[n, H, W, 3\]"):
         estimator(astronaut, intr)  # a single frame without the batch axis
     assert estimator(np.zeros((0, 512, 512, 3), np.uint8), intr) == []
+
+
+# -- real footage: vtest.avi (OpenCV's pedestrian clip, 768x576, 10 frames/s) ----------------------------------
+
+# The clip comes from Debian's opencv-doc package; ``mocapflow.realdata`` will fetch it (until then, the copy
+# extracted on the development machine is used when present).
+VTEST = Path("/work/realdata/vtest.avi")
+
+# The reference pipeline, MediaPipe's own Pose solution on the same weights (mediapipe 0.10.21,
+# Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=False)), run on the whole clip: it finds a
+# person in 429 of 795 frames, none in frames 0-165 (every walker there is < ~110 px tall) and one in every frame
+# of 166-185. Its shoulders and hips (left, right shoulder; left, right hip; image px) on three of those frames:
+REFERENCE_TORSO = {
+    166: [[472.9, 230.9], [458.9, 234.5], [475.4, 272.9], [466.9, 274.8]],
+    175: [[498.2, 233.1], [480.4, 231.2], [493.4, 259.7], [483.8, 259.1]],
+    185: [[549.1, 247.5], [534.4, 249.0], [548.4, 275.6], [540.0, 277.3]],
+}
+
+
+def _vtest_frames(start: int, count: int) -> np.ndarray:
+    if not VTEST.is_file():
+        pytest.skip(
+            f"{VTEST} is absent (real footage from Debian's opencv-doc; mocapflow.realdata will fetch it)"
+        )
+    from mocapflow.video import iter_batches
+
+    batches, seen = [], 0
+    for batch in iter_batches(str(VTEST), 16):
+        batches.append(batch[max(0, start - seen) : start + count - seen])
+        seen += len(batch)
+        if seen >= start + count:
+            break
+    frames = np.concatenate(batches)
+    assert frames.shape == (count, 576, 768, 3)
+    return frames
+
+
+def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers(
+    estimator: BlazePoseEstimator,
+) -> None:
+    """Two 2 s stretches of real footage, each tracked from its first frame as a video of its own."""
+    from mocapflow.camera import Intrinsics
+
+    intr = Intrinsics.from_fov(768, 576, 55.0)
+    # frames 0-19: three walkers, 70-110 px tall (counted by eye); the reference finds nobody
+    session = estimator.video_session(intr)
+    early = session(_vtest_frames(0, 20))
+    assert [d.n >= 1 for d in early] == [True] * 20
+    assert sum(d.n >= 3 for d in early) >= 15
+    assert session.state.scans == 2  # frames 0 and 10; between them the people were tracked, not detected
+    for d in early:
+        assert np.all(np.isfinite(d.kp2d)) and np.all((d.conf >= 0) & (d.conf <= 1))
+        height = d.boxes[:, 3] - d.boxes[:, 1]
+        assert np.all(height < 200)  # pedestrians, no box spanning the scene
+    # frames 166-185: the reference finds its person in all 20; we find them too, at the same joints
+    late = estimator.video_session(intr)(_vtest_frames(166, 20))
+    assert [d.n >= 1 for d in late] == [True] * 20
+    for i, ref in REFERENCE_TORSO.items():
+        ref = np.asarray(ref)
+        torso = np.linalg.norm(ref[:2].mean(0) - ref[2:].mean(0))
+        d = late[i - 166]
+        err = np.linalg.norm(d.kp2d[:, [11, 12, 23, 24]] - ref, axis=2).max(axis=1) / torso
+        assert err.min() < 0.15, (i, err)  # our closest person's worst torso joint within 15 % of the torso

@@ -275,7 +275,7 @@ def test_detection_regions_pyramid() -> None:
 
 
 def _dets(centres: list[tuple[float, float]], radii: list[float], scores: list[float]) -> Detections:
-    c = np.asarray(centres, np.float32)
+    c = np.asarray(centres, np.float32).reshape(-1, 2)
     kp = np.zeros((len(c), 4, 2), np.float32)
     kp[:, 0] = c
     kp[:, 1] = c - np.stack([np.zeros(len(c)), np.asarray(radii)], 1)  # scale point straight above
@@ -643,3 +643,104 @@ def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers
         d = late[i - 166]
         err = np.linalg.norm(d.kp2d[:, [11, 12, 23, 24]] - ref, axis=2).max(axis=1) / torso
         assert err.min() < 0.15, (i, err)  # our closest person's worst torso joint within 15 % of the torso
+
+
+# -- the tracking loop, with stand-in models -----------------------------------------------------------------
+
+
+class _World:
+    """People as (centre, radius) per frame; frame i carries i in its first pixel."""
+
+    def __init__(self) -> None:
+        self.people: dict[str, tuple[int, int, float, float, float]] = {
+            # name: (first frame, last frame, x at first frame, y, body radius px); they walk 3 px/frame to the right
+            "a": (0, 14, 100.0, 200.0, 40.0),
+            "b": (5, 29, 500.0, 300.0, 40.0),
+        }
+
+    def at(self, i: int) -> list[tuple[float, float, float]]:
+        return [(x + 3.0 * (i - f0), y, r) for f0, f1, x, y, r in self.people.values() if f0 <= i <= f1]
+
+
+def _stand_in_estimator(world: _World):  # noqa: ANN202 (a test double)
+    from models.blazepose.runtime import BlazePoseEstimator, BlazePoseOptions, LandmarkResults
+
+    class StandIn(BlazePoseEstimator):
+        def __init__(self) -> None:  # no models: the two inference stages are replaced below
+            self.options = BlazePoseOptions()
+            self.joint_names = list(JOINT_NAMES)
+            self._regions = {}
+            self.detector_calls = 0
+
+        def _detect_region(self, frame: np.ndarray, matrix: np.ndarray) -> Detections:
+            """Finds a person whose body is >= 60 px in the 224 px input."""
+            self.detector_calls += 1
+            k = matrix[0, 0]
+            people = [p for p in world.at(int(frame[0, 0, 0])) if 2 * p[2] / k >= 60]
+            return _dets([(x, y) for x, y, _ in people], [r for *_, r in people], [0.9] * len(people))
+
+        def landmarks_at(self, frame: np.ndarray, rois: np.ndarray) -> LandmarkResults:
+            """Present (0.9) when the ROI is centred within 20 px of a person; points 33/34 on that person."""
+            rois = np.asarray(rois, np.float64).reshape(-1, 4)
+            k = rois.shape[0]
+            points = np.zeros((k, 39, 2))
+            presence = np.full(k, 0.1, np.float32)
+            for j, roi in enumerate(rois):
+                for x, y, r in world.at(int(frame[0, 0, 0])):
+                    if np.hypot(roi[0] - x, roi[1] - y) < 20:
+                        angles = np.linspace(0, 2 * np.pi, 33, endpoint=False)
+                        points[j, :33] = np.stack([x + r * np.cos(angles), y + r * np.sin(angles)], 1)
+                        points[j, 33:] = [x, y]
+                        points[j, 34] = [x, y - r]
+                        presence[j] = 0.9
+            raw = np.zeros((k, 39, 5), np.float32)
+            raw[..., 3:] = 5.0
+            return LandmarkResults(
+                rois, points, raw.reshape(k, 195), np.zeros((k, 117), np.float32), presence
+            )
+
+    return StandIn()
+
+
+def test_tracking_loop_scans_tracks_and_picks_up_people_again() -> None:
+    from mocapflow.camera import Intrinsics
+    from models.blazepose.runtime import BlazePoseSession
+
+    world = _World()
+    est = _stand_in_estimator(world)
+    frames = np.zeros((30, 576, 768, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(30)
+    session = BlazePoseSession(est, Intrinsics.from_fov(768, 576, 55.0))
+    found = session(frames[:16]) + session(frames[16:])  # two batches: the state carries over
+    counts = [d.n for d in found]
+    # a from frame 0 (first scan); b walks in at 5 and is picked up by the scan at 10; a leaves after frame 14
+    assert counts == [1] * 10 + [2] * 5 + [1] * 15
+    st = session.state
+    assert st.scans == 3 and st.last_scan == 20  # frames 0, 10, 20: 17 detector regions each
+    assert st.local_detections == 1  # frame 15: looked for a where it was lost, once
+    assert est.detector_calls == 3 * 17 + 1
+    assert st.whole_frame_detections == 0  # someone was tracked on every frame
+    # the people are followed as they walk (box centre = hip centre, to 0.5 px: 33 points on a circle)
+    np.testing.assert_allclose(found[29].boxes[0, [0, 2]].mean(), 500 + 3 * 24, atol=0.5)
+    np.testing.assert_allclose(found[3].boxes[0, [0, 2]].mean(), 100 + 3 * 3, atol=0.5)
+    assert found[12].scores.tolist() == pytest.approx([0.9, 0.9])
+
+
+def test_tracking_loop_keeps_at_most_max_people_and_then_stops_scanning() -> None:
+    import dataclasses
+
+    from mocapflow.camera import Intrinsics
+    from models.blazepose.runtime import BlazePoseSession
+
+    world = _World()
+    world.people["b"] = (0, 29, 500.0, 300.0, 60.0)  # b bigger, there from the start
+    est = _stand_in_estimator(world)
+    est.options = dataclasses.replace(est.options, max_people=1)
+    frames = np.zeros((12, 576, 768, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(12)
+    found = BlazePoseSession(est, Intrinsics.from_fov(768, 576, 55.0))(frames)
+    assert [d.n for d in found] == [1] * 12
+    np.testing.assert_allclose(found[0].boxes[0, [0, 2]].mean(), 500, atol=0.5)  # the largest one kept
+    assert (
+        est.detector_calls == 17
+    )  # the first scan only: with max_people tracked there is nobody to look for

@@ -95,9 +95,8 @@ class BlazePoseOptions:
 
     min_detection_score: float = 0.5  # detector score (MediaPipe's min_detection_confidence)
     nms_iou: float = 0.3  # weighted-NMS overlap of the detector's (face) boxes
-    min_presence: float = (
-        0.5  # landmark model's pose presence; below it a person is dropped (min_tracking_confidence)
-    )
+    # landmark model's pose presence; below it a person is dropped (MediaPipe's min_tracking_confidence)
+    min_presence: float = 0.5
     roi_expand: float = 1.25  # ROI side = 2 * |scale point - hip centre| * roi_expand
     max_batch: int = 8  # crops per ONNX Runtime call (larger batches were slower per crop on 2 cores)
     tile: int | None = 256  # side px of the finest detector tiles of a scan; None = whole frame only
@@ -345,9 +344,8 @@ class BlazePoseEstimator(PoseEstimator):
 class TrackingState:
     """What one video's loop carries from a frame to the next."""
 
-    rois: np.ndarray = field(
-        default_factory=lambda: np.zeros((0, 4))
-    )  # [k, 4] each tracked person's next ROI
+    # [k, 4] each tracked person's ROI for the next frame
+    rois: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     frame: int = 0  # frames processed so far
     last_scan: int | None = None  # index of the last frame scanned (whole frame + tiles); None = not yet
     scans: int = 0  # counters, for the benchmark's profile

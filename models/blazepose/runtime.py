@@ -12,12 +12,16 @@ Video (``BlazePoseEstimator.video_session``), MediaPipe's pose_landmark graph ex
    frame letterboxed to 224 px plus a pyramid of overlapping square tiles (``geometry.detection_regions``) so that
    small people are found; (b) on a frame where a tracked person was just lost, on a square around their last ROI
    (``local_scale`` x its side) to pick them up again at once; (c) on frames where nobody is tracked, on the whole
-   frame (as MediaPipe does). Detections are decoded per
-   region, tile detections cut by their tile's border are dropped (``detection.inside_region``), all are merged by
-   weighted NMS, and those that match a tracked person (IoU of the whole-body boxes > ``track_iou``) are skipped;
-   the rest start new tracks with MediaPipe's detection ROI (keypoints 0 -> 1, same 1.25 expansion).
+   frame (as MediaPipe does). Detections are decoded per region, tile detections cut by their tile's border are
+   dropped (``detection.inside_region``), all are merged by weighted NMS, and those that match a tracked person
+   (IoU of the whole-body boxes > ``track_iou``) are skipped; the rest start new tracks with MediaPipe's detection
+   ROI (keypoints 0 -> 1, same 1.25 expansion). With ``max_people`` people tracked, nobody is looked for.
 3. **Dedupe.** ROIs that converge on the same person are merged: of two people whose landmark boxes overlap by
-   IoU > ``dedupe_iou`` the one with the higher presence score stays.
+   IoU > ``dedupe_iou`` the one with the higher presence score stays; beyond ``max_people``, the largest stay.
+
+Not reproduced from MediaPipe: its heatmap refinement of the landmarks (the converted backbone does not output the
+heatmap) and its one-euro smoothing of landmarks and ROI points (smoothing belongs to the fit). The score of a person
+is the pose-presence score.
 
 The loop's state is one small dataclass (``TrackingState``). Measured on vtest.avi (768x576 pedestrians filmed from
 above, see benchmarks/bench_blazepose_tracking.py): the detector finds people down to ~60-70 px tall in its 224

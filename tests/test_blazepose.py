@@ -624,11 +624,15 @@ def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers
     from mocapflow.camera import Intrinsics
 
     intr = Intrinsics.from_fov(768, 576, 55.0)
-    # frames 0-19: three walkers, 70-110 px tall (counted by eye); the reference finds nobody
+    # frames 0-19: three walkers, ~70-80 px tall (counted by eye); the reference finds nobody
     session = estimator.video_session(intr)
     early = session(_vtest_frames(0, 20))
     assert [d.n >= 1 for d in early] == [True] * 20
     assert sum(d.n >= 3 for d in early) >= 15
+    # frame 0, by eye: the walkers' bodies are centred near these points (image px)
+    for x, y in ((513, 193), (663, 280), (267, 260)):
+        b = early[0].boxes
+        assert np.any((b[:, 0] < x) & (x < b[:, 2]) & (b[:, 1] < y) & (y < b[:, 3])), (x, y, b)
     assert session.state.scans == 2  # frames 0 and 10; between them the people were tracked, not detected
     for d in early:
         assert np.all(np.isfinite(d.kp2d)) and np.all((d.conf >= 0) & (d.conf <= 1))

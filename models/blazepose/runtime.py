@@ -24,8 +24,9 @@ heatmap) and its one-euro smoothing of landmarks and ROI points (smoothing belon
 is the pose-presence score.
 
 The loop's state is one small dataclass (``TrackingState``). Measured on vtest.avi (768x576 pedestrians filmed from
-above, see benchmarks/bench_blazepose_tracking.py): the detector finds people down to ~60-70 px tall in its 224
-input, so 256 px tiles find people down to ~70-80 px tall in the frame, the whole-frame pass only those >= ~200 px.
+above, see benchmarks/bench_blazepose_tracking.py): the detector finds people down to ~60-75 px tall in its 224
+input, so 256 px tiles find people down to ~60-70 px tall in the frame (the people tracked there were 55-113 px
+from head to heel, 10th-95th percentile), the whole-frame pass only those >= ~200 px.
 
 Still images (``__call__``): every frame is scanned on its own, as on a video's first frame.
 Landmarks are mapped back to image px and the world landmarks put in the camera frame (``models.blazepose.landmarks``).

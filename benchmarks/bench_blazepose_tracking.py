@@ -121,6 +121,47 @@ def run_ours(args: argparse.Namespace, max_people: int | None, batch: int = 16) 
     }
 
 
+def crop_runtimes(threads: int, tmp: Path, repeats: int = 30) -> dict:
+    """CPU ms per 256x256 crop of the landmark model: our ONNX under ONNX Runtime vs the original .tflite (from the
+    cached mediapipe wheel) under TensorFlow's TFLite interpreter (XNNPACK), both at ``threads`` threads."""
+    import numpy as np
+
+    from mocapflow.settings import load_settings
+    from models.blazepose.build import LANDMARK_MEMBER, extract_member, find_wheel
+    from models.blazepose.runtime import tflite_interpreter
+    from models.modelset import resolve
+    from models.runtime import ThreadConfig, ort_session
+
+    settings = load_settings()
+    ms = resolve("blazepose", settings.modelsets_dir, settings.cache_dir)
+    x = np.random.default_rng(0).random((1, 256, 256, 3), dtype=np.float32)
+    ort = ort_session(ms.path("backbone"), ThreadConfig(threads))
+    runs = {"onnxruntime": lambda: ort.run(None, {"image": x})}
+    wheel = find_wheel(settings.cache_dir / "downloads")
+    if wheel is not None:
+        tfl = tflite_interpreter(
+            extract_member(wheel, LANDMARK_MEMBER, tmp / "landmarks.tflite"), ThreadConfig(threads)
+        )
+        tfl.allocate_tensors()
+        index = tfl.get_input_details()[0]["index"]
+
+        def run_tflite() -> None:
+            tfl.set_tensor(index, x)
+            tfl.invoke()
+
+        runs["tflite (xnnpack)"] = run_tflite
+    out = {}
+    for name, run in runs.items():
+        run()
+        times = []
+        for _ in range(repeats):
+            c0 = time.process_time()
+            run()
+            times.append(time.process_time() - c0)
+        out[name] = 1e3 * float(np.median(times))
+    return out
+
+
 def subject_distance(ref: list, ours: list) -> dict:
     """Per frame both found: median over the reference's visible landmarks of |ours - ref| / torso, for our person
     closest to the reference's; summarised over frames."""
@@ -166,6 +207,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         refs = {s: run_reference(args, s, Path(tmp)) for s in (True, False)}
+        crops = crop_runtimes(args.threads, Path(tmp))
     ours = {m: run_ours(args, None if m == "all" else int(m)) for m in args.max_people}
     n = refs[True]["frames"]
     print(
@@ -210,6 +252,11 @@ def main() -> None:
         "  reference's (smoothing off) on frames both found, over the reference's torso length.\n"
         "  Ours per run: " + "; ".join(f"max_people={m}: {o['profile']}" for m, o in ours.items())
     )
+    print(
+        f"  landmark model, CPU ms per crop at {args.threads} thread(s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in crops.items())
+    )
+    rows["landmark_crop_cpu_ms"] = crops
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     sys.stdout.flush()

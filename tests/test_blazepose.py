@@ -14,24 +14,34 @@ from models.blazepose import JOINT_EDGES, JOINT_NAMES
 from models.blazepose.detection import (
     AnchorOptions,
     Detections,
+    concat,
     decode_detections,
+    inside_region,
     iou,
     ssd_anchors,
     weighted_nms,
 )
 from models.blazepose.geometry import (
+    detection_regions,
     image_to_input_units,
     input_units_to_image,
     letterbox_matrix,
     roi_from_alignment,
     roi_matrix,
     sample_affine,
+    square_matrix,
+    tile_starts,
+    warp_affine,
 )
 from models.blazepose.landmarks import (
+    alignment_boxes,
     camera_translation,
     decode_landmarks,
     decode_world,
+    dedupe_people,
     landmark_boxes,
+    landmarks_to_image,
+    roi_from_landmarks,
 )
 from models.modelset import ModelSet
 
@@ -197,6 +207,129 @@ def test_sample_affine_identity_shift_and_borders() -> None:
     np.testing.assert_allclose(sample_affine(img, far, 8)[:, 0], img[:, 7], atol=1e-3)
     with pytest.raises(ValueError, match="border"):
         sample_affine(img, ident, 8, border="reflect")
+
+
+def test_warp_affine_matches_the_numpy_sampler() -> None:
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    img = np.asarray(
+        sample_affine(img, np.array([[0.25, 0, 0], [0, 0.25, 0]]), 120)[:, :, :], np.uint8
+    )  # smooth
+    img = np.ascontiguousarray(np.concatenate([img, img[:, :40]], axis=1))
+    for roi, border in (([80.0, 60.0, 150.0, 0.4], "replicate"), ([20.0, 100.0, 90.0, -2.0], "zero")):
+        m = roi_matrix(np.array(roi), 64)
+        fast = warp_affine(img, m, 64, border=border)
+        assert fast.dtype == np.uint8 and fast.shape == (64, 64, 3)
+        # OpenCV interpolates in 1/32 px fixed point and rounds to uint8
+        np.testing.assert_allclose(fast, sample_affine(img, m, 64, border=border), atol=2.0)
+    with pytest.raises(ValueError, match="border"):
+        warp_affine(img, m, 8, border="reflect")
+
+
+def test_square_region_matrix_is_the_letterbox_for_the_centred_square() -> None:
+    np.testing.assert_allclose(
+        square_matrix(0.0, -96.0, 768.0, 224), letterbox_matrix(768, 576, 224), atol=1e-12
+    )
+    m = square_matrix(100.0, 50.0, 448.0, 224)  # 2 image px per input px
+    # the input's edges land on the region's edges (pixel-centre convention: first pixel's left edge at x0 - 0.5)
+    np.testing.assert_allclose(
+        input_units_to_image(m, [[0.0, 0.0], [224.0, 224.0]]), [[99.5, 49.5], [547.5, 497.5]]
+    )
+
+
+def test_tile_starts_cover_with_the_overlap() -> None:
+    s = tile_starts(768, 256, 64)
+    assert s.tolist() == pytest.approx([0, 512 / 3, 1024 / 3, 512])  # 4 tiles: 3 would overlap by < 64 px
+    assert np.all(np.diff(s) <= 256 - 64)
+    assert tile_starts(576, 256, 64).tolist() == [0, 160, 320]
+    assert tile_starts(200, 256, 64).tolist() == [-28.0]  # one tile, centred, bigger than the frame
+    assert tile_starts(300, 256, 64).tolist() == [0, 44]
+    with pytest.raises(ValueError, match="larger than its overlap"):
+        tile_starts(768, 64, 64)
+
+
+def test_detection_regions_pyramid() -> None:
+    r = detection_regions(768, 576, tile=256, overlap=0.25)
+    np.testing.assert_allclose(r[0], [0, -96, 768])  # the whole frame, letterboxed
+    sides = r[1:, 2]
+    assert (sides == 256).sum() == 12 and (sides == 512).sum() == 4 and r.shape == (17, 3)
+    # every tile lies in the frame, and every box up to the overlap (64 px at the finest level) fits in some tile
+    t = r[1:]
+    assert np.all(t[:, 0] >= 0) and np.all(t[:, 0] + t[:, 2] <= 768) and np.all(t[:, 1] + t[:, 2] <= 576)
+    fine = t[t[:, 2] == 256]
+    rng = np.random.default_rng(0)
+    for x, y in rng.uniform([0, 0], [768 - 64, 576 - 64], (200, 2)):
+        inside = (
+            (fine[:, 0] <= x)
+            & (fine[:, 1] <= y)
+            & (x + 64 <= fine[:, 0] + 256)
+            & (y + 64 <= fine[:, 1] + 256)
+        )
+        assert inside.any()
+    assert detection_regions(200, 150, tile=256).shape == (1, 3)  # a small frame: whole frame only
+    with pytest.raises(ValueError, match="overlap"):
+        detection_regions(768, 576, tile=256, overlap=1.0)
+
+
+# -- acquisition and tracking helpers --------------------------------------------------------------------------
+
+
+def _dets(centres: list[tuple[float, float]], radii: list[float], scores: list[float]) -> Detections:
+    c = np.asarray(centres, np.float32).reshape(-1, 2)
+    kp = np.zeros((len(c), 4, 2), np.float32)
+    kp[:, 0] = c
+    kp[:, 1] = c - np.stack([np.zeros(len(c)), np.asarray(radii)], 1)  # scale point straight above
+    boxes = np.concatenate([c - 5, c + 5], 1).astype(np.float32)
+    return Detections(boxes, kp, np.asarray(scores, np.float32))
+
+
+def test_inside_region_drops_people_cut_by_the_tile() -> None:
+    d = _dets([(100, 100), (232, 100), (100, 100), (260, 100)], [40, 40, 200, 40], [0.9, 0.8, 0.7, 0.6])
+    region = np.array([0.0, 0.0, 256.0])  # pixels 0..255, right edge at 255.5
+    # 1: fully inside; 2: sticks out by 16.5 px < 0.25 x 80; 3: a body of 400 px extrapolated from a 256 px tile;
+    # 4: sticks out by 44.5 px
+    assert inside_region(d, region, tolerance=0.25).tolist() == [True, True, False, False]
+    assert inside_region(d, region, tolerance=0.0).tolist() == [True, False, False, False]
+    both = concat([d, d.take(np.array([0]))])
+    assert both.n == 5 and concat([]).n == 0
+
+
+def test_alignment_boxes_and_dedupe() -> None:
+    boxes = alignment_boxes(np.array([[100.0, 100.0], [0, 0]]), np.array([[100.0, 60.0], [3.0, 4.0]]))
+    np.testing.assert_allclose(boxes, [[60, 60, 140, 140], [-5, -5, 5, 5]])
+    b = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 0, 30, 10], [0, 0, 10, 10.5]], np.float64)
+    # 0, 1 and 3 are one person (IoU 0.82, 0.95); 1 has the best score and stays
+    assert dedupe_people(b, np.array([0.6, 0.9, 0.7, 0.5]), max_iou=0.6).tolist() == [1, 2]
+    assert dedupe_people(b, np.array([0.6, 0.9, 0.7, 0.5]), max_iou=0.99).tolist() == [0, 1, 2, 3]
+    assert dedupe_people(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
+
+
+def test_roi_from_landmarks_follows_the_auxiliary_points() -> None:
+    """MediaPipe's next-frame ROI: centre = point 33, side = 2 x |34 - 33| x 1.25, 33 -> 34 straight up in the crop."""
+    rng = np.random.default_rng(4)
+    raw = np.zeros((1, 39, 5))
+    raw[0, :, :2] = rng.uniform(60, 200, (39, 2))
+    raw[0, 33, :2] = [128.0, 140.0]
+    raw[0, 34, :2] = [128.0 + 60.0, 140.0]  # scale point to the crop's right: the person lies on their side
+    roi = np.array([[300.0, 200.0, 512.0, 0.3]])  # 2 image px per crop px, rotated
+    pts = landmarks_to_image(raw.reshape(1, -1), roi)
+    np.testing.assert_allclose(pts[0, :33], decode_landmarks(raw.reshape(1, -1), roi)[0][0], atol=1e-3)
+    nxt = roi_from_landmarks(pts)[0]
+    np.testing.assert_allclose(nxt[:2], pts[0, 33], atol=1e-9)
+    assert nxt[2] == pytest.approx(2 * 120.0 * 1.25)  # 60 crop px = 120 image px
+    # in the next crop, 33 sits in the middle and 34 straight above it
+    m = roi_matrix(nxt, 256)
+    np.testing.assert_allclose(image_to_input_units(m, pts[0, 33]), [128, 128], atol=1e-9)
+    np.testing.assert_allclose(image_to_input_units(m, pts[0, 34]), [128, 128 - 256 / 2.5], atol=1e-9)
+
+
+def test_local_regions_centre_on_the_lost_roi() -> None:
+    from models.blazepose.runtime import local_regions
+
+    r = local_regions(np.array([[300.0, 200.0, 100.0, 1.0]]), scale=2.0)
+    np.testing.assert_allclose(r, [[200.5, 100.5, 200.0]])
+    m = square_matrix(*r[0], 224)
+    np.testing.assert_allclose(input_units_to_image(m, [112.0, 112.0]), [300.0, 200.0], atol=1e-9)
 
 
 # -- landmarks -------------------------------------------------------------------------------------------------
@@ -447,3 +580,171 @@ def test_rejects_non_rgb_frames_and_accepts_no_frames(
     with pytest.raises(ValueError, match=r"uint8 \[n, H, W, 3\]"):
         estimator(astronaut, intr)  # a single frame without the batch axis
     assert estimator(np.zeros((0, 512, 512, 3), np.uint8), intr) == []
+
+
+# -- real footage: vtest.avi (OpenCV's pedestrian clip, 768x576, 10 frames/s) ----------------------------------
+
+# The clip comes from Debian's opencv-doc package; ``mocapflow.realdata`` will fetch it (until then, the copy
+# extracted on the development machine is used when present).
+VTEST = Path("/work/realdata/vtest.avi")
+
+# The reference pipeline, MediaPipe's own Pose solution on the same weights (mediapipe 0.10.21,
+# Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=False)), run on the whole clip: it finds a
+# person in 429 of 795 frames, none in frames 0-165 (every walker there is < ~110 px tall) and one in every frame
+# of 166-185. Its shoulders and hips (left, right shoulder; left, right hip; image px) on three of those frames:
+REFERENCE_TORSO = {
+    166: [[472.9, 230.9], [458.9, 234.5], [475.4, 272.9], [466.9, 274.8]],
+    175: [[498.2, 233.1], [480.4, 231.2], [493.4, 259.7], [483.8, 259.1]],
+    185: [[549.1, 247.5], [534.4, 249.0], [548.4, 275.6], [540.0, 277.3]],
+}
+
+
+def _vtest_frames(start: int, count: int) -> np.ndarray:
+    if not VTEST.is_file():
+        pytest.skip(
+            f"{VTEST} is absent (real footage from Debian's opencv-doc; mocapflow.realdata will fetch it)"
+        )
+    from mocapflow.video import iter_batches
+
+    batches, seen = [], 0
+    for batch in iter_batches(str(VTEST), 16):
+        batches.append(batch[max(0, start - seen) : start + count - seen])
+        seen += len(batch)
+        if seen >= start + count:
+            break
+    frames = np.concatenate(batches)
+    assert frames.shape == (count, 576, 768, 3)
+    return frames
+
+
+def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers(
+    estimator: BlazePoseEstimator,
+) -> None:
+    """Two 2 s stretches of real footage, each tracked from its first frame as a video of its own."""
+    from mocapflow.camera import Intrinsics
+
+    intr = Intrinsics.from_fov(768, 576, 55.0)
+    # frames 0-19: three walkers, ~70-80 px tall (counted by eye); the reference finds nobody
+    session = estimator.video_session(intr)
+    early = session(_vtest_frames(0, 20))
+    assert [d.n >= 1 for d in early] == [True] * 20
+    assert sum(d.n >= 3 for d in early) >= 15
+    # frame 0, by eye: the walkers' bodies are centred near these points (image px)
+    for x, y in ((513, 193), (663, 280), (267, 260)):
+        b = early[0].boxes
+        assert np.any((b[:, 0] < x) & (x < b[:, 2]) & (b[:, 1] < y) & (y < b[:, 3])), (x, y, b)
+    assert session.state.scans == 2  # frames 0 and 10; between them the people were tracked, not detected
+    for d in early:
+        assert np.all(np.isfinite(d.kp2d)) and np.all((d.conf >= 0) & (d.conf <= 1))
+        height = d.boxes[:, 3] - d.boxes[:, 1]
+        assert np.all(height < 200)  # pedestrians, no box spanning the scene
+    # frames 166-185: the reference finds its person in all 20; we find them too, at the same joints
+    late = estimator.video_session(intr)(_vtest_frames(166, 20))
+    assert [d.n >= 1 for d in late] == [True] * 20
+    for i, ref in REFERENCE_TORSO.items():
+        ref = np.asarray(ref)
+        torso = np.linalg.norm(ref[:2].mean(0) - ref[2:].mean(0))
+        d = late[i - 166]
+        err = np.linalg.norm(d.kp2d[:, [11, 12, 23, 24]] - ref, axis=2).max(axis=1) / torso
+        assert err.min() < 0.15, (i, err)  # our closest person's worst torso joint within 15 % of the torso
+
+
+# -- the tracking loop, with stand-in models -----------------------------------------------------------------
+
+
+class _World:
+    """People as (centre, radius) per frame; frame i carries i in its first pixel."""
+
+    def __init__(self) -> None:
+        self.people: dict[str, tuple[int, int, float, float, float]] = {
+            # name: (first frame, last frame, x at first frame, y, body radius px); they walk 3 px/frame to the right
+            "a": (0, 14, 100.0, 200.0, 40.0),
+            "b": (5, 29, 500.0, 300.0, 40.0),
+        }
+
+    def at(self, i: int) -> list[tuple[float, float, float]]:
+        return [(x + 3.0 * (i - f0), y, r) for f0, f1, x, y, r in self.people.values() if f0 <= i <= f1]
+
+
+def _stand_in_estimator(world: _World):  # noqa: ANN202 (a test double)
+    from models.blazepose.runtime import BlazePoseEstimator, BlazePoseOptions, LandmarkResults
+
+    class StandIn(BlazePoseEstimator):
+        def __init__(self) -> None:  # no models: the two inference stages are replaced below
+            self.options = BlazePoseOptions()
+            self.joint_names = list(JOINT_NAMES)
+            self._regions = {}
+            self.detector_calls = 0
+
+        def _detect_region(self, frame: np.ndarray, matrix: np.ndarray) -> Detections:
+            """Finds a person whose body is >= 60 px in the 224 px input."""
+            self.detector_calls += 1
+            k = matrix[0, 0]
+            people = [p for p in world.at(int(frame[0, 0, 0])) if 2 * p[2] / k >= 60]
+            return _dets([(x, y) for x, y, _ in people], [r for *_, r in people], [0.9] * len(people))
+
+        def landmarks_at(self, frame: np.ndarray, rois: np.ndarray) -> LandmarkResults:
+            """Present (0.9) when the ROI is centred within 20 px of a person; points 33/34 on that person."""
+            rois = np.asarray(rois, np.float64).reshape(-1, 4)
+            k = rois.shape[0]
+            points = np.zeros((k, 39, 2))
+            presence = np.full(k, 0.1, np.float32)
+            for j, roi in enumerate(rois):
+                for x, y, r in world.at(int(frame[0, 0, 0])):
+                    if np.hypot(roi[0] - x, roi[1] - y) < 20:
+                        angles = np.linspace(0, 2 * np.pi, 33, endpoint=False)
+                        points[j, :33] = np.stack([x + r * np.cos(angles), y + r * np.sin(angles)], 1)
+                        points[j, 33:] = [x, y]
+                        points[j, 34] = [x, y - r]
+                        presence[j] = 0.9
+            raw = np.zeros((k, 39, 5), np.float32)
+            raw[..., 3:] = 5.0
+            return LandmarkResults(
+                rois, points, raw.reshape(k, 195), np.zeros((k, 117), np.float32), presence
+            )
+
+    return StandIn()
+
+
+def test_tracking_loop_scans_tracks_and_picks_up_people_again() -> None:
+    from mocapflow.camera import Intrinsics
+    from models.blazepose.runtime import BlazePoseSession
+
+    world = _World()
+    est = _stand_in_estimator(world)
+    frames = np.zeros((30, 576, 768, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(30)
+    session = BlazePoseSession(est, Intrinsics.from_fov(768, 576, 55.0))
+    found = session(frames[:16]) + session(frames[16:])  # two batches: the state carries over
+    counts = [d.n for d in found]
+    # a from frame 0 (first scan); b walks in at 5 and is picked up by the scan at 10; a leaves after frame 14
+    assert counts == [1] * 10 + [2] * 5 + [1] * 15
+    st = session.state
+    assert st.scans == 3 and st.last_scan == 20  # frames 0, 10, 20: 17 detector regions each
+    assert st.local_detections == 1  # frame 15: looked for a where it was lost, once
+    assert est.detector_calls == 3 * 17 + 1
+    assert st.whole_frame_detections == 0  # someone was tracked on every frame
+    # the people are followed as they walk (box centre = hip centre, to 0.5 px: 33 points on a circle)
+    np.testing.assert_allclose(found[29].boxes[0, [0, 2]].mean(), 500 + 3 * 24, atol=0.5)
+    np.testing.assert_allclose(found[3].boxes[0, [0, 2]].mean(), 100 + 3 * 3, atol=0.5)
+    assert found[12].scores.tolist() == pytest.approx([0.9, 0.9])
+
+
+def test_tracking_loop_keeps_at_most_max_people_and_then_stops_scanning() -> None:
+    import dataclasses
+
+    from mocapflow.camera import Intrinsics
+    from models.blazepose.runtime import BlazePoseSession
+
+    world = _World()
+    world.people["b"] = (0, 29, 500.0, 300.0, 60.0)  # b bigger, there from the start
+    est = _stand_in_estimator(world)
+    est.options = dataclasses.replace(est.options, max_people=1)
+    frames = np.zeros((12, 576, 768, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(12)
+    found = BlazePoseSession(est, Intrinsics.from_fov(768, 576, 55.0))(frames)
+    assert [d.n for d in found] == [1] * 12
+    np.testing.assert_allclose(found[0].boxes[0, [0, 2]].mean(), 500, atol=0.5)  # the largest one kept
+    assert (
+        est.detector_calls == 17
+    )  # the first scan only: with max_people tracked there is nobody to look for

@@ -193,3 +193,40 @@ def weighted_nms(dets: Detections, iou_threshold: float) -> Detections:
         keypoints=np.asarray(kps, np.float32).reshape(-1, k, 2),
         scores=np.asarray(scores, np.float32).reshape(-1),
     )
+
+
+def concat(parts: list[Detections], num_keypoints: int = 4) -> Detections:
+    """Detections of several regions (already in image px) as one set."""
+    if not parts:
+        return Detections(
+            np.zeros((0, 4), np.float32),
+            np.zeros((0, num_keypoints, 2), np.float32),
+            np.zeros((0,), np.float32),
+        )
+    return Detections(
+        np.concatenate([p.boxes for p in parts]),
+        np.concatenate([p.keypoints for p in parts]),
+        np.concatenate([p.scores for p in parts]),
+    )
+
+
+def inside_region(dets: Detections, region: np.ndarray, tolerance: float = 0.25) -> np.ndarray:
+    """Mask [k]: the person's whole-body box (circle around keypoint 0 through keypoint 1, image px) lies inside the
+    square ``region`` (x0, y0, side) widened on each side by ``tolerance`` x the box's side, and is no bigger than
+    the region.
+
+    A tile that holds only part of a big person (a face, a torso) still fires; the detector then extrapolates the
+    body beyond the tile. Those detections are dropped: a coarser region sees that person whole.
+    """
+    c = dets.keypoints[:, 0].astype(np.float64)
+    r = np.linalg.norm(dets.keypoints[:, 1].astype(np.float64) - c, axis=1)
+    x0, y0, side = (float(v) for v in region)
+    m = tolerance * 2 * r
+    lo_x, lo_y, hi_x, hi_y = (
+        x0 - 0.5 - m,
+        y0 - 0.5 - m,
+        x0 + side - 0.5 + m,
+        y0 + side - 0.5 + m,
+    )  # pixel edges
+    inside = (c[:, 0] - r >= lo_x) & (c[:, 1] - r >= lo_y) & (c[:, 0] + r <= hi_x) & (c[:, 1] + r <= hi_y)
+    return inside & (2 * r <= side)

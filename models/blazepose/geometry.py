@@ -115,3 +115,69 @@ def sample_affine(image: np.ndarray, matrix: np.ndarray, size: int, border: str 
         idx = np.clip(yi, 0, h - 1) * w + np.clip(xi, 0, w - 1)
         out += flat[idx] * weight[:, None]
     return out.reshape(size, size, c)
+
+
+def warp_affine(image: np.ndarray, matrix: np.ndarray, size: int, border: str = "replicate") -> np.ndarray:
+    """``sample_affine`` by OpenCV (bilinear, 1/32-px fixed point): uint8 [size, size, C], ~20x faster.
+
+    The per-frame path uses this one; ``sample_affine`` stays as the plain-numpy definition it is tested against.
+    """
+    import cv2
+
+    if border not in ("replicate", "zero"):
+        raise ValueError(f"border must be 'replicate' or 'zero', got {border!r}")
+    return cv2.warpAffine(
+        image,
+        np.asarray(matrix, np.float64),
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE if border == "replicate" else cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+
+
+def square_matrix(x0: float, y0: float, side: float, size: int) -> np.ndarray:
+    """Matrix [2, 3] from the pixels of a ``size`` x ``size`` input to image px, for the square region whose first
+    pixel is (x0, y0) and whose side is ``side`` px (its edges at x0 - 0.5 .. x0 - 0.5 + side, and y likewise).
+
+    A letterbox is the region of side max(W, H) centred on the image (``letterbox_matrix``).
+    """
+    k = side / size
+    return np.array([[k, 0.0, x0 + 0.5 * k - 0.5], [0.0, k, y0 + 0.5 * k - 0.5]], dtype=np.float64)
+
+
+def tile_starts(length: int, tile: int, min_overlap: int) -> np.ndarray:
+    """Start px of the fewest tiles of side ``tile`` that cover ``length`` px with >= ``min_overlap`` px between
+    neighbours, evenly spread from 0 to ``length - tile`` (a single tile, centred, when ``tile >= length``)."""
+    if tile <= min_overlap:
+        raise ValueError(f"tile ({tile} px) must be larger than its overlap ({min_overlap} px)")
+    if tile >= length:
+        return np.array([(length - tile) / 2.0])
+    n = math.ceil((length - min_overlap) / (tile - min_overlap))
+    n = max(n, 2)
+    return np.linspace(0.0, length - tile, n)
+
+
+def detection_regions(width: int, height: int, tile: int, overlap: float = 0.25) -> np.ndarray:
+    """Square regions [r, 3] (x0, y0, side px) the detector is run on to acquire people of every size.
+
+    Row 0 is the whole frame, letterboxed. Then a pyramid of tilings: tiles of side ``tile``, ``2 tile``, ``4 tile``,
+    ... while a tile is smaller than the frame's longer side; neighbouring tiles overlap by ``overlap`` x tile.
+    The detector finds a person whose body is >= ~60-75 px tall in its 224 px input, so a tile of side T finds
+    people down to ~0.3 T px tall (module ``runtime`` docs give the measured figure), and each coarser level picks
+    up the people too big for, or cut by, the finer tiles.
+    """
+    if tile < 32:
+        raise ValueError(f"tile must be >= 32 px, got {tile}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    side = max(width, height)
+    regions = [((width - side) / 2.0, (height - side) / 2.0, float(side))]
+    t = tile
+    while t < side:
+        o = int(round(overlap * t))
+        for y0 in tile_starts(height, t, o):
+            for x0 in tile_starts(width, t, o):
+                regions.append((float(x0), float(y0), float(t)))
+        t *= 2
+    return np.asarray(regions, np.float64)

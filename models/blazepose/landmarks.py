@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.blazepose.detection import sigmoid
-from models.blazepose.geometry import input_units_to_image, roi_matrix
+from models.blazepose.detection import iou, sigmoid
+from models.blazepose.geometry import input_units_to_image, roi_from_alignment, roi_matrix
 from models.blazepose.skeleton import N_JOINTS
 
 N_MODEL_LANDMARKS = 39
@@ -33,13 +33,59 @@ def decode_landmarks(
     conf = sigmoid(visibility) * sigmoid(presence).
     """
     lm = np.asarray(raw, np.float64).reshape(-1, N_MODEL_LANDMARKS, 5)[:, :N_JOINTS]
-    if lm.shape[0] != rois.shape[0]:
-        raise ValueError(f"{lm.shape[0]} landmark sets for {rois.shape[0]} ROIs")
-    kp2d = np.stack(
-        [input_units_to_image(roi_matrix(roi, input_size), p[:, :2]) for roi, p in zip(rois, lm, strict=True)]
-    ).reshape(-1, N_JOINTS, 2)
+    kp2d = landmarks_to_image(raw, rois, input_size)[:, :N_JOINTS]
     conf = sigmoid(lm[..., 3]) * sigmoid(lm[..., 4])
     return kp2d.astype(np.float32), conf.astype(np.float32)
+
+
+def landmarks_to_image(raw: np.ndarray, rois: np.ndarray, input_size: int = 256) -> np.ndarray:
+    """Raw landmarks [n, 195] and their crops' ROIs [n, 4] -> all 39 model points in image px [n, 39, 2] (float64).
+
+    Points 33 and 34 are the auxiliary alignment points (hip centre and full-body scale/rotation point) that
+    MediaPipe takes the next frame's ROI from.
+    """
+    lm = np.asarray(raw, np.float64).reshape(-1, N_MODEL_LANDMARKS, 5)
+    rois = np.asarray(rois, np.float64).reshape(-1, 4)
+    if lm.shape[0] != rois.shape[0]:
+        raise ValueError(f"{lm.shape[0]} landmark sets for {rois.shape[0]} ROIs")
+    out = np.empty((lm.shape[0], N_MODEL_LANDMARKS, 2))
+    for i, (roi, p) in enumerate(zip(rois, lm, strict=True)):
+        out[i] = input_units_to_image(roi_matrix(roi, input_size), p[:, :2])
+    return out
+
+
+# MediaPipe's pose_landmark graph (0.10.21): the ROI for the next frame comes from the auxiliary points
+# 33 (centre) -> 34 (scale/rotation point), rotated so that vector points up, and expanded by 1.25 (square).
+AUX_CENTER = 33
+AUX_SCALE = 34
+
+
+def roi_from_landmarks(points: np.ndarray, expand: float = 1.25) -> np.ndarray:
+    """All 39 image-px points of each person [n, 39, 2] -> the ROIs [n, 4] to crop them from in the next frame."""
+    p = np.asarray(points, np.float64).reshape(-1, N_MODEL_LANDMARKS, 2)
+    return roi_from_alignment(p[:, AUX_CENTER], p[:, AUX_SCALE], expand=expand)
+
+
+def alignment_boxes(center: np.ndarray, scale_point: np.ndarray) -> np.ndarray:
+    """Axis-aligned boxes [n, 4] of the circle around ``center`` through ``scale_point`` (the whole body).
+
+    Detections (keypoints 0 and 1) and tracked people (points 33 and 34) both give one, so the two compare.
+    """
+    c = np.asarray(center, np.float64).reshape(-1, 2)
+    r = np.linalg.norm(np.asarray(scale_point, np.float64).reshape(-1, 2) - c, axis=1)[:, None]
+    return np.concatenate([c - r, c + r], axis=1)
+
+
+def dedupe_people(boxes: np.ndarray, scores: np.ndarray, max_iou: float) -> np.ndarray:
+    """Indices (ascending) of the people to keep: best score first, dropping any whose box overlaps a kept one by
+    IoU > ``max_iou`` (two ROIs that converged on the same person)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    keep: list[int] = []
+    for i in order:
+        if not keep or np.all(iou(boxes[i], boxes[keep]) <= max_iou):
+            keep.append(int(i))
+    return np.sort(np.asarray(keep, dtype=np.intp))
 
 
 def decode_world(raw: np.ndarray, rotation: np.ndarray) -> np.ndarray:

@@ -1,17 +1,42 @@
 """BlazePose runtime: TFLite pose detector (TensorFlow's ``tf.lite.Interpreter``) + ONNX Runtime landmark model.
 
-Per call: every frame is letterboxed to 224x224 and run through the detector one frame at a time (its TFLite graph
-has a fixed batch of 1); detections are decoded, filtered by score and merged by weighted NMS; each gives a rotated
-square ROI from its hip-centre and scale/rotation keypoints; all crops of all frames go through the landmark model
-in batches; landmarks are mapped back to image px and the world landmarks put in the camera frame
-(``models.blazepose.landmarks``).
+Video (``BlazePoseEstimator.video_session``), MediaPipe's pose_landmark graph extended to several people:
+
+1. **Track.** Each tracked person has a region of interest (ROI) taken from the previous frame's landmarks: the
+   square centred on the auxiliary hip-centre point (model point 33), side 2 x its distance to the full-body
+   scale/rotation point (34) x 1.25, rotated so that 33 -> 34 points straight up in the crop (the alignment the
+   landmark model was trained with). Every ROI is cropped to 256x256 and all of a frame's crops go through the
+   landmark model in one call. A person whose pose-presence score drops below ``min_presence`` (MediaPipe's
+   ``min_tracking_confidence``, 0.5) is dropped.
+2. **Acquire.** The detector runs (a) on the first frame and every ``scan_interval`` frames as a *scan*: the whole
+   frame letterboxed to 224 px plus a pyramid of overlapping square tiles (``geometry.detection_regions``) so that
+   small people are found; (b) on a frame where a tracked person was just lost, on a square around their last ROI
+   (``local_scale`` x its side) to pick them up again at once; (c) on frames where nobody is tracked, on the whole
+   frame (as MediaPipe does). Detections are decoded per region, tile detections cut by their tile's border are
+   dropped (``detection.inside_region``), all are merged by weighted NMS, and those that match a tracked person
+   (IoU of the whole-body boxes > ``track_iou``) are skipped; the rest start new tracks with MediaPipe's detection
+   ROI (keypoints 0 -> 1, same 1.25 expansion). With ``max_people`` people tracked, nobody is looked for.
+3. **Dedupe.** ROIs that converge on the same person are merged: of two people whose landmark boxes overlap by
+   IoU > ``dedupe_iou`` the one with the higher presence score stays; beyond ``max_people``, the largest stay.
+
+Not reproduced from MediaPipe: its heatmap refinement of the landmarks (the converted backbone does not output the
+heatmap) and its one-euro smoothing of landmarks and ROI points (smoothing belongs to the fit). The score of a person
+is the pose-presence score.
+
+The loop's state is one small dataclass (``TrackingState``). Measured on vtest.avi (768x576 pedestrians filmed from
+above, see benchmarks/bench_blazepose_tracking.py): the detector finds people down to ~60-75 px tall in its 224
+input, so 256 px tiles find people down to ~60-70 px tall in the frame (the people tracked there were 55-113 px
+from head to heel, 10th-95th percentile), the whole-frame pass only those >= ~200 px.
+
+Still images (``__call__``): every frame is scanned on its own, as on a video's first frame.
+Landmarks are mapped back to image px and the world landmarks put in the camera frame (``models.blazepose.landmarks``).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,25 +46,45 @@ from models.blazepose.build import INPUT_NAME, INPUT_SIZE, OUTPUT_WIDTHS
 from models.blazepose.detection import (
     AnchorOptions,
     Detections,
+    concat,
     decode_detections,
+    inside_region,
+    iou,
+    sigmoid,
     ssd_anchors,
     weighted_nms,
 )
 from models.blazepose.geometry import (
+    detection_regions,
     input_units_to_image,
     letterbox_matrix,
     roi_from_alignment,
     roi_matrix,
-    sample_affine,
+    square_matrix,
+    warp_affine,
 )
 from models.blazepose.landmarks import (
-    decode_landmarks,
+    AUX_CENTER,
+    AUX_SCALE,
+    alignment_boxes,
     decode_world,
+    dedupe_people,
     landmark_boxes,
+    landmarks_to_image,
+    roi_from_landmarks,
     world_to_camera_mm,
 )
+from models.blazepose.skeleton import N_JOINTS
 from models.modelset import ModelSet, ModelSetError
-from models.runtime import FrameDetections, PoseEstimator, ThreadConfig, configure_tensorflow, ort_session
+from models.runtime import (
+    FrameDetections,
+    PoseEstimator,
+    ThreadConfig,
+    VideoSession,
+    check_frames,
+    configure_tensorflow,
+    ort_session,
+)
 
 if TYPE_CHECKING:
     from mocapflow.camera import Intrinsics
@@ -51,13 +96,28 @@ DETECTOR_SIZE = 224
 
 @dataclass(frozen=True)
 class BlazePoseOptions:
-    """Thresholds; defaults follow MediaPipe's pose solution."""
+    """Thresholds and the tracking policy; the first four are MediaPipe's pose-solution defaults."""
 
     min_detection_score: float = 0.5  # detector score (MediaPipe's min_detection_confidence)
     nms_iou: float = 0.3  # weighted-NMS overlap of the detector's (face) boxes
-    min_presence: float = 0.5  # landmark model's pose-presence score; below it the detection is dropped
+    # landmark model's pose presence; below it a person is dropped (MediaPipe's min_tracking_confidence)
+    min_presence: float = 0.5
     roi_expand: float = 1.25  # ROI side = 2 * |scale point - hip centre| * roi_expand
     max_batch: int = 8  # crops per ONNX Runtime call (larger batches were slower per crop on 2 cores)
+    tile: int | None = 256  # side px of the finest detector tiles of a scan; None = whole frame only
+    tile_overlap: float = 0.25  # overlap of neighbouring tiles, fraction of the tile side
+    tile_tolerance: float = 0.25  # a tile detection's body box may stick out of its tile by this x its side
+    scan_interval: int = 10  # frames between scans while people are tracked (new people are found this late)
+    track_iou: float = 0.4  # whole-body box IoU above which a detection is a person already tracked
+    dedupe_iou: float = 0.6  # landmark-box IoU above which two tracks are one person
+    max_people: int | None = None  # track at most this many (the largest ROIs); None = everyone found
+    local_scale: float = 2.0  # a lost person is looked for in a square this many times their last ROI's side
+
+    def __post_init__(self) -> None:
+        if self.scan_interval < 1:
+            raise ValueError(f"scan_interval must be >= 1 frame, got {self.scan_interval}")
+        if self.max_people is not None and self.max_people < 1:
+            raise ValueError(f"max_people must be >= 1 or None, got {self.max_people}")
 
 
 def tflite_interpreter(path: Path, threads: ThreadConfig) -> Any:
@@ -75,12 +135,18 @@ def tflite_interpreter(path: Path, threads: ThreadConfig) -> Any:
         return tf.lite.Interpreter(model_path=str(path), num_threads=threads.threads)
 
 
-def detector_input(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Letterboxed 224x224 detector input in [-1, 1] (black padding) and its input->image matrix."""
-    h, w = frame.shape[:2]
-    matrix = letterbox_matrix(w, h, DETECTOR_SIZE)
-    x = sample_affine(frame, matrix, DETECTOR_SIZE, border="zero") / 127.5 - 1.0
-    return x.astype(np.float32), matrix
+def detector_input(frame: np.ndarray, matrix: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """224x224 detector input in [-1, 1] (black outside the frame) and its input->image matrix.
+
+    Without ``matrix``: the whole frame, letterboxed.
+    """
+    if matrix is None:
+        h, w = frame.shape[:2]
+        matrix = letterbox_matrix(w, h, DETECTOR_SIZE)
+    x = warp_affine(frame, matrix, DETECTOR_SIZE, border="zero").astype(np.float32)
+    x *= 1.0 / 127.5
+    x -= 1.0
+    return x, matrix
 
 
 def detections_to_image(dets: Detections, matrix: np.ndarray) -> Detections:
@@ -92,9 +158,48 @@ def detections_to_image(dets: Detections, matrix: np.ndarray) -> Detections:
 
 def landmark_input(frame: np.ndarray, roi: np.ndarray) -> np.ndarray:
     """The 256x256 crop of ``roi`` in [0, 1] (edge pixels repeated outside the frame)."""
-    return (sample_affine(frame, roi_matrix(roi, INPUT_SIZE), INPUT_SIZE, border="replicate") / 255.0).astype(
-        np.float32
-    )
+    x = warp_affine(frame, roi_matrix(roi, INPUT_SIZE), INPUT_SIZE, border="replicate").astype(np.float32)
+    x *= 1.0 / 255.0
+    return x
+
+
+@dataclass(frozen=True)
+class LandmarkResults:
+    """Landmark-model outputs for k ROIs of one frame."""
+
+    rois: np.ndarray  # [k, 4] the crops they came from
+    points: np.ndarray  # [k, 39, 2] image px, float64 (33 landmarks + auxiliary points)
+    raw: np.ndarray  # [k, 195] raw landmark output (visibility / presence logits at 3 and 4 of each point)
+    world: np.ndarray  # [k, 117] raw world landmarks
+    presence: np.ndarray  # [k] pose presence
+
+    @property
+    def n(self) -> int:
+        return int(self.presence.shape[0])
+
+    def take(self, index: np.ndarray) -> LandmarkResults:
+        return LandmarkResults(
+            self.rois[index], self.points[index], self.raw[index], self.world[index], self.presence[index]
+        )
+
+    @staticmethod
+    def join(a: LandmarkResults, b: LandmarkResults) -> LandmarkResults:
+        return LandmarkResults(
+            *(np.concatenate([x, y]) for x, y in zip(a.astuple(), b.astuple(), strict=True))
+        )
+
+    def astuple(self) -> tuple[np.ndarray, ...]:
+        return (self.rois, self.points, self.raw, self.world, self.presence)
+
+    def alignment_boxes(self) -> np.ndarray:
+        return alignment_boxes(self.points[:, AUX_CENTER], self.points[:, AUX_SCALE])
+
+
+def local_regions(rois: np.ndarray, scale: float) -> np.ndarray:
+    """Detector regions [k, 3] (x0, y0, side) centred on ROIs [k, 4], ``scale`` times their side."""
+    rois = np.asarray(rois, np.float64).reshape(-1, 4)
+    side = rois[:, 2] * scale
+    return np.stack([rois[:, 0] - side / 2 + 0.5, rois[:, 1] - side / 2 + 0.5, side], axis=1)
 
 
 class BlazePoseEstimator(PoseEstimator):
@@ -123,17 +228,56 @@ class BlazePoseEstimator(PoseEstimator):
                 f"{model_set.path('backbone')}: unexpected ONNX inputs/outputs {names}; rebuild the blazepose set"
             )
         self._outputs = list(OUTPUT_WIDTHS)
+        self._regions: dict[tuple[int, int], np.ndarray] = {}
         logger.info("blazepose loaded (%s) with %d thread(s)", model_set.id, threads.threads)
 
-    def detect(self, frame: np.ndarray) -> Detections:
-        """People in one frame: boxes (face), alignment keypoints [k, 4, 2] and scores, in image px."""
-        x, matrix = detector_input(frame)
+    # -- stages -----------------------------------------------------------------------------------------------
+
+    def regions(self, width: int, height: int) -> np.ndarray:
+        """The scan's detector regions [r, 3] for this frame size (row 0 = whole frame); computed once per size."""
+        key = (width, height)
+        if key not in self._regions:
+            if self.options.tile is None:
+                side = max(width, height)
+                self._regions[key] = np.array([[(width - side) / 2.0, (height - side) / 2.0, float(side)]])
+            else:
+                self._regions[key] = detection_regions(
+                    width, height, self.options.tile, self.options.tile_overlap
+                )
+        return self._regions[key]
+
+    def _detect_region(self, frame: np.ndarray, matrix: np.ndarray) -> Detections:
+        x, _ = detector_input(frame, matrix)
         self.detector.set_tensor(self._det_in, x[None])
         self.detector.invoke()
         raw_boxes = self.detector.get_tensor(self._det_boxes)[0]
         raw_scores = self.detector.get_tensor(self._det_scores)[0]
         dets = decode_detections(raw_boxes, raw_scores, self.anchors, self.options.min_detection_score)
         return detections_to_image(weighted_nms(dets, self.options.nms_iou), matrix)
+
+    def detect(self, frame: np.ndarray, tiled: bool = False) -> Detections:
+        """People in one frame: boxes (face), alignment keypoints [k, 4, 2] and scores, in image px.
+
+        ``tiled``: the whole scan (whole frame + tiles, merged); otherwise the letterboxed whole frame only.
+        """
+        h, w = frame.shape[:2]
+        regions = self.regions(w, h)
+        return self.detect_regions(frame, regions if tiled else regions[:1], whole_first=True)
+
+    def detect_regions(self, frame: np.ndarray, regions: np.ndarray, whole_first: bool = False) -> Detections:
+        """The detector on square regions [r, 3] of one frame, merged by weighted NMS (image px).
+
+        Detections cut by their region's border are dropped (``inside_region``), except in the whole frame
+        (row 0 when ``whole_first``).
+        """
+        parts = []
+        for i, region in enumerate(regions):
+            dets = self._detect_region(frame, square_matrix(*region, DETECTOR_SIZE))
+            if dets.n and not (whole_first and i == 0):
+                dets = dets.take(np.flatnonzero(inside_region(dets, region, self.options.tile_tolerance)))
+            parts.append(dets)
+        merged = concat(parts)
+        return weighted_nms(merged, self.options.nms_iou) if len(parts) > 1 and merged.n > 1 else merged
 
     def landmarks(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """Landmark model on crops [n, 256, 256, 3] in batches of ``max_batch``."""
@@ -144,27 +288,35 @@ class BlazePoseEstimator(PoseEstimator):
                 parts[k].append(v.reshape(v.shape[0], -1))
         return {k: np.concatenate(v) for k, v in parts.items()}
 
-    def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(
-                f"frames must be uint8 [n, H, W, 3] RGB, got {frames.dtype} {frames.shape}; "
-                "convert BGR/grey video frames first"
+    def landmarks_at(self, frame: np.ndarray, rois: np.ndarray) -> LandmarkResults:
+        """The landmark model on the ROIs [k, 4] of one frame."""
+        rois = np.asarray(rois, np.float64).reshape(-1, 4)
+        if rois.shape[0] == 0:
+            return LandmarkResults(
+                rois,
+                np.zeros((0, 39, 2)),
+                np.zeros((0, 195), np.float32),
+                np.zeros((0, 117), np.float32),
+                np.zeros((0,), np.float32),
             )
-        n_joints = len(self.joint_names)
-        if frames.shape[0] == 0:
-            return []
-        per_frame = [self.detect(f) for f in frames]
-        owner = np.concatenate([np.full(d.n, i) for i, d in enumerate(per_frame)]).astype(int)
-        if owner.size == 0:
-            return [FrameDetections.empty(n_joints) for _ in frames]
-        kps = np.concatenate([d.keypoints for d in per_frame])
-        scores = np.concatenate([d.scores for d in per_frame])
-        rois = roi_from_alignment(kps[:, 0], kps[:, 1], expand=self.options.roi_expand)
-        crops = np.stack([landmark_input(frames[i], roi) for i, roi in zip(owner, rois, strict=True)])
+        crops = np.stack([landmark_input(frame, roi) for roi in rois])
         out = self.landmarks(crops)
-        kp2d, conf = decode_landmarks(out["landmarks"], rois, INPUT_SIZE)
-        world = decode_world(out["world_landmarks"], rois[:, 3])
+        return LandmarkResults(
+            rois=rois,
+            points=landmarks_to_image(out["landmarks"], rois, INPUT_SIZE),
+            raw=out["landmarks"],
+            world=out["world_landmarks"],
+            presence=out["pose_presence"][:, 0],
+        )
+
+    def frame_detections(self, res: LandmarkResults, intrinsics: Intrinsics) -> FrameDetections:
+        """Landmark results -> the interface's per-frame arrays (score = pose presence)."""
+        if res.n == 0:
+            return FrameDetections.empty(N_JOINTS)
+        lm = res.raw.reshape(-1, 39, 5)[:, :N_JOINTS].astype(np.float64)
+        kp2d = res.points[:, :N_JOINTS].astype(np.float32)
+        conf = (sigmoid(lm[..., 3]) * sigmoid(lm[..., 4])).astype(np.float32)
+        world = decode_world(res.world, res.rois[:, 3])
         kp3d = world_to_camera_mm(
             world,
             kp2d,
@@ -174,18 +326,103 @@ class BlazePoseEstimator(PoseEstimator):
             float(intrinsics.cx),
             float(intrinsics.cy),
         )
-        keep = out["pose_presence"][:, 0] >= self.options.min_presence
-        boxes = landmark_boxes(kp2d, conf)
-        result = []
-        for i in range(frames.shape[0]):
-            sel = np.flatnonzero((owner == i) & keep)
-            result.append(
-                FrameDetections(
-                    boxes=boxes[sel],
-                    scores=scores[sel].astype(np.float32),
-                    kp2d=kp2d[sel],
-                    kp3d=kp3d[sel],
-                    conf=conf[sel],
+        return FrameDetections(
+            boxes=landmark_boxes(kp2d, conf),
+            scores=res.presence.astype(np.float32),
+            kp2d=kp2d,
+            kp3d=kp3d,
+            conf=conf,
+        )
+
+    # -- interface --------------------------------------------------------------------------------------------
+
+    def video_session(self, intrinsics: Intrinsics) -> BlazePoseSession:
+        return BlazePoseSession(self, intrinsics)
+
+    def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
+        """Still images: each frame scanned on its own (no tracking between them)."""
+        frames = check_frames(frames, intrinsics)
+        return [BlazePoseSession(self, intrinsics).step(f) for f in frames]
+
+
+@dataclass
+class TrackingState:
+    """What one video's loop carries from a frame to the next."""
+
+    # [k, 4] each tracked person's ROI for the next frame
+    rois: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    frame: int = 0  # frames processed so far
+    last_scan: int | None = None  # index of the last frame scanned (whole frame + tiles); None = not yet
+    scans: int = 0  # counters, for the benchmark's profile
+    whole_frame_detections: int = 0
+    local_detections: int = 0
+    crops: int = 0
+
+
+class BlazePoseSession(VideoSession):
+    """MediaPipe-style tracking of every person in one video (module docstring); state in ``self.state``."""
+
+    def __init__(self, estimator: BlazePoseEstimator, intrinsics: Intrinsics) -> None:
+        self.estimator = estimator
+        self.intrinsics = intrinsics
+        self.options = estimator.options
+        self.state = TrackingState()
+
+    def __call__(self, frames: np.ndarray) -> list[FrameDetections]:
+        frames = check_frames(frames, self.intrinsics)
+        return [self.step(f) for f in frames]
+
+    def step(self, frame: np.ndarray) -> FrameDetections:
+        """One frame: track, acquire when due, dedupe, and set the next frame's ROIs."""
+        est, opts, st = self.estimator, self.options, self.state
+        res = est.landmarks_at(frame, st.rois)
+        st.crops += res.n
+        alive = res.presence >= opts.min_presence
+        lost = bool((~alive).any())
+        res = res.take(np.flatnonzero(alive))
+        full = opts.max_people is not None and res.n >= opts.max_people
+        due = st.last_scan is None or st.frame - st.last_scan >= opts.scan_interval
+        dets: Detections | None = None
+        if due and not full:
+            dets = est.detect(frame, tiled=True)
+            st.last_scan = st.frame
+            st.scans += 1
+        else:
+            parts = []
+            if lost and not full:  # look again where the lost people were, at a scale that suits them
+                lost_rois = st.rois[~alive]
+                parts.append(est.detect_regions(frame, local_regions(lost_rois, opts.local_scale)))
+                st.local_detections += lost_rois.shape[0]
+            if res.n == 0:
+                parts.append(est.detect(frame, tiled=False))
+                st.whole_frame_detections += 1
+            if parts:
+                dets = weighted_nms(concat(parts), opts.nms_iou)
+        if dets is not None and dets.n:
+            boxes = alignment_boxes(dets.keypoints[:, 0], dets.keypoints[:, 1])
+            tracked = res.alignment_boxes()
+            new = [
+                i
+                for i in range(dets.n)
+                if tracked.shape[0] == 0 or iou(boxes[i], tracked).max() <= opts.track_iou
+            ]
+            if new:
+                kp = dets.keypoints[new]
+                found = est.landmarks_at(
+                    frame, roi_from_alignment(kp[:, 0], kp[:, 1], expand=opts.roi_expand)
                 )
+                st.crops += found.n
+                res = LandmarkResults.join(
+                    res, found.take(np.flatnonzero(found.presence >= opts.min_presence))
+                )
+        if res.n > 1:
+            lm = res.raw.reshape(-1, 39, 5)[:, :N_JOINTS]
+            conf = sigmoid(lm[..., 3].astype(np.float64)) * sigmoid(lm[..., 4].astype(np.float64))
+            res = res.take(
+                dedupe_people(landmark_boxes(res.points[:, :N_JOINTS], conf), res.presence, opts.dedupe_iou)
             )
-        return result
+        if opts.max_people is not None and res.n > opts.max_people:
+            res = res.take(np.sort(np.argsort(-res.rois[:, 2], kind="stable")[: opts.max_people]))
+        st.rois = roi_from_landmarks(res.points, expand=opts.roi_expand) if res.n else np.zeros((0, 4))
+        st.frame += 1
+        return est.frame_detections(res, self.intrinsics)

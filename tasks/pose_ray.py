@@ -22,6 +22,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from mocapflow.camera import Intrinsics
 from mocapflow.cpus import current_affinity, lease_cpus
+from mocapflow.errors import is_transient
 from mocapflow.pose.pipeline import PoseParams, PoseResult, run_pose
 from mocapflow.settings import Settings
 from mocapflow.store import Store
@@ -176,18 +177,11 @@ class ProgressBoard:
         return dict(self._state)
 
 
-def _is_transient(e: BaseException) -> bool:
-    """Whether a retry may help: not for bad inputs (VideoError, CameraError, KeypointsError are ValueErrors)."""
-    if isinstance(e, ValueError):
-        return False
-    return bool(getattr(e, "transient", isinstance(e, (OSError, TimeoutError, ConnectionError))))
-
-
 def _failure(video: str, e: BaseException) -> PoseFailure:
     if isinstance(e, RayTaskError):
         cause = e.cause if isinstance(e.cause, BaseException) else e
         message = str(cause) if cause is not e else str(e).splitlines()[-1]
-        return PoseFailure(video, type(cause).__name__, message, _is_transient(cause))
+        return PoseFailure(video, type(cause).__name__, message, is_transient(cause))
     if isinstance(e, RayActorError):
         message = f"{video}: the pose actor died while processing it (crash or out of memory)"
         return PoseFailure(video, type(e).__name__, message, transient=True)

@@ -1,10 +1,11 @@
 """Prefect tasks: probe, pose, fit, publish. Each wraps core functions; flows wire them.
 
-Only I/O gets retries (STYLE.md #6): exponential backoff with jitter when the error is transient (object store,
-network, a dead actor); a bad video fails once, clearly. Caching is the store itself: a stage's output lives under a
-key derived from (video sha256, model-set id, parameters, the stage's code version) and is trusted only once its
-``_SUCCESS.json`` exists; a task whose committed output is already there returns the committed record in a
-``Cached`` state and does no work, on a local folder and on s3:// alike.
+Only I/O gets retries (STYLE.md #6): exponential backoff with jitter when the error is transient
+(:func:`mocapflow.errors.is_transient`: object store, network, a dead actor); a bad video fails once, clearly.
+Caching is the store itself: a stage's output lives under a key derived from (video sha256, model-set id,
+parameters, the stage's code version) and is trusted only once its ``_SUCCESS.json`` exists; a task whose committed
+output is already there returns the committed record in a ``Cached`` state and does no work, on a local folder and
+on s3:// alike.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
 from mocapflow.discovery import VideoSpec
-from mocapflow.store import SUCCESS, KeyNotFoundError, StoreError, keypoints_key, keypoints_prefix
-from mocapflow.video import VideoError, probe
+from mocapflow.errors import is_transient
+from mocapflow.store import SUCCESS, KeyNotFoundError, keypoints_key, keypoints_prefix
+from mocapflow.video import probe
 from tasks.runtime import FlowRuntime
 
 logger = logging.getLogger(__name__)
@@ -34,27 +36,6 @@ class StageError(RuntimeError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """Errors worth a retry: object-store/network trouble and dead actors; never a bad video or bad input."""
-    if exc is None or isinstance(exc, VideoError | ValueError | KeyNotFoundError):
-        return False
-    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError wraps the task's own exception
-    if isinstance(cause, BaseException) and cause is not exc:
-        return is_transient(cause)
-    if isinstance(exc, StoreError | StageError):
-        return exc.transient
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    name = type(exc).__name__
-    return name in {
-        "RayActorError",
-        "ActorDiedError",
-        "WorkerCrashedError",
-        "ObjectLostError",
-        "NodeDiedError",
-    }
 
 
 def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     )
     max_gap_frames: int = Field(15, ge=0, description="Tracking bridges gaps up to this many frames.")
     test_time_augmentation: int = Field(1, ge=1, description="Crops per detection (where supported).")
+    min_video_s: float = Field(
+        0.5, ge=0, description="Videos shorter than this (seconds) fail at probe: too short to fit a motion."
+    )
 
     # -- fitting -----------------------------------------------------------------------------------------
     fit_max_iters: int = Field(4000, ge=1, description="Maximum optimiser steps per fit.")

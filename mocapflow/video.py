@@ -176,6 +176,15 @@ def probe(
     return info
 
 
+def check_duration(info: VideoInfo, min_video_s: float) -> None:
+    """VideoError if the video is shorter than ``min_video_s`` seconds (setting ``min_video_s``)."""
+    if info.duration_s < min_video_s:
+        raise VideoError(
+            f"video {info.uri}: {info.duration_s:.2f} s long ({info.n_frames} frames at {info.fps:g} fps), shorter "
+            f"than min_video_s={min_video_s:g} s: too short to fit a motion; give a longer clip"
+        )
+
+
 def iter_batches(
     uri: str,
     batch_size: int,

@@ -20,9 +20,9 @@ from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
 from mocapflow.discovery import VideoSpec
-from mocapflow.errors import is_transient
+from mocapflow.errors import is_transient, one_line
 from mocapflow.store import SUCCESS, KeyNotFoundError, keypoints_key, keypoints_prefix
-from mocapflow.video import probe
+from mocapflow.video import check_duration, probe
 from tasks.runtime import FlowRuntime
 
 logger = logging.getLogger(__name__)
@@ -68,10 +68,14 @@ def _committed(rt: FlowRuntime, prefix: str) -> dict[str, Any] | None:
 
 @task(name="probe", task_run_name="probe {spec[uri]}", **_io_retries)
 def probe_video(spec: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
-    """Metadata and content hash of one video (fails clearly for an empty or undecodable file)."""
+    """Metadata and content hash of one video (fails clearly for an empty or undecodable file, or a video whose
+    manifest row could not be used, e.g. a bad camera file)."""
+    if spec.get("error"):
+        raise StageError(f"{spec['uri']}: {spec['error']}")
     t0 = time.perf_counter()
-    info = probe(spec["uri"], rt.settings.storage_options()).to_dict()
-    return {**info, "seconds": time.perf_counter() - t0}
+    info = probe(spec["uri"], rt.settings.storage_options())
+    check_duration(info, rt.settings.min_video_s)
+    return {**info.to_dict(), "seconds": time.perf_counter() - t0}
 
 
 @task(name="pose", task_run_name="pose {spec[uri]}", **_io_retries)
@@ -150,6 +154,12 @@ def angles_summary(rt: FlowRuntime, prefix: str) -> str:
     return "ROM deg R/L: " + ", ".join(parts)
 
 
+def fit_failure(video: str, exc: BaseException) -> StageError:
+    """A fit error from Ray (a 1 kB traceback with colour codes, naming the keypoints by hash) as one line naming
+    the video's source; transient only if the cause is (a dead worker, storage trouble)."""
+    return StageError(f"{video}: fit failed: {one_line(exc)}", transient=is_transient(exc))
+
+
 @task(name="fit", task_run_name="fit {pose[video]}", **_io_retries)
 def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
     """Joint angles of one video: from the store when committed, else a pinned JAX fit on Ray."""
@@ -173,13 +183,17 @@ def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
             "fit",
         )
     import ray
+    from ray.exceptions import RayError
 
     from tasks.fit_ray import submit_fit
 
     rt.count("fit")
     rt.ensure_ray()
     t0 = time.perf_counter()
-    result = ray.get(submit_fit(pose["uri"], rt.settings))
+    try:
+        result = ray.get(submit_fit(pose["uri"], rt.settings))
+    except RayError as e:
+        raise fit_failure(pose["video"], e) from None
     if result["prefix"] != prefix:
         raise StageError(f"{pose['video']}: the fit wrote {result['prefix']}, expected {prefix}")
     return {

@@ -107,7 +107,9 @@ def local_copy(
     os.close(fd)
     try:
         try:
-            sha, size = retry_transient(lambda: _download(uri, storage_options, tmp), f"read video {uri}", retry)
+            sha, size = retry_transient(
+                lambda: _download(uri, storage_options, tmp), f"read video {uri}", retry
+            )
         except FileNotFoundError as e:
             raise VideoError(f"video {uri}: no such file") from e
         except Exception as e:

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         None, description="Storage prefix (with glob) the nightly deployment scans for videos."
     )
     max_videos_in_flight: int = Field(8, ge=1, description="Backfill: videos submitted at once.")
+    verbose: bool = Field(
+        False,
+        description="Show framework start-up output: TensorFlow/absl/oneDNN/XNNPACK lines of each pose worker and "
+        "Ray's token and log-dedup notices (off: captured and logged at DEBUG). `mocapflow --verbose` sets it.",
+    )
 
     @field_validator("storage_root")
     @classmethod

@@ -8,10 +8,12 @@ and the cause, and the other videos go on. An actor that dies is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -87,6 +89,34 @@ def tensorflow_threads() -> dict[str, int] | None:
     }
 
 
+@contextlib.contextmanager
+def startup_output_captured(capture: bool = True) -> Iterator[None]:
+    """While models load, send this process's stderr (fd 2) to a temp file: TensorFlow's start-up lines (absl's
+    pre-init notice, oneDNN, XNNPACK, deprecation warnings) come from C++ and no log level governs them. The capture
+    is logged at DEBUG afterwards, or at ERROR if loading failed, so nothing needed for a diagnosis is lost."""
+    if not capture:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    failed = False
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                logger.log(logging.ERROR if failed else logging.DEBUG, "model start-up output:\n%s", text)
+
+
 class PoseWorker:
     """Holds one estimator for its lifetime; ``process`` runs the pose stage on one video.
 
@@ -100,13 +130,14 @@ class PoseWorker:
         self.model_set = resolve(
             settings.model_set, settings.modelsets_dir, settings.cache_dir, settings.storage_options()
         )
-        if _uses_tensorflow(self.model_set):
-            configure_tensorflow(self.threads)
         self._open_model = open_model or open_estimator
         self.loads = 0
         self.videos = 0
         self.store = Store.from_settings(settings)
-        self.estimator = self._load()
+        with startup_output_captured(not settings.verbose):
+            if _uses_tensorflow(self.model_set):
+                configure_tensorflow(self.threads)
+            self.estimator = self._load()
 
     def _load(self) -> PoseEstimator:
         t0 = time.perf_counter()

@@ -1,37 +1,71 @@
 """The deployments `mocapflow serve` serves (and prefect.yaml declares for `prefect deploy`).
 
 - ``nightly-cohort``: process-cohort on a cron schedule with a timezone (settings ``nightly_cron``, ``timezone``),
-  scanning ``nightly_prefix``; unchanged videos cost nothing.
+  scanning ``nightly_prefix``; paused (schedule inactive) until a prefix is set; unchanged videos cost nothing.
 - ``adhoc-video`` / ``adhoc-cohort``: runs from the UI with typed forms.
 - ``backfill``: resumable reprocessing on the Ray cluster.
+
+`serve` and `prefect deploy` read the same settings: :func:`nightly_spec` is what both use, and prefect.yaml calls
+it as a build step (:func:`nightly_step`) so its schedule, timezone, prefix and paused state come from the settings
+(``MOCAPFLOW_NIGHTLY_CRON``, ``MOCAPFLOW_TIMEZONE``, ``MOCAPFLOW_NIGHTLY_PREFIX``) read when deploying.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from flows.cohort import backfill, process_cohort, process_video
-from mocapflow.settings import Settings
+from mocapflow.settings import Settings, load_settings
 
 NIGHTLY = "nightly-cohort"
+
+
+def nightly_spec(settings: Settings) -> dict[str, Any]:
+    """The nightly deployment's schedule and parameters from the settings (paused while no prefix is set)."""
+    active = bool(settings.nightly_prefix)
+    return {
+        "cron": settings.nightly_cron,
+        "timezone": settings.timezone,
+        "active": active,
+        "paused": not active,
+        "prefix": settings.nightly_prefix,
+        "parameters": {"source": {"prefix": settings.nightly_prefix}} if active else {},
+        "description": f"Nightly cohort at '{settings.nightly_cron}' ({settings.timezone}) over "
+        f"{settings.nightly_prefix or '<set MOCAPFLOW_NIGHTLY_PREFIX>'}",
+    }
+
+
+def nightly_step() -> dict[str, Any]:
+    """prefect.yaml build step: :func:`nightly_spec` of the settings read now (``prefect deploy`` time)."""
+    return nightly_spec(load_settings())
+
+
+def enter_project() -> dict[str, str]:
+    """prefect.yaml pull step: work from the folder holding the installed ``flows`` package, where every
+    ``flows/<module>.py`` entrypoint resolves (a checkout, a Docker image's /app, or site-packages)."""
+    import flows
+
+    root = str(Path(flows.__file__).resolve().parents[1])
+    os.chdir(root)
+    return {"directory": root}
 
 
 def build_deployments(settings: Settings) -> list[Any]:
     """RunnerDeployments for `serve` (settings read by the caller, when serving starts)."""
     from prefect.schedules import Cron
 
-    nightly_params: dict[str, Any] = {}
-    if settings.nightly_prefix:
-        nightly_params = {"source": {"prefix": settings.nightly_prefix}}
+    from flows.cohort import backfill, process_cohort, process_video
+
+    nightly = nightly_spec(settings)
     return [
         process_cohort.to_deployment(
             name=NIGHTLY,
-            schedule=Cron(settings.nightly_cron, timezone=settings.timezone),
-            parameters=nightly_params,
-            paused=not settings.nightly_prefix,  # nothing to scan until a prefix is set
+            schedule=Cron(nightly["cron"], timezone=nightly["timezone"]),
+            parameters=nightly["parameters"],
+            paused=nightly["paused"],  # nothing to scan until a prefix is set
             tags=["mocapflow", "nightly"],
-            description=f"Nightly cohort at '{settings.nightly_cron}' ({settings.timezone}) over "
-            f"{settings.nightly_prefix or '<set MOCAPFLOW_NIGHTLY_PREFIX>'}",
+            description=nightly["description"],
         ),
         process_video.to_deployment(name="adhoc-video", tags=["mocapflow", "adhoc"]),
         process_cohort.to_deployment(name="adhoc-cohort", tags=["mocapflow", "adhoc"]),

@@ -31,6 +31,43 @@ def worker_env(prefect_api_url: str | None = None) -> dict[str, str]:
     return env
 
 
+def quiet_worker_env(verbose: bool = False) -> dict[str, str]:
+    """Log levels for workers: TensorFlow's C++ INFO/WARNING lines off unless ``verbose`` (errors always show).
+
+    TensorFlow prints a few start-up lines that no log level governs (absl's pre-init notice, oneDNN, XNNPACK);
+    the pose worker captures those while its models load (:func:`tasks.pose_ray.startup_output_captured`).
+    """
+    if verbose:
+        return {"TF_CPP_MIN_LOG_LEVEL": "0"}
+    return {"TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_VERBOSITY": "ERROR"}
+
+
+_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropRayNotice(logging.Filter):
+    """Drops Ray's "token authentication is enabled" notice (printed on every start; enabled is the safe default)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_TOKEN_NOTICE)
+
+
+def quiet_ray_notices(verbose: bool = False) -> None:
+    """Unless ``verbose``: no token-auth notice and no "Ray deduplicates logs by default" notice in this driver.
+
+    Called when a run starts (never at import). The dedup notice is a once-per-process message: marking it as
+    already shown keeps deduplication itself on.
+    """
+    if verbose:
+        return
+    from ray.util.debug import log_once
+
+    log_once("log_dedup_warning")
+    token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropRayNotice) for f in token_logger.filters):
+        token_logger.addFilter(_DropRayNotice())
+
+
 def local_cpus() -> int:
     """CPUs this driver process may use (its affinity set, not the host's core count)."""
     if hasattr(os, "sched_getaffinity"):
@@ -48,7 +85,8 @@ def ensure_ray(
     """
     import ray
 
-    env = worker_env(prefect_api_url)
+    env = {**worker_env(prefect_api_url), **quiet_worker_env(settings.verbose)}
+    quiet_ray_notices(settings.verbose)
     if ray.is_initialized():
         current = ray.get_runtime_context().runtime_env.get("env_vars", {}) or {}
         if prefect_api_url and current.get("PREFECT_API_URL") != prefect_api_url:

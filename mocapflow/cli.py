@@ -31,6 +31,10 @@ console = Console(stderr=True)
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     configure_cli_logging(verbose)
+    if verbose:  # the command's settings (read later, when its run starts) show framework output too
+        import os
+
+        os.environ["MOCAPFLOW_VERBOSE"] = "1"
 
 
 @app.command()

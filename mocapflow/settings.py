@@ -95,6 +95,9 @@ class Settings(BaseSettings):
         description="Crops per detection (metrabs only; the authors use 5, their cohort pipeline 10): >= 2 gives each "
         "joint a confidence from its spread across rotated/zoomed/flipped crops; 1 caps confidence at 0.5.",
     )
+    min_video_s: float = Field(
+        0.5, ge=0, description="Videos shorter than this (seconds) fail at probe: too short to fit a motion."
+    )
 
     # -- fitting -----------------------------------------------------------------------------------------
     fit_max_iters: int = Field(4000, ge=1, description="Maximum optimiser steps per fit.")
@@ -108,6 +111,11 @@ class Settings(BaseSettings):
         None, description="Storage prefix (with glob) the nightly deployment scans for videos."
     )
     max_videos_in_flight: int = Field(8, ge=1, description="Backfill: videos submitted at once.")
+    verbose: bool = Field(
+        False,
+        description="Show framework start-up output: TensorFlow/absl/oneDNN/XNNPACK lines of each pose worker and "
+        "Ray's token and log-dedup notices (off: captured and logged at DEBUG). `mocapflow --verbose` sets it.",
+    )
 
     @field_validator("storage_root")
     @classmethod

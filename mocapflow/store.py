@@ -4,13 +4,14 @@ A local folder (plain path or ``file://``) and an object store (``s3://`` throug
 filesystem. Every object is written in one put from a finished in-memory buffer; on a local folder the put is a
 temp file in the same folder followed by ``os.replace``, so readers never see half an object. Keys are relative,
 ``/``-separated and derived from content (:func:`keypoints_key`, :func:`fit_prefix`); user-derived parts go through
-:func:`safe_key`. Retries belong to the orchestration layer: failures raise :class:`StoreError` (``transient`` says
-whether a retry may help) or :class:`KeyNotFoundError`.
+:func:`safe_key`. Each read, write, check and listing is retried on its own while the error is transient
+(:func:`mocapflow.errors.retry_transient`, a few seconds: an object store that blinks does not cost a stage);
+what still fails raises :class:`StoreError` (``transient`` says whether a later retry of the stage may help) or
+:class:`KeyNotFoundError`.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -27,6 +28,8 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mocapflow.errors import DEFAULT_RETRY, RetryPolicy, is_transient, retry_transient
 
 if TYPE_CHECKING:
     from mocapflow.settings import Settings
@@ -207,28 +210,6 @@ def _is_local(root: str) -> bool:
     return "://" not in root or root.startswith("file://")
 
 
-_PERMANENT_ERRNOS = {
-    errno.EINVAL,
-    errno.ENOENT,
-    errno.EACCES,
-    errno.EPERM,
-    errno.ENOTDIR,
-    errno.EISDIR,
-    errno.ENAMETOOLONG,
-}
-
-
-def _classify(e: BaseException) -> bool:
-    """True if a retry may help (network, timeouts, throttling, server errors)."""
-    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)):
-        return False
-    if isinstance(e, OSError) and e.errno in _PERMANENT_ERRNOS:
-        return False
-    return isinstance(e, (OSError, TimeoutError, ConnectionError)) or type(e).__module__.startswith(
-        ("botocore", "aiohttp", "aiobotocore")
-    )
-
-
 class Store:
     """Blobs, JSON and Parquet tables by key under ``root`` (a folder, ``file://`` or ``s3://bucket/prefix``).
 
@@ -236,7 +217,9 @@ class Store:
     in ``repr``. The filesystem is created on first use, so a Store is cheap to build and to pickle.
     """
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, root: str, storage_options: dict[str, Any] | None = None, retry: RetryPolicy = DEFAULT_RETRY
+    ) -> None:
         if not isinstance(root, str) or not root.strip():
             raise ValueError(f"storage root {root!r} is empty; give a folder or an s3://bucket/prefix URI")
         self._local = _is_local(root)
@@ -253,6 +236,7 @@ class Store:
                 )
         self._options = dict(storage_options or {})
         self._fs: fsspec.AbstractFileSystem | None = None
+        self._retry = retry
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -298,11 +282,15 @@ class Store:
         t0 = time.perf_counter()
         path = self.path(key)
         data = bytes(data) if not isinstance(data, bytes) else data
-        try:
+
+        def put() -> None:
             if self._local:
                 _atomic_write_local(path, data)
             else:
                 self.fs.pipe_file(path, data)
+
+        try:
+            self._retried(put, "write", key)
         except Exception as e:
             raise self._error("write", key, e) from e
         report = WriteReport(self.uri(key), None, len(data), time.perf_counter() - t0)
@@ -313,25 +301,33 @@ class Store:
         """The bytes at ``key``; KeyNotFoundError if there is none."""
         path = self.path(key)
         try:
-            return self.fs.cat_file(path)
+            return self._retried(lambda: self.fs.cat_file(path), "read", key)
         except Exception as e:
             raise self._error("read", key, e) from e
 
     def exists(self, key: str) -> bool:
         """True if an object (or, for a prefix, any object below it) exists at ``key``."""
         path = self.path(key)
-        try:
+
+        def check() -> bool:
             self.fs.invalidate_cache(path)
             return bool(self.fs.exists(path))
+
+        try:
+            return self._retried(check, "check", key)
         except Exception as e:
             raise self._error("check", key, e) from e
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys of all objects below ``prefix`` (recursive, sorted); hidden temp files (``.name``) are skipped."""
         base = self._base if prefix == "" else self.path(prefix.rstrip("/"))
-        try:
+
+        def find() -> list[str]:
             self.fs.invalidate_cache(base)
-            found = self.fs.find(base)
+            return list(self.fs.find(base))
+
+        try:
+            found = self._retried(find, "list", prefix or "<root>")
         except FileNotFoundError:
             return []
         except Exception as e:
@@ -351,7 +347,7 @@ class Store:
         """Remove one object (no error if it is already gone)."""
         path = self.path(key)
         try:
-            self.fs.rm_file(path)
+            self._retried(lambda: self.fs.rm_file(path), "delete", key)
         except FileNotFoundError:
             pass
         except Exception as e:
@@ -415,6 +411,9 @@ class Store:
 
     # -- helpers ------------------------------------------------------------------------------------------
 
+    def _retried(self, fn: Any, op: str, key: str) -> Any:
+        return retry_transient(fn, f"{op} {self.root}/{key}", self._retry)
+
     def _error(self, op: str, key: str, e: BaseException) -> StoreError:
         uri = f"{self.root}/{key}"
         if isinstance(e, StoreError):
@@ -427,7 +426,7 @@ class Store:
             return KeyNotFoundError(f"{uri}: no such object ({op} failed); was the stage that writes it run?")
         if isinstance(e, PermissionError):
             return StoreError(f"cannot {op} {uri}: permission denied ({e}); check the storage credentials")
-        transient = _classify(e)
+        transient = is_transient(e)
         hint = "a retry may succeed" if transient else "check the storage root and settings"
         return StoreError(f"cannot {op} {uri}: {type(e).__name__}: {e} ({hint})", transient=transient)
 

@@ -2,7 +2,8 @@
 
 Local paths (or ``file://``) are read in place; remote URIs (``s3://`` ...) are copied to a local temp file first.
 A bad video (empty, truncated, not a video, no frames) raises :class:`VideoError` naming the file and the problem;
-network errors while copying a remote video are left as they are (OSError) so the orchestration layer can retry.
+a remote video that cannot be read for a while (network, object store) raises :class:`VideoReadError`, a transient
+error the orchestration layer retries, after the download itself was retried (:mod:`mocapflow.errors`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 from numpy.typing import NDArray
+
+from mocapflow.errors import DEFAULT_RETRY, RetryPolicy, is_transient, one_line, retry_transient
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +63,38 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+class VideoReadError(OSError):
+    """A remote video could not be read from storage after the I/O retries; a later retry of the stage may succeed."""
+
+    transient = True
+
+
+def _download(uri: str, storage_options: dict[str, Any] | None, dst_path: str) -> tuple[str, int]:
+    """Copy ``uri`` to ``dst_path`` (overwritten: a retry starts over); returns (sha256, size)."""
+    import fsspec
+
+    h = hashlib.sha256()
+    size = 0
+    with fsspec.open(uri, "rb", **(storage_options or {})) as src, open(dst_path, "wb") as dst:
+        for chunk in iter(lambda: src.read(_CHUNK), b""):
+            h.update(chunk)
+            size += len(chunk)
+            dst.write(chunk)
+    return h.hexdigest(), size
+
+
 @contextlib.contextmanager
 def local_copy(
-    uri: str, storage_options: dict[str, Any] | None = None, hash_local: bool = True
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    hash_local: bool = True,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> Iterator[tuple[str, str | None, int]]:
     """Yield ``(local_path, sha256, size_bytes)`` for ``uri``; a remote file is copied to a temp file (removed after).
 
     The sha256 of a local file is computed only if ``hash_local`` (else None). VideoError if there is no such file.
+    A download that fails with a transient error (:func:`mocapflow.errors.is_transient`: the store unreachable,
+    throttled, a 5xx) starts over under ``retry``; if it still fails, :class:`VideoReadError` names the video.
     """
     if _is_local(uri):
         path = uri.removeprefix("file://")
@@ -74,23 +102,25 @@ def local_copy(
             raise VideoError(f"video {uri}: no such file")
         yield path, (_sha256_file(path) if hash_local else None), os.path.getsize(path)
         return
-    import fsspec
-
     suffix = os.path.splitext(uri.rsplit("/", 1)[-1])[1][:16]
     fd, tmp = tempfile.mkstemp(prefix="mocapflow-video-", suffix=suffix)
+    os.close(fd)
     try:
-        h = hashlib.sha256()
-        size = 0
         try:
-            with fsspec.open(uri, "rb", **(storage_options or {})) as src, os.fdopen(fd, "wb") as dst:
-                for chunk in iter(lambda: src.read(_CHUNK), b""):
-                    h.update(chunk)
-                    size += len(chunk)
-                    dst.write(chunk)
+            sha, size = retry_transient(
+                lambda: _download(uri, storage_options, tmp), f"read video {uri}", retry
+            )
         except FileNotFoundError as e:
             raise VideoError(f"video {uri}: no such file") from e
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            raise VideoReadError(
+                f"video {uri}: cannot read it from storage ({type(e).__name__}: {one_line(e)}); "
+                "check that the object store is reachable, then retry"
+            ) from e
         logger.debug("copied %s to %s (%d bytes)", uri, tmp, size)
-        yield tmp, h.hexdigest(), size
+        yield tmp, sha, size
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -112,12 +142,18 @@ def _open(path: str, uri: str, size: int, threads: int | None) -> cv2.VideoCaptu
     return cap
 
 
-def probe(uri: str, storage_options: dict[str, Any] | None = None, count_frames: bool = False) -> VideoInfo:
+def probe(
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    count_frames: bool = False,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> VideoInfo:
     """Size, frame rate, frame count and content hash of a video; decodes its first frame to prove it is usable.
 
-    ``count_frames=True`` counts frames by decoding the whole video instead of trusting the container.
+    ``count_frames=True`` counts frames by decoding the whole video instead of trusting the container; ``retry``
+    governs the download of a remote video (:func:`local_copy`).
     """
-    with local_copy(uri, storage_options) as (path, sha, size):
+    with local_copy(uri, storage_options, retry=retry) as (path, sha, size):
         cap = _open(path, uri, size, threads=1)
         try:
             ok, first = cap.read()
@@ -140,6 +176,15 @@ def probe(uri: str, storage_options: dict[str, Any] | None = None, count_frames:
     info = VideoInfo(uri, fps, int(width), int(height), n, n / fps, sha, size)
     logger.debug("probed %s: %dx%d, %d frames at %.3f fps", uri, width, height, n, fps)
     return info
+
+
+def check_duration(info: VideoInfo, min_video_s: float) -> None:
+    """VideoError if the video is shorter than ``min_video_s`` seconds (setting ``min_video_s``)."""
+    if info.duration_s < min_video_s:
+        raise VideoError(
+            f"video {info.uri}: {info.duration_s:.2f} s long ({info.n_frames} frames at {info.fps:g} fps), shorter "
+            f"than min_video_s={min_video_s:g} s: too short to fit a motion; give a longer clip"
+        )
 
 
 def iter_batches(

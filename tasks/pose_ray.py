@@ -8,10 +8,12 @@ and the cause, and the other videos go on. An actor that dies is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -23,6 +25,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from mocapflow.camera import Intrinsics
 from mocapflow.cpus import current_affinity, lease_cpus
+from mocapflow.errors import is_transient
 from mocapflow.pose.pipeline import PoseParams, PoseResult, run_pose
 from mocapflow.settings import Settings
 from mocapflow.store import Store
@@ -87,6 +90,34 @@ def tensorflow_threads() -> dict[str, int] | None:
     }
 
 
+@contextlib.contextmanager
+def startup_output_captured(capture: bool = True) -> Iterator[None]:
+    """While models load, send this process's stderr (fd 2) to a temp file: TensorFlow's start-up lines (absl's
+    pre-init notice, oneDNN, XNNPACK, deprecation warnings) come from C++ and no log level governs them. The capture
+    is logged at DEBUG afterwards, or at ERROR if loading failed, so nothing needed for a diagnosis is lost."""
+    if not capture:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    failed = False
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                logger.log(logging.ERROR if failed else logging.DEBUG, "model start-up output:\n%s", text)
+
+
 class PoseWorker:
     """Holds one estimator for its lifetime; ``process`` runs the pose stage on one video.
 
@@ -100,15 +131,16 @@ class PoseWorker:
         self.model_set = resolve(
             settings.model_set, settings.modelsets_dir, settings.cache_dir, settings.storage_options()
         )
-        if _uses_tensorflow(self.model_set):
-            configure_tensorflow(self.threads)
         self._open_model = open_model or partial(
             open_estimator, test_time_augmentation=settings.test_time_augmentation
         )
         self.loads = 0
         self.videos = 0
         self.store = Store.from_settings(settings)
-        self.estimator = self._load()
+        with startup_output_captured(not settings.verbose):
+            if _uses_tensorflow(self.model_set):
+                configure_tensorflow(self.threads)
+            self.estimator = self._load()
 
     def _load(self) -> PoseEstimator:
         t0 = time.perf_counter()
@@ -180,18 +212,11 @@ class ProgressBoard:
         return dict(self._state)
 
 
-def _is_transient(e: BaseException) -> bool:
-    """Whether a retry may help: not for bad inputs (VideoError, CameraError, KeypointsError are ValueErrors)."""
-    if isinstance(e, ValueError):
-        return False
-    return bool(getattr(e, "transient", isinstance(e, (OSError, TimeoutError, ConnectionError))))
-
-
 def _failure(video: str, e: BaseException) -> PoseFailure:
     if isinstance(e, RayTaskError):
         cause = e.cause if isinstance(e.cause, BaseException) else e
         message = str(cause) if cause is not e else str(e).splitlines()[-1]
-        return PoseFailure(video, type(cause).__name__, message, _is_transient(cause))
+        return PoseFailure(video, type(cause).__name__, message, is_transient(cause))
     if isinstance(e, RayActorError):
         message = f"{video}: the pose actor died while processing it (crash or out of memory)"
         return PoseFailure(video, type(e).__name__, message, transient=True)

@@ -1,10 +1,11 @@
 """Prefect tasks: probe, pose, fit, publish. Each wraps core functions; flows wire them.
 
-Only I/O gets retries (STYLE.md #6): exponential backoff with jitter when the error is transient (object store,
-network, a dead actor); a bad video fails once, clearly. Caching is the store itself: a stage's output lives under a
-key derived from (video sha256, model-set id, parameters, the stage's code version) and is trusted only once its
-``_SUCCESS.json`` exists; a task whose committed output is already there returns the committed record in a
-``Cached`` state and does no work, on a local folder and on s3:// alike.
+Only I/O gets retries (STYLE.md #6): exponential backoff with jitter when the error is transient
+(:func:`mocapflow.errors.is_transient`: object store, network, a dead actor); a bad video fails once, clearly.
+Caching is the store itself: a stage's output lives under a key derived from (video sha256, model-set id,
+parameters, the stage's code version) and is trusted only once its ``_SUCCESS.json`` exists; a task whose committed
+output is already there returns the committed record in a ``Cached`` state and does no work, on a local folder and
+on s3:// alike.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
 from mocapflow.discovery import VideoSpec
-from mocapflow.store import SUCCESS, KeyNotFoundError, StoreError, keypoints_key, keypoints_prefix
-from mocapflow.video import VideoError, probe
+from mocapflow.errors import is_transient, one_line
+from mocapflow.store import SUCCESS, KeyNotFoundError, keypoints_key, keypoints_prefix
+from mocapflow.video import check_duration, probe
 from tasks.runtime import FlowRuntime
 
 logger = logging.getLogger(__name__)
@@ -34,27 +36,6 @@ class StageError(RuntimeError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """Errors worth a retry: object-store/network trouble and dead actors; never a bad video or bad input."""
-    if exc is None or isinstance(exc, VideoError | ValueError | KeyNotFoundError):
-        return False
-    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError wraps the task's own exception
-    if isinstance(cause, BaseException) and cause is not exc:
-        return is_transient(cause)
-    if isinstance(exc, StoreError | StageError):
-        return exc.transient
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    name = type(exc).__name__
-    return name in {
-        "RayActorError",
-        "ActorDiedError",
-        "WorkerCrashedError",
-        "ObjectLostError",
-        "NodeDiedError",
-    }
 
 
 def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -87,10 +68,14 @@ def _committed(rt: FlowRuntime, prefix: str) -> dict[str, Any] | None:
 
 @task(name="probe", task_run_name="probe {spec[uri]}", **_io_retries)
 def probe_video(spec: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
-    """Metadata and content hash of one video (fails clearly for an empty or undecodable file)."""
+    """Metadata and content hash of one video (fails clearly for an empty or undecodable file, or a video whose
+    manifest row could not be used, e.g. a bad camera file)."""
+    if spec.get("error"):
+        raise StageError(f"{spec['uri']}: {spec['error']}")
     t0 = time.perf_counter()
-    info = probe(spec["uri"], rt.settings.storage_options()).to_dict()
-    return {**info, "seconds": time.perf_counter() - t0}
+    info = probe(spec["uri"], rt.settings.storage_options())
+    check_duration(info, rt.settings.min_video_s)
+    return {**info.to_dict(), "seconds": time.perf_counter() - t0}
 
 
 @task(name="pose", task_run_name="pose {spec[uri]}", **_io_retries)
@@ -169,6 +154,12 @@ def angles_summary(rt: FlowRuntime, prefix: str) -> str:
     return "ROM deg R/L: " + ", ".join(parts)
 
 
+def fit_failure(video: str, exc: BaseException) -> StageError:
+    """A fit error from Ray (a 1 kB traceback with colour codes, naming the keypoints by hash) as one line naming
+    the video's source; transient only if the cause is (a dead worker, storage trouble)."""
+    return StageError(f"{video}: fit failed: {one_line(exc)}", transient=is_transient(exc))
+
+
 @task(name="fit", task_run_name="fit {pose[video]}", **_io_retries)
 def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
     """Joint angles of one video: from the store when committed, else a pinned JAX fit on Ray."""
@@ -192,13 +183,17 @@ def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
             "fit",
         )
     import ray
+    from ray.exceptions import RayError
 
     from tasks.fit_ray import submit_fit
 
     rt.count("fit")
     rt.ensure_ray()
     t0 = time.perf_counter()
-    result = ray.get(submit_fit(pose["uri"], rt.settings))
+    try:
+        result = ray.get(submit_fit(pose["uri"], rt.settings))
+    except RayError as e:
+        raise fit_failure(pose["video"], e) from None
     if result["prefix"] != prefix:
         raise StageError(f"{pose['video']}: the fit wrote {result['prefix']}, expected {prefix}")
     return {

@@ -14,6 +14,7 @@ import pytest
 
 import mocapflow.store as store_mod
 from infra.s3server import S3Server
+from mocapflow.errors import NO_RETRY
 from mocapflow.settings import Settings
 from mocapflow.store import (
     KeyNotFoundError,
@@ -314,7 +315,7 @@ def test_error_classification(s3_server: S3Server) -> None:
         bad_name.put_bytes("k", b"1")
     assert not info.value.transient and "s3://x/k" in str(info.value)
     closed_port = {"endpoint_url": "http://127.0.0.1:9", "config_kwargs": {"retries": {"max_attempts": 1}}}
-    down = Store("s3://bucket", {**s3_server.storage_options(), **closed_port})
+    down = Store("s3://bucket", {**s3_server.storage_options(), **closed_port}, retry=NO_RETRY)
     with pytest.raises(StoreError) as info:
         down.get_bytes("k")
     assert info.value.transient and "a retry may succeed" in str(info.value)

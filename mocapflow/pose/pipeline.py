@@ -139,26 +139,19 @@ def read_sidecar(video_uri: str, storage_options: dict[str, Any] | None = None) 
     """The intrinsics in the video's camera sidecar, or None if there is none.
 
     The sidecar holds the intrinsics object (``fx, fy, cx, cy, width, height``) or ``{"intrinsics": {...}, ...}``.
+    CameraError names the sidecar and the bad field, never its content.
     """
-    import json
-
-    import fsspec
+    from mocapflow.discovery import CameraFileError, read_camera_file
 
     uri = sidecar_uri(video_uri)
     try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-            text = f.read()
+        return read_camera_file(uri, storage_options)
     except FileNotFoundError:
         return None
-    try:
-        d = json.loads(text)
-        if isinstance(d, dict) and isinstance(d.get("intrinsics"), dict):
-            d = d["intrinsics"]
-        if not isinstance(d, dict):
-            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
-        return Intrinsics.from_dict(d)
-    except ValueError as e:
-        raise CameraError(f"camera sidecar {uri} is not valid intrinsics JSON ({e}); fix or remove it") from e
+    except IsADirectoryError:
+        raise CameraError(f"camera sidecar {uri} is a folder, not a JSON file; remove or rename it") from None
+    except CameraFileError as e:
+        raise CameraError(f"{e} (the camera sidecar of {video_uri})") from None
 
 
 def resolve_intrinsics(
@@ -376,6 +369,21 @@ def _named(video_uri: str, local_path: str) -> Iterator[None]:
         raise VideoError(msg if video_uri in msg else f"video {video_uri}: {msg}") from e
 
 
+class NoPersonError(VideoError):
+    """The pose stage found nobody in the video: nothing to fit, so no table is committed."""
+
+
+def _check_someone_found(video_uri: str, table: pa.Table) -> None:
+    """NoPersonError unless the subject was observed in at least one frame (an all-NaN table is never committed)."""
+    import numpy as np
+
+    if table.num_rows == 0 or not bool(np.any(table.column("track_id").to_numpy() >= 0)):
+        raise NoPersonError(
+            f"video {video_uri}: no person found in {table.num_rows} frames; check that a person is in view "
+            "(and large enough), or try another model set"
+        )
+
+
 def run_pose(
     video_uri: str,
     estimator: PoseEstimator,
@@ -388,7 +396,8 @@ def run_pose(
 ) -> PoseResult:
     """Probe, estimate and track, write the table in one put under its content key, then commit it.
 
-    Raises VideoError (naming the video) for empty, corrupt or frameless files; CameraError for a bad sidecar.
+    Raises VideoError (naming the video) for empty, corrupt or frameless files and NoPersonError (a VideoError)
+    when nobody is found in any frame; CameraError for a bad sidecar.
     ``storage_options`` are for reading the video and its sidecar (a remote video is downloaded once).
     """
     t0 = time.perf_counter()
@@ -402,6 +411,7 @@ def run_pose(
         )
         tables = estimate_people(path, estimator, intr, params, info, decode_threads, on_progress)
     table = tables.keypoints
+    _check_someone_found(video_uri, table)
     meta = KeypointsMeta.from_metadata(table.schema.metadata)
     model_id = estimator.model_set.id
     key_params = params.key_params(intr)

@@ -95,6 +95,18 @@ class Settings(BaseSettings):
         description="Crops per detection (metrabs only; the authors use 5, their cohort pipeline 10): >= 2 gives each "
         "joint a confidence from its spread across rotated/zoomed/flipped crops; 1 caps confidence at 0.5.",
     )
+    max_people: int | None = Field(
+        None,
+        ge=1,
+        description="blazepose: track at most this many people per video (the largest); None = everyone found. "
+        "1 is the fastest (one landmark crop per frame) but may follow someone other than the subject you want.",
+    )
+    scan_interval_frames: int = Field(
+        10,
+        ge=1,
+        description="blazepose: frames between detector scans for new people while people are tracked "
+        "(a person who walks in is found at most this many frames late).",
+    )
     min_video_s: float = Field(
         0.5, ge=0, description="Videos shorter than this (seconds) fail at probe: too short to fit a motion."
     )

@@ -191,12 +191,17 @@ def configure_tensorflow(threads: ThreadConfig) -> dict[str, int]:
 
 
 def open_estimator(
-    model_set: ModelSet, threads: ThreadConfig, test_time_augmentation: int = 1
+    model_set: ModelSet,
+    threads: ThreadConfig,
+    test_time_augmentation: int = 1,
+    max_people: int | None = None,
+    scan_interval: int | None = None,
 ) -> PoseEstimator:
     """Instantiate the runtime for a model set's kind.
 
     ``test_time_augmentation``: crops per detection where the kind supports it (``metrabs``); other kinds log a
-    warning and run one crop."""
+    warning and run one crop. ``max_people`` / ``scan_interval``: the tracking policy of kinds that track people
+    from frame to frame (``blazepose``; None keeps the runtime's default)."""
     kind = model_set.manifest.kind
     if test_time_augmentation > 1 and kind != "metrabs":
         logger.warning(
@@ -210,9 +215,14 @@ def open_estimator(
 
         return MarkersEstimator(model_set, threads)
     if kind == "blazepose":
-        from models.blazepose.runtime import BlazePoseEstimator
+        from models.blazepose.runtime import BlazePoseEstimator, BlazePoseOptions
 
-        return BlazePoseEstimator(model_set, threads)
+        policy: dict[str, int] = {}
+        if max_people is not None:
+            policy["max_people"] = max_people
+        if scan_interval is not None:
+            policy["scan_interval"] = scan_interval
+        return BlazePoseEstimator(model_set, threads, BlazePoseOptions(**policy))
     if kind == "metrabs":
         from models.metrabs.runtime import MetrabsEstimator, MetrabsOptions
 

@@ -132,7 +132,10 @@ class PoseWorker:
             settings.model_set, settings.modelsets_dir, settings.cache_dir, settings.storage_options()
         )
         self._open_model = open_model or partial(
-            open_estimator, test_time_augmentation=settings.test_time_augmentation
+            open_estimator,
+            test_time_augmentation=settings.test_time_augmentation,
+            max_people=settings.max_people,
+            scan_interval=settings.scan_interval_frames,
         )
         self.loads = 0
         self.videos = 0

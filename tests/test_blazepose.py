@@ -584,9 +584,18 @@ def test_rejects_non_rgb_frames_and_accepts_no_frames(
 
 # -- real footage: vtest.avi (OpenCV's pedestrian clip, 768x576, 10 frames/s) ----------------------------------
 
-# The clip comes from Debian's opencv-doc package; ``mocapflow.realdata`` will fetch it (until then, the copy
-# extracted on the development machine is used when present).
-VTEST = Path("/work/realdata/vtest.avi")
+# The clip comes from Debian's opencv-doc package, fetched and verified by ``mocapflow.realdata`` (``make realdata``
+# runs before ``make test``; the fixture below fetches it otherwise).
+
+
+@pytest.fixture(scope="module")
+def vtest() -> Path:
+    from mocapflow.realdata import fetch_realdata, source_path
+    from mocapflow.settings import load_settings
+
+    cache_dir = load_settings().cache_dir
+    fetch_realdata(cache_dir, names=["vtest.avi"])
+    return source_path("vtest.avi", cache_dir)
 
 # The reference pipeline, MediaPipe's own Pose solution on the same weights (mediapipe 0.10.21,
 # Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=False)), run on the whole clip: it finds a
@@ -599,15 +608,11 @@ REFERENCE_TORSO = {
 }
 
 
-def _vtest_frames(start: int, count: int) -> np.ndarray:
-    if not VTEST.is_file():
-        pytest.skip(
-            f"{VTEST} is absent (real footage from Debian's opencv-doc; mocapflow.realdata will fetch it)"
-        )
+def _vtest_frames(vtest: Path, start: int, count: int) -> np.ndarray:
     from mocapflow.video import iter_batches
 
     batches, seen = [], 0
-    for batch in iter_batches(str(VTEST), 16):
+    for batch in iter_batches(str(vtest), 16):
         batches.append(batch[max(0, start - seen) : start + count - seen])
         seen += len(batch)
         if seen >= start + count:
@@ -618,7 +623,7 @@ def _vtest_frames(start: int, count: int) -> np.ndarray:
 
 
 def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers(
-    estimator: BlazePoseEstimator,
+    estimator: BlazePoseEstimator, vtest: Path
 ) -> None:
     """Two 2 s stretches of real footage, each tracked from its first frame as a video of its own."""
     from mocapflow.camera import Intrinsics
@@ -626,7 +631,7 @@ def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers
     intr = Intrinsics.from_fov(768, 576, 55.0)
     # frames 0-19: three walkers, ~70-80 px tall (counted by eye); the reference finds nobody
     session = estimator.video_session(intr)
-    early = session(_vtest_frames(0, 20))
+    early = session(_vtest_frames(vtest, 0, 20))
     assert [d.n >= 1 for d in early] == [True] * 20
     assert sum(d.n >= 3 for d in early) >= 15
     # frame 0, by eye: the walkers' bodies are centred near these points (image px)
@@ -639,7 +644,7 @@ def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers
         height = d.boxes[:, 3] - d.boxes[:, 1]
         assert np.all(height < 200)  # pedestrians, no box spanning the scene
     # frames 166-185: the reference finds its person in all 20; we find them too, at the same joints
-    late = estimator.video_session(intr)(_vtest_frames(166, 20))
+    late = estimator.video_session(intr)(_vtest_frames(vtest, 166, 20))
     assert [d.n >= 1 for d in late] == [True] * 20
     for i, ref in REFERENCE_TORSO.items():
         ref = np.asarray(ref)
@@ -748,3 +753,23 @@ def test_tracking_loop_keeps_at_most_max_people_and_then_stops_scanning() -> Non
     assert (
         est.detector_calls == 17
     )  # the first scan only: with max_people tracked there is nobody to look for
+
+
+def test_tracking_policy_reaches_the_runtime_from_the_settings(blazepose_set: ModelSet) -> None:
+    from mocapflow.pose.pipeline import PoseParams
+    from mocapflow.settings import load_settings
+    from models.runtime import ThreadConfig, open_estimator
+
+    settings = load_settings(max_people=1, scan_interval_frames=5)
+    params = PoseParams.from_settings(settings)
+    est = open_estimator(
+        blazepose_set, ThreadConfig(1), max_people=params.max_people, scan_interval=params.scan_interval_frames
+    )
+    assert (est.options.max_people, est.options.scan_interval) == (1, 5)
+    assert open_estimator(blazepose_set, ThreadConfig(1)).options.max_people is None
+    from mocapflow.camera import Intrinsics
+
+    intr = Intrinsics.from_fov(640, 480, 55.0)
+    default_key = PoseParams().key_params(intr)
+    assert "max_people" not in default_key and "scan_interval_frames" not in default_key
+    assert params.key_params(intr)["max_people"] == 1 and params.key_params(intr)["scan_interval_frames"] == 5

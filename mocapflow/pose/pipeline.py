@@ -67,6 +67,8 @@ class PoseParams:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     default_fov_deg: float = 55.0
     test_time_augmentation: int = 1  # crops per detection where the model set supports it (metrabs)
+    max_people: int | None = None  # tracking policy of model sets that track people (blazepose)
+    scan_interval_frames: int = 10
 
     def __post_init__(self) -> None:
         if self.test_time_augmentation < 1:
@@ -83,6 +85,8 @@ class PoseParams:
             tracker=TrackerConfig(max_gap_frames=settings.max_gap_frames, subject=settings.subject_track),
             default_fov_deg=settings.default_fov_deg,
             test_time_augmentation=settings.test_time_augmentation,
+            max_people=settings.max_people,
+            scan_interval_frames=settings.scan_interval_frames,
         )
 
     def key_params(self, intrinsics: Intrinsics) -> dict[str, Any]:
@@ -93,8 +97,13 @@ class PoseParams:
             "intrinsics": intrinsics.to_dict(),
             "keypoints_schema": SCHEMA_VERSION,
         }
-        if self.test_time_augmentation > 1:  # keys of single-crop runs stay as they were
+        # options that change the output only when they differ from their defaults (earlier keys stay valid)
+        if self.test_time_augmentation > 1:
             params["test_time_augmentation"] = self.test_time_augmentation
+        if self.max_people is not None:
+            params["max_people"] = self.max_people
+        if self.scan_interval_frames != 10:
+            params["scan_interval_frames"] = self.scan_interval_frames
         return params
 
 

@@ -73,3 +73,27 @@ def test_pose_prior_leaves_the_root_free(model) -> None:
         assert sigma[model.dof_index(d)] == 0.0
     assert sigma[model.dof_index("arm_rot_r")] < sigma[model.dof_index("knee_angle_r")]
     assert np.all(sigma[[model.dof_index(d) for d in ("knee_angle_l", "elbow_flex_r", "hip_flexion_l")]] > 0)
+
+
+@pytest.mark.parametrize("kps", [2.0, 4.0, 8.0])
+def test_trajectory_cutoff_is_half_the_knot_rate(kps: float) -> None:
+    """A sinusoid at the stated cut-off keeps half its amplitude through the fit's spline basis; one at
+    half of it passes, one at twice it is mostly removed."""
+    from mocapflow.fit.basis import bspline_basis
+    from mocapflow.fit.loss import trajectory_cutoff_hz
+
+    fps, n = 30.0, 600
+    basis = bspline_basis(n, fps, kps).astype(np.float64)
+    proj = basis @ np.linalg.pinv(basis)
+    t = np.arange(n) / fps
+    mid = slice(100, 500)
+
+    def gain(f: float) -> float:
+        g = [np.std((proj @ np.sin(2 * np.pi * f * t + p))[mid]) / np.std(np.sin(2 * np.pi * f * t + p)[mid])
+             for p in (0.0, 0.5 * np.pi)]  # fmt: skip
+        return float(np.mean(g))
+
+    fc = trajectory_cutoff_hz(kps)
+    assert gain(fc) == pytest.approx(0.5, abs=0.08)
+    assert gain(0.5 * fc) > 0.97
+    assert gain(2.0 * fc) < 0.2

@@ -99,3 +99,25 @@ def test_camera_pose_and_floor_from_a_perfect_fit(
     assert np.ptp(np.unwrap(np.radians(heading))) < np.radians(2.5)
     ity = model.dof_index("pelvis_ty")
     np.testing.assert_allclose(root[:, 1], q_true[:, ity], atol=0.05)
+
+
+@pytest.mark.slow
+def test_world_frame_of_real_fits_of_synthetic_keypoints() -> None:
+    """Fits (not the truth) of exact synthetic markers: the camera's pitch and height come back from the fitted
+    body, and the fitted feet stand on the estimated floor."""
+    from mocapflow.fit.fitting import FitOptions, fit_arrays, fit_body_model
+    from mocapflow.fit.validate import ValidationSpec, keypoints_from_truth, truth_videos
+
+    model = fit_body_model()
+    fk = FrameFk(model)
+    for video in truth_videos(ValidationSpec(n_videos=4, seconds=2.0, seed=3), model):
+        meta, arrays = keypoints_from_truth(video)
+        result = fit_arrays(meta, arrays, FitOptions(max_iters=1500), model)
+        root, cam = to_world_frame(result)
+        eye = video.extrinsics.centre
+        floor_truth = 0.0  # the truth's lowest foot site is on y = 0
+        assert cam["pitch_deg"] == pytest.approx(_pitch_deg(video.extrinsics), abs=PITCH_TOL_DEG), (video.name, cam)
+        assert cam["height_m"] == pytest.approx(eye[1] - floor_truth, abs=HEIGHT_TOL_M), (video.name, cam)
+        sites = fk(apply_root(result.q, model, root), result.body_scale)
+        lowest = sites[:, foot_sites(model), 1].min(axis=1)
+        assert np.median(np.abs(lowest)) < 0.03, video.name

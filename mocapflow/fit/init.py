@@ -349,6 +349,7 @@ _LIMBS = (
     ("humerus_r", "ulna_r", ("rsho", "relb", "rwri")),
     ("humerus_l", "ulna_l", ("lsho", "lelb", "lwri")),
 )
+LIMIT_MARGIN = 0.03  # fraction of a DOF's range an initial limb angle keeps from its limits
 FLIP_CONSISTENCY_RAD = np.deg2rad(20.0)  # how far from its track's running median a flipped limb may be preferred
 
 
@@ -462,7 +463,10 @@ def initial_limbs(
         chosen = hyps[pick, np.arange(len(q))]
         chosen = _median_filter(np.nan_to_num(chosen), ok, max(window_frames, 1))
         chosen = _fill_gaps(chosen, ok) if ok.any() else chosen
-        q[:, [*dofs, hinge]] = chosen
+        # keep clear of the limits: the fit's sigmoid parameterisation barely moves a value started at a limit
+        lo, hi = model.lower[[*dofs, hinge]], model.upper[[*dofs, hinge]]
+        margin = LIMIT_MARGIN * (hi - lo)
+        q[:, [*dofs, hinge]] = np.clip(chosen, lo + margin, hi - margin)
         logger.debug("limb %s: depth hypotheses picked %s", prox, np.bincount(pick[ok], minlength=4).tolist())
     return q
 

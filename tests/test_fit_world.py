@@ -21,6 +21,7 @@ from models.body import default_body_model
 
 FPS = 30.0
 PITCH_TOL_DEG = 4.0
+FIT_PITCH_TOL_DEG = 6.0  # a real fit adds its foot-angle errors (a few degrees) to the synthetic feet' tilt
 GRAVITY_TOL_DEG = 8.0
 HEIGHT_TOL_M = 0.3
 
@@ -116,7 +117,7 @@ def test_world_frame_of_real_fits_of_synthetic_keypoints() -> None:
         root, cam = to_world_frame(result)
         eye = video.extrinsics.centre
         floor_truth = 0.0  # the truth's lowest foot site is on y = 0
-        assert cam["pitch_deg"] == pytest.approx(_pitch_deg(video.extrinsics), abs=PITCH_TOL_DEG), (video.name, cam)
+        assert cam["pitch_deg"] == pytest.approx(_pitch_deg(video.extrinsics), abs=FIT_PITCH_TOL_DEG), (video.name, cam)
         assert cam["height_m"] == pytest.approx(eye[1] - floor_truth, abs=HEIGHT_TOL_M), (video.name, cam)
         sites = fk(apply_root(result.q, model, root), result.body_scale)
         lowest = sites[:, foot_sites(model), 1].min(axis=1)

@@ -54,6 +54,8 @@ class WorldOptions:
     first_band_m: float = 0.15
     plane_prior_deg: float = 3.0
     trunk_prior_deg: float = 8.0
+    camera_roll_sd_deg: float = 5.0
+    camera_pitch_sd_deg: float = 30.0
     contact_speed_mps: float = 0.25
     plane_min_extent_m: float = 0.25
     line_min_extent_m: float = 0.5
@@ -145,7 +147,9 @@ def refine_up_by_contacts(
     In every frame of standing, walking or squatting a foot is on the floor, so the lowest sole point's height
     (along the true up) is the same in every frame; where the lowest point moves (footprints of a walk, heel and toe
     taking turns) this fixes the tilt of the floor. Minimises the robust spread of those heights plus a Gaussian
-    prior of width ``prior_deg`` around ``up0`` (a static contact says nothing: the prior then decides).
+    prior of width ``prior_deg`` around ``up0`` (a static contact says nothing: the prior then decides) and a
+    prior on the camera (roll ``camera_roll_sd_deg``, pitch ``camera_pitch_sd_deg`` around level): people hold
+    cameras nearly level, and a body on one leg or leaning gives no better evidence.
     """
     from scipy.optimize import minimize
 
@@ -165,7 +169,13 @@ def refine_up_by_contacts(
             return float(np.sum(x * x))
         dev = h - np.median(h)
         spread = float(np.mean(np.sqrt(dev * dev + 0.005**2)))  # smooth L1 (m), 5 mm softening
-        return spread / 0.01 + float(np.sum(x * x)) / np.radians(prior_deg) ** 2
+        return spread / 0.01 + float(np.sum(x * x)) / np.radians(prior_deg) ** 2 + camera_prior(direction(x))
+
+    def camera_prior(up: NDArray[np.float64]) -> float:
+        # the fit's frame is the level camera's: its +Z is the image's right, +X the optical axis
+        roll = np.arcsin(np.clip(up[2], -1.0, 1.0)) / np.radians(options.camera_roll_sd_deg)
+        pitch = np.arcsin(np.clip(up[0], -1.0, 1.0)) / np.radians(options.camera_pitch_sd_deg)
+        return float(roll * roll + pitch * pitch)
 
     res = minimize(cost, np.zeros(2), method="Nelder-Mead", options={"xatol": 1e-5, "fatol": 1e-7})
     return direction(res.x)

@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     # -- fitting -----------------------------------------------------------------------------------------
     fit_max_iters: int = Field(4000, ge=1, description="Maximum optimiser steps per fit.")
     fit_learning_rate: float = Field(3e-2, gt=0, description="Peak Adam learning rate.")
-    fit_knots_per_second: float = Field(8.0, gt=0, description="B-spline knots per second of video.")
+    fit_knots_per_second: float = Field(8.0, gt=0, description="B-spline knots per second of video; the joint trajectories keep motion up to half this rate in Hz (4 Hz at 8; mocapflow.fit.loss.trajectory_cutoff_hz).")
 
     # -- orchestration -----------------------------------------------------------------------------------
     nightly_cron: str = Field("0 2 * * *", description="Cron of the nightly cohort deployment.")

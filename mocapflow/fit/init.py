@@ -198,8 +198,10 @@ def initial_pose(
     intrinsics: tuple[float, float, float, float],
     smooth_frames: float = 0.0,
     outlier_window_frames: int = 0,
+    limbs: bool = True,
 ) -> NDArray[np.float64]:
-    """Per-frame joint values [T, D]: pelvis from the keypoints, knees/elbows slightly bent, the rest zero.
+    """Per-frame joint values [T, D]: pelvis from the keypoints, hips/knees/shoulders/elbows from the 3D keypoints
+    (``limbs``: :func:`initial_limbs`; else knees/elbows slightly bent), the rest zero.
 
     ``smooth_frames``: Gaussian sigma (frames) applied to the pelvis estimates (noisy keypoints need it).
     ``outlier_window_frames``: half-width of the running median that frames with a flipped pelvis are checked
@@ -268,6 +270,8 @@ def initial_pose(
                 rot[t] = med[t] + _wrap(euler_zxy(r) - med[t])
     rot = _fill_gaps(_gaussian_smooth(rot, have_rot, smooth_frames), have_rot)
     q[:, pelvis[3:]] = rot
+    if limbs:
+        q = initial_limbs(model, q, site_index, kp3d, conf, outlier_window_frames)
 
     trans, have_t = _translation_from_2d(model, q, pelvis[:3], site_index, kp2d, valid2, intrinsics)
     if have_t.any():
@@ -333,3 +337,139 @@ def _translation_from_2d(
         out[t] = WORLD_TO_CAMERA.T @ np.array([x, y, z])
         ok[t] = True
     return out, ok
+
+
+# -- limbs ---------------------------------------------------------------------------------------------------------
+
+# (proximal body with a 3-DOF joint, distal body with the 1-DOF hinge, sites of the joint centres: proximal joint,
+# middle joint, end) per limb; the parent of the proximal body is the pelvis (legs) or the torso (arms).
+_LIMBS = (
+    ("femur_r", "tibia_r", ("rhip", "rkne", "rank")),
+    ("femur_l", "tibia_l", ("lhip", "lkne", "lank")),
+    ("humerus_r", "ulna_r", ("rsho", "relb", "rwri")),
+    ("humerus_l", "ulna_l", ("lsho", "lelb", "lwri")),
+)
+LIMIT_MARGIN = 0.03  # fraction of a DOF's range an initial limb angle keeps from its limits
+FLIP_CONSISTENCY_RAD = np.deg2rad(20.0)  # how far from its track's running median a flipped limb may be preferred
+
+
+def _axis_rotation(axis: NDArray[np.float64], angle: float) -> NDArray[np.float64]:
+    """Rodrigues' rotation about a unit ``axis`` (plain numpy: called thousands of times per video)."""
+    x, y, z = axis
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+
+
+def _wrap1(a: float) -> float:
+    return float((a + np.pi) % (2.0 * np.pi) - np.pi)
+
+
+def _limb_ik(
+    dofs: list[int], hinge: int, model: BodyModel, d1: NDArray[np.float64], d2: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], float]:
+    """Closed-form joint values (flexion about z, adduction about +-x, rotation about +-y, hinge about +-z) whose
+    segments, both along -y at zero, point along the unit directions ``d1``, ``d2`` (parent frame); of the two
+    flexion/adduction solutions the one inside the limits with the smaller angles; the rotation is 0 when the hinge
+    is nearly straight (it is not observed then). Returns the values clipped into the limits and the direction cost
+    ``|d1 - d1_hat|^2 + |d2 - d2_hat|^2`` after clipping."""
+    idx = [*dofs, hinge]
+    lo, hi = model.lower[idx], model.upper[idx]
+    m2, m3, sh = model.dofs[dofs[1]].axis[0], model.dofs[dofs[2]].axis[1], model.dofs[hinge].axis[2]
+    beta = float(np.arcsin(np.clip(-d1[2], -1.0, 1.0)))
+    flex = float(np.arctan2(d1[0], -d1[1]))
+    axes = [np.asarray(model.dofs[i].axis, np.float64) for i in idx]
+    down = np.array([0.0, -1.0, 0.0])
+    best: tuple[float, NDArray[np.float64], float] | None = None
+    for f, b in ((flex, beta), (_wrap1(flex + np.pi), _wrap1(np.pi - beta))):
+        x = np.array([f, m2 * b, 0.0, 0.0])
+        r01 = _axis_rotation(axes[0], x[0]) @ _axis_rotation(axes[1], x[1])
+        sl = r01.T @ d2
+        k = float(np.arccos(np.clip(-sl[1], -1.0, 1.0)))
+        phi = float(np.arctan2(-sl[2] * sh, sl[0] * sh)) if np.sin(k) > np.sin(np.deg2rad(15.0)) else 0.0
+        x[2], x[3] = m3 * phi, k
+        x = np.clip(x, lo, hi)
+        r = _axis_rotation(axes[0], x[0]) @ _axis_rotation(axes[1], x[1]) @ _axis_rotation(axes[2], x[2])
+        e1, e2 = r @ down - d1, r @ _axis_rotation(axes[3], x[3]) @ down - d2
+        cost = float(e1 @ e1 + e2 @ e2)
+        key = cost + 1e-3 * float(np.sum(np.abs(x)))
+        if best is None or key < best[0]:
+            best = (key, x, cost)
+    assert best is not None
+    return best[1], best[2]
+
+
+def initial_limbs(
+    model: BodyModel,
+    q: NDArray[np.float64],
+    site_index: NDArray[np.integer],
+    kp3d: NDArray[np.floating],
+    conf: NDArray[np.floating],
+    window_frames: int,
+) -> NDArray[np.float64]:
+    """Hip, knee, shoulder and elbow angles from the 3D keypoints, per frame, on one consistent depth branch.
+
+    Each limb's segment directions (pelvis frame of ``q``'s pelvis orientation) are solved for its joint angles
+    under four depth hypotheses: as observed, and with the camera depth of its first, second or both segments
+    mirrored (a monocular model's commonest gross error: the projection is the same). Each frame keeps the
+    hypothesis that is both a good fit and closest to the running median (``window_frames``) of the as-observed
+    solutions; the result is median-filtered over the same window. Frames or limbs without their three keypoints
+    keep ``q``'s values (filled from neighbours). Returns the new ``q``.
+    """
+    q = q.copy()
+    zero_sites = np.asarray(forward_kinematics(model, jnp.asarray(model.zero_pose(), jnp.float32)), np.float64)
+    names = [model.sites[s].name for s in site_index]
+    body_names = model.body_names
+    tilt_list_rot = [model.dof_index(n) for n in _PELVIS_DOFS[3:]]
+    valid = (conf > 0) & np.isfinite(kp3d).all(-1)
+    for prox, dist, joints in _LIMBS:
+        if prox not in body_names or dist not in body_names or not all(j in names for j in joints):
+            continue
+        cols = [names.index(j) for j in joints]
+        pb, db = model.bodies[body_names.index(prox)], model.bodies[body_names.index(dist)]
+        dofs = list(pb.dofs)
+        if len(dofs) != 3 or len(db.dofs) != 1:
+            continue
+        hinge = db.dofs[0]
+        zp = zero_sites[[site_index[c] for c in cols]]  # zero pose: every frame is the identity
+        u1, u2 = _unit(zp[1] - zp[0]), _unit(zp[2] - zp[1])
+        axes_ok = (
+            np.allclose(model.dofs[dofs[0]].axis, (0, 0, 1))
+            and abs(model.dofs[dofs[1]].axis[0]) == 1.0
+            and abs(model.dofs[dofs[2]].axis[1]) == 1.0
+            and abs(model.dofs[hinge].axis[2]) == 1.0
+        )
+        if not (axes_ok and np.allclose(u1, (0, -1, 0), atol=1e-3) and np.allclose(u2, (0, -1, 0), atol=1e-3)):
+            logger.debug("limb %s: joint layout is not the 40-DOF human's; left at its initial values", prox)
+            continue
+        ok = valid[:, cols].all(1)
+        if ok.sum() < 1:
+            continue
+        hyps = np.full((4, len(q), 4), np.nan)
+        costs = np.full((4, len(q)), np.inf)
+        for t in np.flatnonzero(ok):
+            p = (kp3d[t, cols].astype(np.float64) / 1000.0) @ WORLD_TO_CAMERA  # level-camera world axes
+            r_p = euler_rotation(q[t, tilt_list_rot])
+            v1, v2 = p[1] - p[0], p[2] - p[1]
+            for h, (f1, f2) in enumerate(((1, 1), (-1, 1), (1, -1), (-1, -1))):
+                w1, w2 = v1.copy(), v2.copy()
+                w1[0] *= f1  # world X is the camera's depth axis
+                w2[0] *= f2
+                d1, d2 = r_p.T @ _unit(w1), r_p.T @ _unit(w2)
+                hyps[h, t], costs[h, t] = _limb_ik(dofs, hinge, model, d1, d2)
+        base = _median_filter(np.nan_to_num(hyps[0]), ok, max(window_frames, 1))
+        dev = np.linalg.norm(_wrap(hyps - base[None]), axis=-1)  # [4, T]
+        score = costs + (dev / FLIP_CONSISTENCY_RAD) ** 2
+        pick = np.argmin(np.where(np.isfinite(score), score, np.inf), axis=0)
+        chosen = hyps[pick, np.arange(len(q))]
+        chosen = _median_filter(np.nan_to_num(chosen), ok, max(window_frames, 1))
+        chosen = _fill_gaps(chosen, ok) if ok.any() else chosen
+        # keep clear of the limits: the fit's sigmoid parameterisation barely moves a value started at a limit
+        lo, hi = model.lower[[*dofs, hinge]], model.upper[[*dofs, hinge]]
+        margin = LIMIT_MARGIN * (hi - lo)
+        q[:, [*dofs, hinge]] = np.clip(chosen, lo + margin, hi - margin)
+        logger.debug("limb %s: depth hypotheses picked %s", prox, np.bincount(pick[ok], minlength=4).tolist())
+    return q
+
+
+def _unit(v: NDArray[np.float64]) -> NDArray[np.float64]:
+    return v / max(float(np.linalg.norm(v)), 1e-12)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from mocapflow.fit.kinematics import site_positions
@@ -25,6 +26,32 @@ DELTA_2D_PX = 50.0
 # confidence > 0.9 and 20-35 cm below 0.7), so 3D observations pull with conf ** CONF_POWER_3D, 2D ones with conf.
 CONF_POWER_3D = 4.0
 
+# Monocular depth is the least trusted part of a 3D keypoint: its x and y repeat what the 2D keypoint says (more
+# precisely), its depth is the model's guess. In the 3D loss the camera-depth component of each residual is scaled
+# by DEPTH_WEIGHT_3D (reported residuals are not). On BlazePose keypoints of a still photo (2000 steps, limbs
+# initialised on one depth branch) the median per-DOF SD was 5.9 deg at 1.0, 6.0 at 0.6 and 4.0 at 0.3; without a
+# consistent initial branch 0.3 let legs flip between depth branches (SD 23 deg).
+DEPTH_WEIGHT_3D = 0.3
+
+# Weak pose prior: every non-root hinge is pulled towards a neutral standing pose by a Gaussian of width
+# PRIOR_SIGMA_DEG (per DOF-name prefix; PRIOR_SIGMA_DEFAULT_DEG otherwise), weighted by PRIOR_WEIGHT per frame.
+# It costs little where the keypoints decide (a 1-sigma deviation of one DOF weighs as much as a 0.3 cm mean 3D
+# residual) but fixes what they cannot: the long-axis rotations of a straight limb, and the gimbal of the shoulder's
+# flexion-adduction-rotation sequence near 90 deg of abduction, where flexion and rotation turn about one axis and
+# only their sum is observed. Measured on real BlazePose keypoints of a still photo (mocapflow.fit.metamorphic).
+PRIOR_WEIGHT = 0.3
+PRIOR_SIGMA_DEFAULT_DEG = 60.0
+PRIOR_SIGMA_DEG: dict[str, float] = {
+    "arm_rot": 30.0,
+    "hip_rotation": 25.0,
+    "pro_sup": 30.0,
+    "subtalar": 10.0,
+    "mtp": 15.0,
+    "wrist": 30.0,
+    "lumbar": 20.0,
+    "neck": 30.0,
+}
+
 
 class LossWeights(eqx.Module):
     """Term weights (arrays, so changing them does not recompile)."""
@@ -35,6 +62,7 @@ class LossWeights(eqx.Module):
     body: Float[Array, ""]
     offset: Float[Array, ""]
     smooth: Float[Array, ""]
+    prior: Float[Array, ""]
 
     @classmethod
     def make(
@@ -45,8 +73,11 @@ class LossWeights(eqx.Module):
         body: float = 1.0,
         offset: float = 0.05,
         smooth: float = 1.0,
+        prior: float | None = None,
     ) -> LossWeights:
-        return cls(*(jnp.asarray(v, jnp.float32) for v in (w3d, w2d, scale, body, offset, smooth)))
+        """``prior`` None: :data:`PRIOR_WEIGHT`."""
+        prior = PRIOR_WEIGHT if prior is None else prior
+        return cls(*(jnp.asarray(v, jnp.float32) for v in (w3d, w2d, scale, body, offset, smooth, prior)))
 
 
 class FitData(eqx.Module):
@@ -123,8 +154,9 @@ def residuals_3d_cm(
 
 
 def loss_3d(pred_m: Float[Array, "T J 3"], data: FitData) -> Float[Array, ""]:
-    """Root-relative 3D Huber (cm, delta 10)."""
+    """Root-relative 3D Huber (cm, delta 10), the camera-depth component scaled by :data:`DEPTH_WEIGHT_3D`."""
     r_cm, w = residuals_3d_cm(pred_m, data)
+    r_cm = r_cm * jnp.asarray([1.0, 1.0, DEPTH_WEIGHT_3D], r_cm.dtype)
     return jnp.sum(w * huber_norm(r_cm, DELTA_3D_CM)) / jnp.maximum(jnp.sum(w), 1e-6)
 
 
@@ -152,11 +184,48 @@ def loss_2d(pred_m: Float[Array, "T J 3"], data: FitData) -> Float[Array, ""]:
     return jnp.sum(w * huber_norm(r, DELTA_2D_PX)) / jnp.maximum(jnp.sum(w), 1e-6)
 
 
+def trajectory_cutoff_hz(knots_per_second: float) -> float:
+    """The cut-off (Hz) of the fitted joint trajectories: half the knot rate (half amplitude there, -6 dB).
+
+    A least-squares cubic B-spline with uniform knots passes a sinusoid below half its knot rate and removes one
+    above it, with a steep transition (measured on :func:`~mocapflow.fit.basis.bspline_basis` at 30 fps: gain 0.5
+    at 1, 2, 4 Hz for 2, 4, 8 knots/s; > 0.97 at half that, < 0.2 at twice). At the default 8 knots/s the fit keeps
+    motion up to ~4 Hz (gait kinematics are commonly low-passed at 6 Hz); the :func:`smoothness` term lowers it
+    further in proportion to the measured keypoint noise. On a still photo everything above 0 Hz is noise: there
+    2 knots/s gave a median SD of 3.9 deg against 7.5 at 8 knots/s (before the limb initialisation;
+    :mod:`mocapflow.fit.metamorphic`), at the price of flattening real motion above 1 Hz.
+    """
+    if knots_per_second <= 0:
+        raise ValueError(f"knots_per_second must be > 0, got {knots_per_second}")
+    return 0.5 * float(knots_per_second)
+
+
 def smoothness(q: Float[Array, "T D"], frame_mask: Float[Array, " T"]) -> Float[Array, ""]:
     """Mean squared second difference of the joint values over triples of real frames."""
     acc = q[2:] - 2.0 * q[1:-1] + q[:-2]
     m = frame_mask[2:] * frame_mask[1:-1] * frame_mask[:-2]
     return jnp.sum(m[:, None] * acc * acc) / jnp.maximum(jnp.sum(m) * q.shape[1], 1.0)
+
+
+def prior_sigma_rad(model: BodyModel) -> np.ndarray:
+    """Per-DOF width (rad) of the pose prior; 0 for DOFs it leaves free (the root's, slides)."""
+    root = {d for b in model.bodies if b.parent < 0 for d in b.dofs}
+    out = np.zeros(model.n_dofs)
+    for i, d in enumerate(model.dofs):
+        if d.kind != "hinge" or i in root:
+            continue
+        sigma = next((v for k, v in PRIOR_SIGMA_DEG.items() if d.name.startswith(k)), PRIOR_SIGMA_DEFAULT_DEG)
+        out[i] = np.deg2rad(sigma)
+    return out
+
+
+def pose_prior(q: Float[Array, "T D"], frame_mask: Float[Array, " T"], model: BodyModel) -> Float[Array, ""]:
+    """Mean over real frames of ``sum_d ((q_d - neutral_d) / sigma_d)^2`` (neutral: 0 clipped into the limits)."""
+    sigma = prior_sigma_rad(model)
+    inv = jnp.asarray(np.where(sigma > 0, 1.0 / np.where(sigma > 0, sigma, 1.0), 0.0), q.dtype)
+    neutral = jnp.asarray(model.zero_pose(), q.dtype)
+    z = (q - neutral) * inv
+    return jnp.sum(frame_mask[:, None] * z * z) / jnp.maximum(jnp.sum(frame_mask), 1.0)
 
 
 def loss_terms(params: FitParams, data: FitData, model: BodyModel) -> dict[str, Float[Array, ""]]:
@@ -171,6 +240,7 @@ def loss_terms(params: FitParams, data: FitData, model: BodyModel) -> dict[str, 
         "body": jnp.sum(params.log_body**2),
         "offset": jnp.mean(jnp.sum((100.0 * params.offset) ** 2, axis=-1)),
         "smooth": smoothness(q, data.frame_mask),
+        "prior": pose_prior(q, data.frame_mask, model),
     }
     terms["total"] = (
         w.w3d * terms["3d"]
@@ -179,6 +249,7 @@ def loss_terms(params: FitParams, data: FitData, model: BodyModel) -> dict[str, 
         + w.body * terms["body"]
         + w.offset * terms["offset"]
         + w.smooth * terms["smooth"]
+        + w.prior * terms["prior"]
     )
     return terms
 

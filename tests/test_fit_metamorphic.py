@@ -1,0 +1,92 @@
+"""Metamorphic figures (mocapflow.fit.metamorphic): pure checks on made-up angles, then (slow) the real chain on a
+still-photo video of a footballer (pan and zoom, mirrored, half resolution, time-reversed) through BlazePose and
+the fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mocapflow.fit.metamorphic import (
+    TARGETS_DEG,
+    limb_dofs,
+    metamorphic_figures,
+    mirror_name,
+    paired_difference,
+    still_sd,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _fake_fit(angles_deg: dict[str, np.ndarray], n: int) -> SimpleNamespace:
+    names = sorted(angles_deg)
+    q = np.stack([np.radians(angles_deg[d]) for d in names], axis=1)
+    return SimpleNamespace(q=q, observed=np.ones(n, bool), model=SimpleNamespace(dof_names=names))
+
+
+def test_mirror_names_swap_sides() -> None:
+    assert mirror_name("knee_angle_r") == "knee_angle_l"
+    assert mirror_name("arm_flex_l") == "arm_flex_r"
+    assert mirror_name("pelvis_tilt") == "pelvis_tilt"
+    assert len(limb_dofs()) == 18
+
+
+def test_figures_of_related_fits() -> None:
+    n = 40
+    rng = np.random.default_rng(0)
+    t = np.arange(n)
+    base = {d: 30.0 + rng.normal(0.0, 1.0, n) for d in limb_dofs()}
+    base["knee_angle_r"] = 50.0 + 4.0 * np.sin(t / 5.0)  # SD 2.8 deg
+    mirrored = {d: base[mirror_name(d)] + 2.0 for d in limb_dofs()}  # 2 deg off everywhere
+    reversed_ = {d: base[d][::-1] for d in limb_dofs()}
+    half = {d: base[d] - 5.0 for d in limb_dofs()}
+    f = metamorphic_figures(
+        _fake_fit(base, n), mirrored=_fake_fit(mirrored, n), half=half, reversed_=_fake_fit(reversed_, n)
+    )
+    m = f.medians
+    assert m["mirror_deg"] == pytest.approx(2.0, abs=1e-6)
+    assert m["reverse_deg"] == pytest.approx(0.0, abs=1e-6)
+    assert m["half_deg"] == pytest.approx(5.0, abs=1e-6)
+    assert f.per_dof["still_sd_deg"]["knee_angle_r"] == pytest.approx(np.std(base["knee_angle_r"]), rel=1e-6)
+    assert f.passed() == {"still_sd_deg": True, "mirror_deg": True, "half_deg": False, "reverse_deg": True}
+    json.dumps(f.summary())  # JSON-ready
+    # a mirrored fit compared without swapping sides is wrong by the left-right difference
+    assert paired_difference(base, mirrored)["knee_angle_r"] > 10.0
+
+
+def test_unobserved_frames_do_not_count() -> None:
+    n = 10
+    angles = {d: np.zeros(n) for d in limb_dofs()}
+    angles["knee_angle_r"] = np.r_[np.zeros(5), np.full(5, 90.0)]
+    fit = _fake_fit(angles, n)
+    fit.observed[5:] = False
+    assert still_sd(fit)["knee_angle_r"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="issue 11 targets not met yet: measured still 5.1, mirror 7.4, half 4.7, reverse 1.9 deg "
+    "(targets 2, 3, 3, 1; before the stability work 7.5, 13.8, 6.1, 2.2)",
+    strict=False,
+)
+def test_metamorphic_suite_on_a_real_still_photo(tmp_path: Path) -> None:
+    """A 3 s still-photo video (pan and zoom) of a footballer through BlazePose and the fit: every relation within
+    its issue-11 target (figures logged; ``benchmarks/bench_metamorphic.py`` prints them)."""
+    from mocapflow.fit.metamorphic_suite import StillVideoSpec, run_suite
+    from models.modelset import read_local
+
+    image = Path("/work/realdata/messi5.jpg")  # TODO(realsuite): the project's own fetched copy (mocapflow.realdata)
+    if not image.exists():
+        pytest.skip(f"{image} is not on this machine")
+    model_set = read_local(Path.home() / ".cache" / "mocapflow" / "modelsets" / "blazepose")
+    figures, _ = run_suite(image, tmp_path, model_set, spec=StillVideoSpec(seconds=3.0))
+    logger.info("metamorphic figures: %s", json.dumps(figures.summary()))
+    assert set(figures.medians) == set(TARGETS_DEG)
+    for key, value in figures.medians.items():
+        assert value <= TARGETS_DEG[key], (key, figures.summary())

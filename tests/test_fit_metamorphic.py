@@ -78,14 +78,15 @@ def test_unobserved_frames_do_not_count() -> None:
 def test_metamorphic_suite_on_a_real_still_photo(tmp_path: Path) -> None:
     """A 3 s still-photo video (pan and zoom) of a footballer through BlazePose and the fit: every relation within
     its issue-11 target (figures logged; ``benchmarks/bench_metamorphic.py`` prints them)."""
-    from mocapflow.fit.metamorphic_suite import StillVideoSpec, run_suite
-    from models.modelset import read_local
+    from mocapflow.fit.metamorphic_suite import run_suite
+    from mocapflow.realdata import fetch_realdata
+    from mocapflow.settings import load_settings
+    from models.modelset import resolve
 
-    image = Path("/work/realdata/messi5.jpg")  # TODO(realsuite): the project's own fetched copy (mocapflow.realdata)
-    if not image.exists():
-        pytest.skip(f"{image} is not on this machine")
-    model_set = read_local(Path.home() / ".cache" / "mocapflow" / "modelsets" / "blazepose")
-    figures, _ = run_suite(image, tmp_path, model_set, spec=StillVideoSpec(seconds=3.0))
+    settings = load_settings()
+    fetch_realdata(settings.cache_dir, names=["messi5.jpg"])
+    model_set = resolve("blazepose", settings.modelsets_dir, settings.cache_dir)
+    figures, _ = run_suite(settings.cache_dir, model_set, seconds=3.0)
     logger.info("metamorphic figures: %s", json.dumps(figures.summary()))
     assert set(figures.medians) == set(TARGETS_DEG)
     for key, value in figures.medians.items():

@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     test_time_augmentation: int = Field(1, ge=1, description="Crops per detection (where supported).")
 
     # -- fitting -----------------------------------------------------------------------------------------
-    fit_max_iters: int = Field(4000, ge=1, description="Maximum optimiser steps per fit.")
+    fit_max_iters: int = Field(
+        2000, ge=1, description="Most optimiser steps per fit (it stops earlier once converged, see fit_rtol)."
+    )
     fit_learning_rate: float = Field(3e-2, gt=0, description="Peak Adam learning rate.")
     fit_knots_per_second: float = Field(8.0, gt=0, description="B-spline knots per second of video.")
     fit_rtol: float = Field(

@@ -194,7 +194,7 @@ def main() -> None:
         _pin()
         from mocapflow.fit.runtime import configure_jax_cache
 
-        configure_jax_cache(Path(args.cache))
+        configure_jax_cache(Path(args.cache), min_compile_seconds=0.0)  # as tasks/fit_ray.py
         print(json.dumps(bench_video_fit(args.seconds, methods[0], args.max_iters)))
         return
 

@@ -293,7 +293,7 @@ def _pin_for_fit(settings: Settings) -> None:
 
     lease = lease_cpus(settings.fit_cpus, pin=settings.pin_cpus)  # held until the process ends
     os.environ["XLA_FLAGS"] = xla_flags(lease.threads, os.environ.get("XLA_FLAGS", ""))
-    configure_jax_cache(settings.jax_cache_dir)
+    configure_jax_cache(settings.jax_cache_dir, min_compile_seconds=0.0)  # as tasks/fit_ray.py
 
 
 @app.command()

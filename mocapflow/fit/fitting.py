@@ -83,7 +83,7 @@ class FitOptions:
 
     method: Method = "bspline"
     knots_per_second: float = 8.0
-    max_iters: int = 2000
+    max_iters: int = 1500
     learning_rate: float = 3e-2
     block_size: int = 200
     rtol: float = 1e-4

@@ -28,7 +28,7 @@ from models.body import BodyModel
 logger = logging.getLogger(__name__)
 
 _ADAM = optax.scale_by_adam()  # stateless transformation; its state lives in the fit
-_TRACES = {"block": 0, "step": 0, "lbfgs": 0}  # how often each jitted function was traced (tests count recompilations)
+_TRACES = {"block": 0, "step": 0}  # how often each jitted function was traced (tests count recompilations)
 
 
 def trace_count(name: str = "block") -> int:
@@ -151,38 +151,6 @@ def run_block(
 
     (params, opt_state, _), losses = jax.lax.scan(body, (params, opt_state, step0), None, length=n_steps)
     return params, opt_state, losses
-
-
-def _lbfgs() -> optax.GradientTransformationExtraArgs:
-    return optax.lbfgs(memory_size=10, linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=16))
-
-
-@eqx.filter_jit
-def lbfgs_block(
-    params: FitParams, data: FitData, model: BodyModel, n_steps: int
-) -> tuple[FitParams, Float[Array, " n"]]:
-    """``n_steps`` L-BFGS steps (optax, zoom line search) from fresh curvature memory, in one compiled scan.
-
-    Used once Adam has found the basin and the robust weights are final: quasi-Newton steps reach the precision
-    of exact keypoints in a few hundred steps where Adam's decaying steps need thousands.
-    """
-    _TRACES["lbfgs"] += 1
-    opt = _lbfgs()
-    arrays, static = eqx.partition(params, eqx.is_array)
-
-    def value(a):
-        return total_loss(eqx.combine(a, static), data, model)
-
-    value_and_grad = optax.value_and_grad_from_state(value)
-
-    def body(carry, _):
-        a, state = carry
-        loss, grad = value_and_grad(a, state=state)
-        updates, state = opt.update(grad, state, a, value=loss, grad=grad, value_fn=value)
-        return (optax.apply_updates(a, updates), state), loss
-
-    (arrays, _), losses = jax.lax.scan(body, (arrays, opt.init(arrays)), None, length=n_steps)
-    return eqx.combine(arrays, static), losses
 
 
 @eqx.filter_jit

@@ -160,9 +160,10 @@ def angles_summary(rt: FlowRuntime, prefix: str) -> str:
     parts = []
     for label, dof in ROM_DOFS:
         roms = [
-            np.ptp(table[f"{dof}_{side}"].to_numpy())
+            np.nanmax(v) - np.nanmin(v)  # frames in long gaps are NaN (not fitted)
             for side in "rl"
             if f"{dof}_{side}" in table.column_names
+            and np.isfinite(v := table[f"{dof}_{side}"].to_numpy(zero_copy_only=False)).any()
         ]
         if roms:
             parts.append(f"{label} " + "/".join(f"{r:.0f}" for r in roms))

@@ -161,3 +161,25 @@ def test_fast_accuracy_on_a_fresh_synthetic_video():
     assert summary["spec"]["seed"] == 0 and len(summary["videos"]) == 2
     # 5 % of frames dropped at random: single frames, bridged (only a dropped first or last frame is not fitted)
     assert all(v["fitted_fraction"] >= 0.9 for v in summary["videos"])
+
+
+def test_fit_record_reports_convergence_and_observed_fraction(tmp_path, gap_clip, gap_fit):
+    """What ``fit_keypoints`` returns (and the flows put into summary.parquet and the per-video artifact)."""
+    from mocapflow.fit.clip import keypoints_table
+    from mocapflow.fit.run import fit_keypoints
+    from mocapflow.store import keypoints_key, keypoints_prefix
+
+    del gap_fit  # fitted first: its compiled block has the shapes used here
+    meta, arrays = keypoints_of(gap_clip)
+    for sl in (GAP, SHORT_GAP):
+        arrays["conf"][sl] = 0.0
+        arrays["kp2d_px"][sl] = np.nan
+        arrays["kp3d_mm"][sl] = np.nan
+    src = Store(str(tmp_path / "in"))
+    key = keypoints_key(meta.video_sha256, meta.model_id, meta.params)
+    src.write_table(key, keypoints_table(meta, arrays))
+    src.commit(keypoints_prefix(meta.video_sha256, meta.model_id, meta.params), {"rows": 90})
+    record = fit_keypoints(src.uri(key), Store(str(tmp_path / "out")), FitOptions(max_iters=200))
+    assert record["converged"] is False and record["iterations"] == 200  # one block: nothing to compare with
+    assert record["rel_loss_change"] is None
+    assert record["observed_fraction"] == pytest.approx(56 / 90) and record["spans"] == 2

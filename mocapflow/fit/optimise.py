@@ -49,7 +49,12 @@ ROOT_STEP = 1.0
 
 
 class Schedule(eqx.Module):
-    """Linear warm-up to ``peak``, exponential decay to ``peak * final_ratio`` at ``max_iters``; per-group factors."""
+    """Linear warm-up to ``peak``, exponential decay to ``peak * final_ratio`` at ``max_iters``; per-group factors.
+
+    The same curve as ``optax.warmup_exponential_decay_schedule``, but as array fields: optax's schedules take
+    Python numbers and branch on them when built (``transition_steps <= 0``, ``decay_rate == 0``), so their values
+    would be constants of the compiled block and every other ``max_iters`` or rate would compile it again.
+    """
 
     peak: Float[Array, ""]
     warmup: Float[Array, ""]

@@ -100,6 +100,9 @@ def _row(chain: _Chain, rt: FlowRuntime | None = None) -> dict[str, Any]:
         "fit_uri": None,
         "plot_uri": None,
         "angles_summary": None,
+        "fit_converged": None,
+        "fit_rel_loss_change": None,
+        "fit_observed_fraction": None,
     }
     for stage, fut in (("probe", chain.probe), ("pose", chain.pose), ("fit", chain.fit)):
         fut.wait()  # the local final state, with its data (``.state`` alone may fetch a data-less copy from the API)
@@ -127,6 +130,9 @@ def _row(chain: _Chain, rt: FlowRuntime | None = None) -> dict[str, Any]:
                 residual_3d_mm=res.get("residual_3d_mm"),
                 plot_uri=res.get("plot_uri"),
                 angles_summary=res.get("angles_summary"),
+                fit_converged=res.get("converged"),
+                fit_rel_loss_change=res.get("rel_loss_change"),
+                fit_observed_fraction=res.get("observed_fraction"),
                 cached=row["cached"] and bool(res.get("cached")),
             )
     row["status"] = coverage_status(row["status"], row["coverage"], rt.settings.min_coverage if rt else 0.5)
@@ -160,6 +166,9 @@ SUMMARY_SCHEMA = pa.schema(
         ("fit_uri", pa.string()),
         ("plot_uri", pa.string()),
         ("angles_summary", pa.string()),
+        ("fit_converged", pa.bool_()),
+        ("fit_rel_loss_change", pa.float64()),
+        ("fit_observed_fraction", pa.float64()),
     ]
 )
 
@@ -232,6 +241,9 @@ def _publish(rt: FlowRuntime, run_id: str, kind: str, rows: list[dict[str, Any]]
                 f"- frames: {r['frames']}; seconds: probe {_fmt(r['probe_s'])}, pose {_fmt(r['pose_s'])}, "
                 f"fit {_fmt(r['fit_s'])}{' (cached)' if r['cached'] else ''}",
                 f"- residuals: 2D {_fmt(r['residual_2d_px'])} px, 3D {_fmt(r['residual_3d_mm'])} mm",
+                f"- fit: converged {_fmt(r['fit_converged'])} (final relative loss change "
+                f"{'' if r['fit_rel_loss_change'] is None else format(r['fit_rel_loss_change'], '.1e')}); "
+                f"observed fraction of frames {_fmt(r['fit_observed_fraction'])}",
                 f"- joint angles: {r['angles_summary'] or ''}",
                 f"- keypoints: `{r['keypoints_uri']}`",
                 f"- fit outputs: `{r['fit_uri']}`",

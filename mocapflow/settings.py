@@ -112,9 +112,35 @@ class Settings(BaseSettings):
     )
 
     # -- fitting -----------------------------------------------------------------------------------------
-    fit_max_iters: int = Field(4000, ge=1, description="Maximum optimiser steps per fit.")
+    fit_max_iters: int = Field(
+        1500, ge=1, description="Most optimiser steps per fit (it stops earlier once converged, see fit_rtol)."
+    )
     fit_learning_rate: float = Field(3e-2, gt=0, description="Peak Adam learning rate.")
-    fit_knots_per_second: float = Field(8.0, gt=0, description="B-spline knots per second of video; the joint trajectories keep motion up to half this rate in Hz (4 Hz at 8; mocapflow.fit.loss.trajectory_cutoff_hz).")
+    fit_knots_per_second: float = Field(
+        8.0,
+        gt=0,
+        description="B-spline knots per second of video; the joint trajectories keep motion up to half this rate "
+        "in Hz (4 Hz at 8; mocapflow.fit.loss.trajectory_cutoff_hz).",
+    )
+    fit_rtol: float = Field(
+        1e-4,
+        gt=0,
+        description="A fit has converged when a block of optimiser steps lowers the loss by less than this "
+        "fraction; it then stops (fit_max_iters is only the cap).",
+    )
+    fit_max_gap_s: float = Field(
+        0.25,
+        ge=0,
+        description="Runs of unobserved frames up to this long (s) are bridged by the fit and marked "
+        "interpolated; longer gaps are not fitted (NaN angles, left out of the .mot).",
+    )
+    fit_observed_fraction: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="A frame counts as observed when at least this fraction of the keypoints the fit uses "
+        "(and at least 4) have confidence > 0 and a finite 2D position.",
+    )
 
     # -- orchestration -----------------------------------------------------------------------------------
     nightly_cron: str = Field("0 2 * * *", description="Cron of the nightly cohort deployment.")

@@ -59,7 +59,9 @@ def fit_task(
         from mocapflow.fit.runtime import configure_jax_cache
         from mocapflow.store import Store
 
-        configure_jax_cache(settings.jax_cache_dir)
+        # every compiled function, not only those that took 0.5 s to compile: a fresh worker per fit then loads
+        # all of them (a 5 s video's fit: ~10.5 -> ~8 CPU s in a fresh process, benchmarks/bench_fit.py)
+        configure_jax_cache(settings.jax_cache_dir, min_compile_seconds=0.0)
         options = FitOptions.from_settings(settings, max_iters=max_iters)
         store = Store(out_root, settings.storage_options()) if out_root else Store.from_settings(settings)
         summary = fit_keypoints(keypoints_uri, store, options, settings.storage_options())

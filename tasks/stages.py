@@ -145,9 +145,10 @@ def angles_summary(rt: FlowRuntime, prefix: str) -> str:
     parts = []
     for label, dof in ROM_DOFS:
         roms = [
-            np.ptp(table[f"{dof}_{side}"].to_numpy())
+            np.nanmax(v) - np.nanmin(v)  # frames in long gaps are NaN (not fitted)
             for side in "rl"
             if f"{dof}_{side}" in table.column_names
+            and np.isfinite(v := table[f"{dof}_{side}"].to_numpy(zero_copy_only=False)).any()
         ]
         if roms:
             parts.append(f"{label} " + "/".join(f"{r:.0f}" for r in roms))
@@ -177,6 +178,9 @@ def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
                 **record,
                 "residual_2d_px": figures.get("median_residual_2d_px"),
                 "residual_3d_mm": figures.get("median_residual_3d_mm"),
+                "converged": figures.get("converged"),
+                "rel_loss_change": figures.get("rel_loss_change"),
+                "observed_fraction": figures.get("observed_fraction"),
                 "seconds": 0.0,
                 "angles_summary": angles_summary(rt, prefix),
             },
@@ -203,6 +207,9 @@ def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
         "residual_2d_px": result.get("median_residual_2d_px"),
         "residual_3d_mm": result.get("median_residual_3d_mm"),
         "iterations": result.get("iterations"),
+        "converged": result.get("converged"),
+        "rel_loss_change": result.get("rel_loss_change"),
+        "observed_fraction": result.get("observed_fraction"),
         "angles_summary": angles_summary(rt, prefix),
         "cached": False,
     }

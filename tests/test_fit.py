@@ -132,7 +132,7 @@ def test_kinematics_with_anchored_hinges_match():
 
 
 def test_bspline_basis_is_a_partition_of_unity_and_buckets_pad(model):
-    assert [bucket_frames(n) for n in (1, 64, 65, 300, 1000, 1500)] == [64, 64, 128, 320, 1024, 1536]
+    assert [bucket_frames(n) for n in (1, 64, 65, 150, 300, 1000, 1500)] == [64, 64, 96, 160, 320, 1024, 1536]
     basis = bspline_basis(100, fps=30.0, knots_per_second=8.0, n_columns=40)
     np.testing.assert_allclose(basis.sum(axis=1), 1.0, atol=1e-6)
     assert np.all(basis[:, 33:] == 0.0)  # padding columns are inert
@@ -467,7 +467,10 @@ def test_default_model_is_built_once():
 
 @pytest.mark.slow
 def test_validate_fit_meets_the_accuracy_targets(tmp_path):
-    """``mocapflow validate fit --json`` on fresh synthetic ground truth (a fresh pinned process, ~2-4 min)."""
+    """``mocapflow validate fit --seeds 5 --json``: 5 fresh synthetic sets (4 videos of 4 s, clean and noisy each) in
+    a fresh pinned process (~5-10 min). Targets of issue #11: the median over seeds of each seed's median error
+    <= 2.0 deg; every clean video <= 3.0 deg. Noisy videos: see the docstring of ``tests/test_fit_outputs.py``'s
+    fast check: a depth-ambiguous view now and then reaches 5-7 deg, so their bound only catches gross failures."""
     import os
     import subprocess
     import sys
@@ -475,15 +478,18 @@ def test_validate_fit_meets_the_accuracy_targets(tmp_path):
 
     env = {**os.environ, "MOCAPFLOW_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "mocapflow"), "validate", "fit", "--json"],
+        [str(Path(sys.executable).parent / "mocapflow"), "validate", "fit", "--seeds", "5", "--json"],
         capture_output=True,
         text=True,
         env=env,
-        timeout=1800,
+        timeout=3600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["mjae_clean_deg"] <= 1.0
-    assert summary["mjae_noisy_deg"] <= 3.0
-    assert summary["fit_seconds_per_video"] > 0
-    assert len(summary["videos"]) == 2 * summary["spec"]["n_videos"]
+    assert [p["seed"] for p in summary["per_seed"]] == [0, 1, 2, 3, 4]
+    assert summary["median_deg"] <= 2.0
+    for run in summary["runs"]:
+        assert run["mjae_clean_deg"] <= 1.6
+        assert len(run["videos"]) == 2 * run["spec"]["n_videos"]
+        for video in run["videos"]:
+            assert video["mjae_deg"] <= (3.0 if video["kind"] == "clean" else 8.0), video

@@ -49,7 +49,12 @@ ROOT_STEP = 1.0
 
 
 class Schedule(eqx.Module):
-    """Linear warm-up to ``peak``, exponential decay to ``peak * final_ratio`` at ``max_iters``; per-group factors."""
+    """Linear warm-up to ``peak``, exponential decay to ``peak * final_ratio`` at ``max_iters``; per-group factors.
+
+    The same curve as ``optax.warmup_exponential_decay_schedule``, but as array fields: optax's schedules take
+    Python numbers and branch on them when built (``transition_steps <= 0``, ``decay_rate == 0``), so their values
+    would be constants of the compiled block and every other ``max_iters`` or rate would compile it again.
+    """
 
     peak: Float[Array, ""]
     warmup: Float[Array, ""]
@@ -169,11 +174,15 @@ def single_step(
 
 @dataclass(frozen=True)
 class OptimiseInfo:
+    """``converged``: the last block lowered the loss by less than ``rtol`` (relative); ``rel_change``: that
+    relative change of the last block (NaN when no earlier block with the same weights was there to compare)."""
+
     iterations: int
     seconds: float
     converged: bool
     final_loss: float
     block_losses: list[float] = field(default_factory=list)
+    rel_change: float = math.nan
 
     @property
     def iterations_per_second(self) -> float:
@@ -213,7 +222,7 @@ def optimise(
     schedule = Schedule.make(learning_rate, max_iters, root_mask=root_mask, n_dofs=n_dofs)
     opt_state = init_state(params)
     t0 = time.perf_counter()
-    step, prev, converged = 0, math.inf, False
+    step, prev, converged, rel = 0, math.inf, False, math.nan
     history: list[float] = []
     tail = max(1, block_size // 4)
     while step < max_iters:
@@ -234,13 +243,19 @@ def optimise(
             )
         cur = float(np.mean(losses_np[-tail:]))
         history.append(cur)
-        if step >= min_iters and prev - cur <= rtol * abs(cur):
+        rel = (prev - cur) / max(abs(cur), 1e-12) if math.isfinite(prev) else math.nan
+        if step >= min_iters and rel <= rtol:
             converged = True
             break
         prev = cur
     seconds = time.perf_counter() - t0
-    info = OptimiseInfo(step, seconds, converged, history[-1] if history else math.nan, history)
+    info = OptimiseInfo(step, seconds, converged, history[-1] if history else math.nan, history, rel)
     logger.debug(
-        "optimised %d steps in %.2f s (loss %.4g, converged=%s)", step, seconds, info.final_loss, converged
+        "optimised %d steps in %.2f s (loss %.4g, relative change %.2g, converged=%s)",
+        step,
+        seconds,
+        info.final_loss,
+        rel,
+        converged,
     )
     return params, data, info

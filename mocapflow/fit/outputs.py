@@ -1,12 +1,20 @@
 """What a fit leaves behind, as pure functions from a :class:`FitResult` to tables, bytes and text.
 
-- ``angles.parquet``: frame, time_s, observed, one column per DOF (degrees for hinges, metres for slides; units in
-  the schema metadata).
+- ``angles.parquet``: frame, time_s, ``observed``, ``interpolated``, ``span``, one column per DOF (degrees for
+  hinges, metres for slides; units in the schema metadata). One row per frame of the keypoints table's range.
+  ``observed``: the frame had enough usable keypoints (:mod:`mocapflow.fit.spans` states the rule);
+  ``interpolated``: not observed but inside a span (a gap of at most ``max_gap_s``, bridged by the smooth fit);
+  ``span``: the span number, -1 for frames in longer gaps, whose angles are NaN (never invented). The schema
+  metadata ``fit`` holds whether the optimiser converged, its final relative loss change, the observed fraction
+  and the spans' times.
 - ``residuals.parquet``: per frame the mean 2D reprojection error (px), mean root-relative 3D error (mm) and the
-  number of keypoints used.
+  number of keypoints used (NaN / 0 where not fitted).
 - ``scales.json``: scale per group and per body, per-keypoint offsets (mm) and the fit's figures.
-- ``angles.mot``: the angles as an OpenSim motion file.
-- ``angles.png``: hips, knees, ankles, shoulders and elbows over time (ground truth overlaid when given).
+- ``angles.mot``: the angles as an OpenSim motion file holding only the rows of spans (observed frames and the
+  bridged short gaps between them). Time is not uniform across a long gap (OpenSim's Storage allows it); the header
+  line ``mocapflow_spans=t0-t1;t2-t3`` lists the spans and ``mocapflow_observed_fraction`` the observed fraction.
+- ``angles.png``: hips, knees, ankles, shoulders and elbows over time (ground truth overlaid when given); long gaps
+  are shaded grey (no curve), bridged gaps light yellow.
 
 :func:`write_fit` puts each into the store in one put and writes ``_SUCCESS.json`` last.
 """
@@ -25,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
+from mocapflow.fit.spans import span_bounds
 from mocapflow.store import Store, WriteReport, fit_prefix
 
 if TYPE_CHECKING:
@@ -33,7 +42,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FIT_SCHEMA_VERSION = 1
+FIT_SCHEMA_VERSION = 2
+OBSERVED_RULE = (
+    "a frame is observed when at least max(4, observed_fraction x the mapped keypoints) have confidence > 0 and a "
+    "finite 2D position; unobserved runs up to max_gap_s inside a span are bridged (interpolated), longer ones are "
+    "not fitted (NaN)"
+)
 ANGLES, RESIDUALS, SCALES, MOT, PNG = (
     "angles.parquet",
     "residuals.parquet",
@@ -76,17 +90,53 @@ def _meta(result: FitResult, extra: Mapping[str, Any]) -> dict[bytes, bytes]:
     return {k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in values.items()}
 
 
+def span_times(result: FitResult) -> list[tuple[float, float]]:
+    """(first, last) time (s) of each span."""
+    return [(float(result.time_s[a]), float(result.time_s[b])) for a, b in span_bounds(result.span)]
+
+
+def _runs(mask: NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True in a 1-D mask."""
+    edges = np.diff(np.concatenate([[0], np.asarray(mask, bool).astype(np.int8), [0]]))
+    return list(
+        zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist(), strict=True)
+    )
+
+
+def fit_status(result: FitResult) -> dict[str, Any]:
+    """What a reader needs to trust the angles: convergence, observed fraction, spans (JSON-ready)."""
+    info = result.info
+    return {
+        "converged": bool(info.converged),
+        "rel_loss_change": _finite_or_none(info.rel_change),
+        "iterations": int(info.iterations),
+        "observed_fraction": round(result.observed_fraction, 6),
+        "observed_frames": int(result.observed.sum()),
+        "interpolated_frames": int(result.interpolated.sum()),
+        "unfitted_frames": int((~result.fitted).sum()),
+        "frames": len(result.frames),
+        "max_gap_s": result.options.max_gap_s,
+        "spans_s": [[round(a, 6), round(b, 6)] for a, b in span_times(result)],
+        "observed_rule": OBSERVED_RULE,
+    }
+
+
 def angles_table(result: FitResult) -> pa.Table:
-    """frame, time_s, observed and one float64 column per DOF; ``units`` in the schema metadata."""
+    """frame, time_s, observed, interpolated, span and one float64 column per DOF (NaN outside spans); ``units``
+    and ``fit`` (:func:`fit_status`) in the schema metadata."""
     values = angles_in_units(result)
     columns: dict[str, pa.Array] = {
         "frame": pa.array(result.frames.astype(np.int32), pa.int32()),
         "time_s": pa.array(result.time_s.astype(np.float64), pa.float64()),
         "observed": pa.array(result.observed.astype(bool), pa.bool_()),
+        "interpolated": pa.array(result.interpolated.astype(bool), pa.bool_()),
+        "span": pa.array(result.span.astype(np.int32), pa.int32()),
     }
     for i, name in enumerate(result.model.dof_names):
         columns[name] = pa.array(values[:, i], pa.float64())
-    return pa.table(columns).replace_schema_metadata(_meta(result, {"units": dof_units(result)}))
+    return pa.table(columns).replace_schema_metadata(
+        _meta(result, {"units": dof_units(result), "fit": fit_status(result)})
+    )
 
 
 def residuals_table(result: FitResult) -> pa.Table:
@@ -121,8 +171,7 @@ def scales_document(result: FitResult) -> dict[str, Any]:
             for name, off in zip(result.keypoint_names, result.offset_m, strict=True)
         },
         "fit": {
-            "iterations": info.iterations,
-            "converged": info.converged,
+            **fit_status(result),
             "seconds": result.seconds,
             "optimiser_seconds": info.seconds,
             "final_loss": _finite_or_none(info.final_loss),
@@ -141,20 +190,25 @@ def scales_document(result: FitResult) -> dict[str, Any]:
 
 
 def mot_text(result: FitResult, name: str = "mocapflow") -> str:
-    """OpenSim .mot: header (name, version=1, nRows, nColumns, inDegrees=yes, endheader), then tab-separated
-    ``time`` and one column per DOF (degrees; slides in metres, as OpenSim expects)."""
-    values = angles_in_units(result)
+    """OpenSim .mot of the spans' rows only: header (name, version=1, nRows, nColumns, inDegrees=yes,
+    ``mocapflow_spans``, ``mocapflow_observed_fraction``, endheader), then tab-separated ``time`` and one column per
+    DOF (degrees; slides in metres, as OpenSim expects). Frames in gaps longer than ``max_gap_s`` have no row."""
+    keep = result.fitted
+    values = angles_in_units(result)[keep]
     names = ["time", *result.model.dof_names]
+    spans = ";".join(f"{a:.6f}-{b:.6f}" for a, b in span_times(result))
     lines = [
         name,
         "version=1",
         f"nRows={values.shape[0]}",
         f"nColumns={len(names)}",
         "inDegrees=yes",
+        f"mocapflow_spans={spans}",
+        f"mocapflow_observed_fraction={result.observed_fraction:.6f}",
         "endheader",
         "\t".join(names),
     ]
-    for t, row in zip(result.time_s, values, strict=True):
+    for t, row in zip(result.time_s[keep], values, strict=True):
         lines.append("\t".join([f"{t:.6f}", *(f"{v:.6f}" for v in row)]))
     return "\n".join(lines) + "\n"
 
@@ -206,11 +260,19 @@ def plot_png(
             if truth is not None and dof in truth:
                 true = np.rad2deg(np.asarray(truth[dof], np.float64))[: len(result.time_s)]
                 ax.plot(result.time_s[: len(true)], true, color=colour, lw=1.0, ls="--", label=f"{dof} truth")
+        half = 0.5 / result.meta.fps
+        for mask, colour, alpha in ((~result.fitted, "0.5", 0.35), (result.interpolated, "gold", 0.35)):
+            for a, b in _runs(mask):
+                ax.axvspan(result.time_s[a] - half, result.time_s[b] + half, color=colour, alpha=alpha, lw=0)
         ax.set_ylabel(f"{title} (deg)")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize=7, ncol=2)
     axes[-1].set_xlabel("time (s)")
-    fig.suptitle(f"video {result.meta.video_sha256[:12]}: fitted joint angles")
+    fig.suptitle(
+        f"video {result.meta.video_sha256[:12]}: fitted joint angles; observed {result.observed_fraction:.0%} of "
+        f"frames\ngrey: not observed for more than {result.options.max_gap_s:g} s (not fitted), "
+        "yellow: short gap bridged by the fit"
+    )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -251,6 +313,9 @@ def write_fit(
         "keypoints_model_id": result.meta.model_id,
         "fit_params": fit_params(result.meta, result.options, result.model.name),
         "iterations": result.info.iterations,
+        "converged": result.info.converged,
+        "rel_loss_change": _finite_or_none(result.info.rel_change),
+        "observed_fraction": result.observed_fraction,
         "seconds": result.seconds,
     }
     reports.append(store.commit(prefix, info))

@@ -46,7 +46,8 @@ def fit_keypoints(
 ) -> dict[str, Any]:
     """Read, fit and write one video; a fit already committed under the same key is skipped unless ``overwrite``.
 
-    Returns a JSON-ready summary (prefix, URIs, rows, bytes, iterations, seconds, residuals).
+    Returns a JSON-ready summary (prefix, URIs, rows, bytes, iterations, whether the optimiser converged and its
+    final relative loss change, the observed fraction of frames and the number of spans, seconds, residuals).
     """
     t0 = time.perf_counter()
     table = read_keypoints(uri, storage_options)
@@ -76,6 +77,9 @@ def fit_keypoints(
         "bytes": sum(r.bytes for r in reports),
         "iterations": result.info.iterations,
         "converged": result.info.converged,
+        "rel_loss_change": result.info.rel_change if np.isfinite(result.info.rel_change) else None,
+        "observed_fraction": result.observed_fraction,
+        "spans": result.n_spans,
         "fit_seconds": result.seconds,
         "seconds": time.perf_counter() - t0,
         "median_residual_2d_px": _median(result.residual_2d_px),

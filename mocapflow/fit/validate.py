@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -155,10 +155,12 @@ def keypoints_from_truth(
 def angle_errors_deg(
     result: FitResult, q_true: NDArray[np.floating], dofs: tuple[str, ...] = METRIC_DOFS
 ) -> NDArray[np.float64]:
-    """Absolute errors [N, len(dofs)] in degrees, frames aligned by frame number."""
+    """Absolute errors [n, len(dofs)] in degrees over the fitted frames (observed or bridged; frames in long gaps
+    have no angles to compare), frames aligned by frame number."""
     idx = [result.model.dof_index(d) for d in dofs]
-    truth = np.asarray(q_true)[result.frames][:, idx]
-    diff = result.q[:, idx] - truth
+    fitted = result.fitted
+    truth = np.asarray(q_true)[result.frames[fitted]][:, idx]
+    diff = result.q[fitted][:, idx] - truth
     diff = (diff + np.pi) % (2 * np.pi) - np.pi
     return np.rad2deg(np.abs(diff))
 
@@ -199,6 +201,11 @@ def validate_fit(
                     "kind": kind,
                     "mjae_deg": float(np.median(err)),
                     "iterations": result.info.iterations,
+                    "converged": result.info.converged,
+                    "rel_loss_change": float(result.info.rel_change)
+                    if np.isfinite(result.info.rel_change)
+                    else None,
+                    "fitted_fraction": float(np.mean(result.fitted)),
                     "seconds": result.seconds,
                 }
             )
@@ -207,6 +214,8 @@ def validate_fit(
     summary: dict[str, Any] = {
         "mjae_clean_deg": float(np.median(np.concatenate(errors["clean"]))),
         "mjae_noisy_deg": float(np.median(np.concatenate(errors["noisy"]))),
+        "mjae_deg": float(np.median(np.concatenate(errors["clean"] + errors["noisy"]))),
+        "worst_video_deg": max(v["mjae_deg"] for v in per_video),
         "fit_seconds_per_video": float(np.mean(seconds)),
     }
     for kind in ("clean", "noisy"):
@@ -218,3 +227,36 @@ def validate_fit(
     summary["spec"] = asdict(spec)
     summary["fit_options"] = options.to_params()
     return summary
+
+
+def validate_fit_seeds(
+    spec: ValidationSpec | None = None,
+    options: FitOptions | None = None,
+    n_seeds: int = 5,
+    on_video: Callable[[str, str, float], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`validate_fit` for seeds ``spec.seed .. spec.seed + n_seeds - 1`` (fresh subjects, motions, cameras and
+    noise each): per seed the median error over all its videos (clean and noisy) and its worst video; over all
+    seeds the median of those medians and the worst video."""
+    spec = spec or ValidationSpec()
+    if n_seeds < 1:
+        raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
+    runs = [validate_fit(replace(spec, seed=spec.seed + k), options, on_video) for k in range(n_seeds)]
+    per_seed = [
+        {
+            "seed": r["spec"]["seed"],
+            "mjae_deg": r["mjae_deg"],
+            "mjae_clean_deg": r["mjae_clean_deg"],
+            "mjae_noisy_deg": r["mjae_noisy_deg"],
+            "worst_video_deg": r["worst_video_deg"],
+            "worst_video": max(r["videos"], key=lambda v: v["mjae_deg"])["video"],
+        }
+        for r in runs
+    ]
+    return {
+        "median_deg": float(np.median([p["mjae_deg"] for p in per_seed])),
+        "worst_video_deg": max(p["worst_video_deg"] for p in per_seed),
+        "per_seed": per_seed,
+        "fit_seconds_per_video": float(np.mean([r["fit_seconds_per_video"] for r in runs])),
+        "runs": runs,
+    }

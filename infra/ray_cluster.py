@@ -58,12 +58,14 @@ def quiet_ray_notices(verbose: bool = False) -> None:
     Called when a run starts (never at import). The dedup notice is a once-per-process message: marking it as
     already shown keeps deduplication itself on.
     """
-    if verbose:
+    token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if verbose:  # a verbose run shows the notice again, even after a quiet run in the same process
+        for f in [f for f in token_logger.filters if isinstance(f, _DropRayNotice)]:
+            token_logger.removeFilter(f)
         return
     from ray.util.debug import log_once
 
     log_once("log_dedup_warning")
-    token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
     if not any(isinstance(f, _DropRayNotice) for f in token_logger.filters):
         token_logger.addFilter(_DropRayNotice())
 

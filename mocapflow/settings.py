@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         description="B-spline knots per second of video; the joint trajectories keep motion up to half this rate "
         "in Hz (4 Hz at 8; mocapflow.fit.loss.trajectory_cutoff_hz).",
     )
+    fit_world_frame: bool = Field(
+        True,
+        description="Express the pelvis (root) in an anatomical world frame estimated from the fitted body: floor "
+        "at y = 0, Y against gravity, X the walking/facing direction (the camera pose goes into the angles metadata); "
+        "False keeps the camera-relative frame the fit works in.",
+    )
     fit_rtol: float = Field(
         1e-4,
         gt=0,

@@ -207,7 +207,8 @@ def test_backfill_resumes_after_interruption_and_reruns_only_failed(cohort: Path
     summary = _summary(state)
     ok = [r for r in summary["rows"] if r["status"] == "ok"]
     assert len(ok) == 2
-    assert summary["pose_calls"] == 1 and summary["fit_calls"] == 1  # the finished video was not redone
+    # the finished video was not redone; the other's pose may have been committed before the Ctrl-C
+    assert summary["pose_calls"] <= 1 and summary["fit_calls"] == 1
     assert {r["video"] for r in ok if r["cached"]} == done_before
 
     rerun = backfill(

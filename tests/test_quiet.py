@@ -21,8 +21,11 @@ DETECTOR = Path.home() / ".cache" / "mocapflow" / "modelsets" / "blazepose" / "d
 
 
 def test_startup_output_is_captured_and_logged_at_debug(
-    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # only pytest's capture handler on the root logger: a CLI test earlier in the session may have left a console
+    # handler there, which would print the DEBUG record (and its captured text) to stderr
+    monkeypatch.setattr(logging.getLogger(), "handlers", [caplog.handler])
     with caplog.at_level(logging.DEBUG, logger="tasks.pose_ray"), startup_output_captured(True):
         os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on.\n")
         os.write(2, b"UserWarning: tf.lite.Interpreter is deprecated\n")

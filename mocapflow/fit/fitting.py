@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import equinox as eqx
@@ -67,13 +67,17 @@ from models.body import BodyModel, default_body_model
 
 logger = logging.getLogger(__name__)
 
-FIT_VERSION = 3
+FIT_VERSION = 4
 Method = Literal["bspline", "frames"]
 # half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
 INIT_OUTLIER_WINDOW_S = 0.25
 SMOOTH_DEFAULT: dict[str, float] = {"bspline": 10000.0, "frames": 10000.0}
 # a frame needs at least this many usable keypoints to count as observed (4 image points fix a rigid pose: PnP)
 MIN_OBSERVED_KEYPOINTS = 4
+# the frame a fit's root DOFs are in when the world frame is off or cannot be estimated
+LEVEL_CAMERA: dict[str, Any] = {
+    "frame": "level camera: origin at the camera, X along the optical axis, Y up in the image (camera-relative)"
+}
 
 
 @functools.cache
@@ -114,6 +118,9 @@ class FitOptions:
     # the mapped keypoints (and MIN_OBSERVED_KEYPOINTS) is usable; gaps up to max_gap_s are bridged, longer not fitted
     observed_fraction: float = 0.3
     max_gap_s: float = 0.25
+    # root DOFs in an anatomical world frame (floor y = 0, Y against gravity; mocapflow.fit.world), else in the
+    # level-camera frame the fit works in
+    world_frame: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("bspline", "frames"):
@@ -141,6 +148,7 @@ class FitOptions:
             "rtol": settings.fit_rtol,
             "max_gap_s": settings.fit_max_gap_s,
             "observed_fraction": settings.fit_observed_fraction,
+            "world_frame": settings.fit_world_frame,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -216,6 +224,9 @@ class FitResult:
     noise_mm: float  # keypoint noise measured before the fit
     smooth_weight: float  # the smoothness weight it led to
     robust: tuple[RobustStats, ...] = ()  # what each outlier reweighting found
+    # where the root DOFs of ``q`` are expressed: the estimated camera pose in the world frame (mocapflow.fit.world)
+    # or {"frame": "level camera", ...} when the world frame is off or could not be estimated
+    camera_pose: dict[str, Any] = field(default_factory=lambda: dict(LEVEL_CAMERA))
 
     def angle(self, dof: str) -> NDArray[np.float64]:
         """One DOF over time (radians or metres)."""
@@ -466,6 +477,8 @@ def fit_arrays(
         smooth_weight=float(prep.data.weights.smooth),
         robust=tuple(robust_stats),
     )
+    if options.world_frame:
+        result = in_world_frame(result)
     logger.info(
         "fitted video %s: %d frames (bucket %d), %d iterations in %.1f s, median residual %.1f px / %.1f mm",
         meta.video_sha256[:12],
@@ -477,6 +490,31 @@ def fit_arrays(
         float(np.nanmedian(r3)) if np.isfinite(r3).any() else float("nan"),
     )
     return result
+
+
+def in_world_frame(result: FitResult) -> FitResult:
+    """``result`` with its root DOFs moved into the anatomical world frame (:func:`mocapflow.fit.world.to_world_frame`:
+    floor at y = 0, Y against gravity, X the walking/facing direction), estimated from the fitted frames; joint angles
+    are unchanged. Where no floor can be estimated the result stays in the level-camera frame and says why."""
+    from mocapflow.fit.world import apply_root, to_world_frame
+
+    rows = np.flatnonzero(np.isfinite(result.q).all(axis=1))
+    if rows.size == 0:
+        return replace(result, camera_pose={**LEVEL_CAMERA, "why": "no fitted frame"})
+    try:
+        root, pose = to_world_frame(
+            q=result.q[rows],
+            model=result.model,
+            body_scale=result.body_scale,
+            observed=np.asarray(result.observed, bool)[rows],
+            fps=result.meta.fps,
+        )
+    except ValueError as e:
+        logger.warning("video %s: kept the camera frame (%s)", result.meta.video_sha256[:12], e)
+        return replace(result, camera_pose={**LEVEL_CAMERA, "why": str(e)})
+    q = result.q.copy()
+    q[rows] = apply_root(result.q[rows], result.model, root)
+    return replace(result, q=q, camera_pose=pose)
 
 
 def fit_table(

@@ -15,6 +15,11 @@
   line ``mocapflow_spans=t0-t1;t2-t3`` lists the spans and ``mocapflow_observed_fraction`` the observed fraction.
 - ``angles.png``: hips, knees, ankles, shoulders and elbows over time (ground truth overlaid when given); long gaps
   are shaded grey (no curve), bridged gaps light yellow.
+- ``subject.osim`` and ``markers.trc``: the body model scaled to the subject (an OpenSim model whose coordinates
+  are the DOFs, so ``angles.mot`` plays on it) and its virtual markers on the observed frames (OpenSim's IK input).
+
+The root DOFs (pelvis translations and tilt/list/rotation) are in the world frame the fit estimated (floor at
+y = 0, Y against gravity; ``camera_pose`` in the angles metadata and scales.json) unless ``world_frame`` is off.
 
 :func:`write_fit` puts each into the store in one put and writes ``_SUCCESS.json`` last.
 """
@@ -33,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
+from mocapflow.fit.osim import markers_trc, model_osim
 from mocapflow.fit.spans import span_bounds
 from mocapflow.store import Store, WriteReport, fit_prefix
 
@@ -48,12 +54,14 @@ OBSERVED_RULE = (
     "finite 2D position; unobserved runs up to max_gap_s inside a span are bridged (interpolated), longer ones are "
     "not fitted (NaN)"
 )
-ANGLES, RESIDUALS, SCALES, MOT, PNG = (
+ANGLES, RESIDUALS, SCALES, MOT, PNG, OSIM, TRC = (
     "angles.parquet",
     "residuals.parquet",
     "scales.json",
     "angles.mot",
     "angles.png",
+    "subject.osim",  # the body model scaled to this subject; angles.mot plays on it (mocapflow.fit.osim)
+    "markers.trc",  # virtual markers on observed frames, for OpenSim's own inverse kinematics
 )
 PLOT_DOFS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hip flexion", ("hip_flexion_r", "hip_flexion_l")),
@@ -135,7 +143,10 @@ def angles_table(result: FitResult) -> pa.Table:
     for i, name in enumerate(result.model.dof_names):
         columns[name] = pa.array(values[:, i], pa.float64())
     return pa.table(columns).replace_schema_metadata(
-        _meta(result, {"units": dof_units(result), "fit": fit_status(result)})
+        _meta(
+            result,
+            {"units": dof_units(result), "fit": fit_status(result), "camera_pose": result.camera_pose},
+        )
     )
 
 
@@ -170,6 +181,7 @@ def scales_document(result: FitResult) -> dict[str, Any]:
             name: [round(float(v) * 1000.0, 3) for v in off]
             for name, off in zip(result.keypoint_names, result.offset_m, strict=True)
         },
+        "camera_pose": result.camera_pose,
         "fit": {
             **fit_status(result),
             "seconds": result.seconds,
@@ -303,6 +315,8 @@ def write_fit(
         store.put_json(f"{prefix}/{SCALES}", scales_document(result)),
         store.put_bytes(f"{prefix}/{MOT}", mot_text(result).encode("utf-8")),
         store.put_bytes(f"{prefix}/{PNG}", plot_png(result, truth)),
+        store.put_bytes(f"{prefix}/{OSIM}", model_osim(result).encode("utf-8")),
+        store.put_bytes(f"{prefix}/{TRC}", markers_trc(result).encode("utf-8")),
     ]
     info = {
         "rows": len(result.frames),

@@ -384,4 +384,9 @@ def open_blazepose(settings: Settings, threads: int) -> PoseEstimator:
         raise ValueError(
             f"model set {ms.root} is of kind {ms.manifest.kind!r}; the suite needs a blazepose set"
         )
-    return open_estimator(ms, ThreadConfig(threads=threads))
+    return open_estimator(
+        ms,
+        ThreadConfig(threads=threads),
+        max_people=settings.max_people,
+        scan_interval=settings.scan_interval_frames,
+    )

@@ -21,26 +21,14 @@ from numpy.typing import NDArray
 from mocapflow.camera import Extrinsics, Intrinsics
 from mocapflow.fit.clip import observe
 from mocapflow.fit.fitting import FitOptions, FitResult, fit_arrays, fit_body_model
+from mocapflow.fit.metamorphic import LIMB_DOFS
 from mocapflow.keypoints import KeypointsMeta
 from models.body import BodyModel
 
 logger = logging.getLogger(__name__)
 
-METRIC_DOFS: tuple[str, ...] = tuple(
-    f"{name}_{side}"
-    for side in ("r", "l")
-    for name in (
-        "hip_flexion",
-        "hip_adduction",
-        "hip_rotation",
-        "knee_angle",
-        "ankle_angle",
-        "arm_flex",
-        "arm_add",
-        "arm_rot",
-        "elbow_flex",
-    )
-)
+# hips, knees, ankles, shoulders, elbows, right then left (the metamorphic suite takes its figures over the same)
+METRIC_DOFS: tuple[str, ...] = tuple(f"{name}_{side}" for side in ("r", "l") for name in LIMB_DOFS)
 
 
 @dataclass(frozen=True)

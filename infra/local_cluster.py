@@ -145,6 +145,25 @@ class LocalRayCluster:
             raise RuntimeError(f"could not list the nodes of {self.address}: {proc.stderr[-1500:]}")
         return [n for n in json.loads(proc.stdout.strip().splitlines()[-1]) if n["alive"]]
 
+    def state(self, kind: str) -> list[dict[str, Any]]:
+        """Actors or tasks (``kind``) as Ray's state API lists them (the dashboard's), via a short-lived process with
+        this cluster's token: [{"name", "class_name", "node_id", "state"}]."""
+        if kind not in ("actors", "tasks"):
+            raise ValueError(f"kind must be 'actors' or 'tasks', got {kind!r}")
+        code = (
+            "import json\n"
+            f"from ray.util.state import list_{kind}\n"
+            f"rows = list_{kind}(address={self.dashboard_url!r}, limit=10000, raise_on_missing_output=False)\n"
+            "keys = ('name', 'class_name', 'node_id', 'state')\n"
+            "print(json.dumps([{k: getattr(r, k, None) for k in keys} for r in rows]))\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=self._env(), capture_output=True, text=True, timeout=120
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"could not list the {kind} of {self.address}: {proc.stderr[-1500:]}")
+        return list(json.loads(proc.stdout.strip().splitlines()[-1]))
+
     def _wait_for_nodes(self, n: int) -> None:
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:

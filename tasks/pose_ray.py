@@ -256,8 +256,9 @@ class PosePool:
         self._actor_class = ray.remote(PoseWorker).options(
             num_cpus=self.cpus_per_actor, max_restarts=max_restarts, max_task_retries=max_task_retries
         )
-        self.actors = [self._new_actor() for _ in range(self.n_actors)]
+        self.actors: list[Any] = [self._new_actor() for _ in range(self.n_actors)]
         self.replaced = 0
+        self.retired = 0
         self._idle: queue.Queue[int] = queue.Queue()
         for slot in range(self.n_actors):
             self._idle.put(slot)
@@ -267,7 +268,7 @@ class PosePool:
 
     def info(self) -> list[dict[str, Any]]:
         """Each actor's :meth:`PoseWorker.info`."""
-        return ray.get([a.info.remote() for a in self.actors])
+        return ray.get([a.info.remote() for a in self.actors if a is not None])
 
     def map(
         self,
@@ -300,8 +301,10 @@ class PosePool:
                             on_progress(video, n, total)
                 for ref in done:
                     video, slot = pending.pop(ref)
-                    idle.append(slot)
-                    yield self._collect(ref, video, slot)
+                    outcome = self._collect(ref, video, slot)
+                    if self.actors[slot] is not None:
+                        idle.append(slot)
+                    yield outcome
         finally:
             for ref in pending:
                 try:
@@ -315,13 +318,27 @@ class PosePool:
         try:
             return ray.get(ref)
         except RayActorError as e:
-            logger.warning("pose actor %d died on %s; replacing it", slot, video)
             ray.kill(self.actors[slot], no_restart=True)
-            self.actors[slot] = self._new_actor()
-            self.replaced += 1
+            if self._room_for_a_new_actor(slot):
+                logger.warning("pose actor %d died on %s; replacing it", slot, video)
+                self.actors[slot] = self._new_actor()
+                self.replaced += 1
+            else:
+                # the cluster lost the CPUs (a node died): a replacement would wait for them for ever and the
+                # actors left would keep the fits from the CPUs they hold; the pool shrinks instead
+                logger.warning(
+                    "pose actor %d died on %s; the cluster has no CPUs for another: retiring it", slot, video
+                )
+                self.actors[slot] = None
+                self.retired += 1
             return _failure(video, e)
         except RayError as e:
             return _failure(video, e)
+
+    def _room_for_a_new_actor(self, slot: int) -> bool:
+        """A dead actor is replaced when the cluster has CPUs free for it now, or when no other actor is left."""
+        others = sum(a is not None for i, a in enumerate(self.actors) if i != slot)
+        return others == 0 or ray.available_resources().get("CPU", 0.0) >= self.cpus_per_actor
 
     def process_one(
         self, video: str, params: PoseParams, intrinsics: Intrinsics | None = None
@@ -333,7 +350,8 @@ class PosePool:
             ref = self.actors[slot].process.remote(video, params, intrinsics, None)
             return self._collect(ref, video, slot)
         finally:
-            self._idle.put(slot)
+            if self.actors[slot] is not None:  # a retired slot never comes back
+                self._idle.put(slot)
 
     def run(self, videos: Iterable[str], params: PoseParams, **kwargs: Any) -> list[PoseOutcome]:
         """:meth:`map`, collected into a list (in finishing order)."""
@@ -341,7 +359,8 @@ class PosePool:
 
     def shutdown(self) -> None:
         for a in self.actors:
-            ray.kill(a, no_restart=True)
+            if a is not None:
+                ray.kill(a, no_restart=True)
         self.actors = []
 
     def __enter__(self) -> PosePool:

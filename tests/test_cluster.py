@@ -34,28 +34,11 @@ def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = N
             raise AssertionError(f"the backfill exited ({proc.returncode}) before {what}")
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(2.0)
+        time.sleep(5.0)
 
 
 def _state(cluster: LocalRayCluster, kind: str) -> list[dict]:
-    """Actors or tasks from Ray's state API (the dashboard's), as plain dicts."""
-    from ray.util.state import list_actors, list_tasks
-
-    fn = list_actors if kind == "actors" else list_tasks
-    env = cluster.auth_env()
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return [
-            dict(r.__dict__) if hasattr(r, "__dict__") else dict(r)
-            for r in fn(address=cluster.dashboard_url, limit=10_000, raise_on_missing_output=False)
-        ]
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return cluster.state(kind)
 
 
 def test_backfill_spreads_over_two_nodes_and_survives_losing_one(markers_model_set, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,10 +196,10 @@ class LocalRayCluster:
         clusters on the host (other tests, other users) are left alone, unlike `ray stop`."""
         import psutil
 
-        marks = (f"127.0.0.1:{self.port}", f"--gcs_server_port={self.port}")
+        marks = (f":{self.port} ", f"={self.port} ")  # --gcs-address=HOST:PORT, --gcs_server_port=PORT, ...
         found = []
         for p in psutil.process_iter(["pid", "cmdline"]):
-            cmd = " ".join(p.info.get("cmdline") or [])
+            cmd = " ".join(p.info.get("cmdline") or []) + " "
             if p.pid != os.getpid() and any(m in cmd for m in marks):
                 found.append(p)
         return found
@@ -218,6 +219,12 @@ class LocalRayCluster:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(alive, timeout=10)
+        # `ray start --head` leaves a pointer to this cluster for later `ray.init()` calls on the host; a dead
+        # cluster's pointer would make every later local ray.init() try to join it
+        pointer = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        with contextlib.suppress(OSError):
+            if pointer.read_text().strip().endswith(f":{self.port}"):
+                pointer.unlink()
         logger.info("stopped the Ray cluster at %s (%d processes)", self.address, len(procs))
         self.port = None
 

@@ -113,7 +113,9 @@ class Settings(BaseSettings):
 
     # -- fitting -----------------------------------------------------------------------------------------
     fit_max_iters: int = Field(
-        1500, ge=1, description="Most optimiser steps per fit (it stops earlier once converged, see fit_rtol)."
+        1500,
+        ge=1,
+        description="Most optimiser steps per fit (it stops earlier once converged, see fit_rtol).",
     )
     fit_learning_rate: float = Field(3e-2, gt=0, description="Peak Adam learning rate.")
     fit_knots_per_second: float = Field(
@@ -139,6 +141,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Runs of unobserved frames up to this long (s) are bridged by the fit and marked "
         "interpolated; longer gaps are not fitted (NaN angles, left out of the .mot).",
+    )
+    fit_lowpass_hz: float = Field(
+        6.0,
+        ge=0,
+        description="Zero-phase low-pass cut-off (Hz, -6 dB point) applied to the keypoints before a fit, after "
+        "left/right swaps are undone and limb depths put on one branch; 0: no filter.",
     )
     fit_observed_fraction: float = Field(
         0.3,

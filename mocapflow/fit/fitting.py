@@ -59,6 +59,7 @@ from mocapflow.fit.loss import (
 )
 from mocapflow.fit.optimise import OptimiseInfo, optimise
 from mocapflow.fit.params import FitParams, FrameTrajectory, Limits, init_bspline, q_to_x
+from mocapflow.fit.preprocess import preprocess_keypoints
 from mocapflow.fit.robust import RobustOptions, RobustStats, observation_residuals, reweight
 from mocapflow.fit.sites import KeypointMap, map_keypoints, offset_projection
 from mocapflow.fit.spans import PackedLayout, observed_frames, pack_spans, span_basis, span_ids
@@ -67,7 +68,7 @@ from models.body import BodyModel, default_body_model
 
 logger = logging.getLogger(__name__)
 
-FIT_VERSION = 4
+FIT_VERSION = 5
 Method = Literal["bspline", "frames"]
 # half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
 INIT_OUTLIER_WINDOW_S = 0.25
@@ -118,6 +119,11 @@ class FitOptions:
     # the mapped keypoints (and MIN_OBSERVED_KEYPOINTS) is usable; gaps up to max_gap_s are bridged, longer not fitted
     observed_fraction: float = 0.3
     max_gap_s: float = 0.25
+    # keypoints made consistent over time before the fit (mocapflow.fit.preprocess): left/right swaps undone, one
+    # depth branch per limb, a zero-phase low-pass at lowpass_hz (-6 dB point; None or 0: none)
+    undo_swaps: bool = True
+    depth_branches: bool = False
+    lowpass_hz: float | None = 6.0
     # root DOFs in an anatomical world frame (floor y = 0, Y against gravity; mocapflow.fit.world), else in the
     # level-camera frame the fit works in
     world_frame: bool = True
@@ -149,6 +155,7 @@ class FitOptions:
             "max_gap_s": settings.fit_max_gap_s,
             "observed_fraction": settings.fit_observed_fraction,
             "world_frame": settings.fit_world_frame,
+            "lowpass_hz": settings.fit_lowpass_hz,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -317,6 +324,18 @@ def prepare(
     span = span_ids(observed, options.max_gap_frames(meta.fps))
     layout = pack_spans(span)
     noise_mm = estimate_noise_mm(kp3d, kp2d, conf)
+    # after the noise is measured (it sets the fit's smoothness weight), keypoints made consistent over time
+    kp2d, kp3d, conf, _ = preprocess_keypoints(
+        kp2d,
+        kp3d,
+        conf,
+        kmap.site_index,
+        model,
+        meta.fps,
+        swaps=options.undo_swaps,
+        depth_branches=options.depth_branches,
+        cutoff_hz=options.lowpass_hz,
+    )
     intr = meta.intrinsics
     site_index = np.asarray(kmap.site_index)
     q_init = initial_pose(

@@ -143,10 +143,10 @@ class Settings(BaseSettings):
         "interpolated; longer gaps are not fitted (NaN angles, left out of the .mot).",
     )
     fit_lowpass_hz: float = Field(
-        6.0,
+        0.0,
         ge=0,
-        description="Zero-phase low-pass cut-off (Hz, -6 dB point) applied to the keypoints before a fit, after "
-        "left/right swaps are undone and limb depths put on one branch; 0: no filter.",
+        description="Zero-phase low-pass cut-off (Hz, -6 dB point) applied to the keypoints before a fit (after "
+        "left/right swaps are undone); 0: none (the fitted trajectories keep motion up to fit_knots_per_second / 2).",
     )
     fit_observed_fraction: float = Field(
         0.3,

@@ -119,11 +119,10 @@ class FitOptions:
     # the mapped keypoints (and MIN_OBSERVED_KEYPOINTS) is usable; gaps up to max_gap_s are bridged, longer not fitted
     observed_fraction: float = 0.3
     max_gap_s: float = 0.25
-    # keypoints made consistent over time before the fit (mocapflow.fit.preprocess): left/right swaps undone, one
-    # depth branch per limb, a zero-phase low-pass at lowpass_hz (-6 dB point; None or 0: none)
+    # keypoints made consistent over time before the fit (mocapflow.fit.preprocess): left/right swaps undone, a
+    # zero-phase low-pass at lowpass_hz (-6 dB point; None or 0: none, the trajectory's own cut-off is knots/2)
     undo_swaps: bool = True
-    depth_branches: bool = False
-    lowpass_hz: float | None = 6.0
+    lowpass_hz: float | None = None
     # root DOFs in an anatomical world frame (floor y = 0, Y against gravity; mocapflow.fit.world), else in the
     # level-camera frame the fit works in
     world_frame: bool = True
@@ -333,7 +332,6 @@ def prepare(
         model,
         meta.fps,
         swaps=options.undo_swaps,
-        depth_branches=options.depth_branches,
         cutoff_hz=options.lowpass_hz,
     )
     intr = meta.intrinsics

@@ -102,13 +102,20 @@ def test_trajectory_cutoff_is_half_the_knot_rate(kps: float) -> None:
 # -- keypoint preprocessing (mocapflow.fit.swap, mocapflow.fit.preprocess) --------------------------------------------
 
 
-def _walking_keypoints(model, seed: int, noise: bool):
-    """Dense mapped keypoint arrays (2D px, 3D camera mm, conf) of a synthetic side-view walk (legs cross in the
-    image every step) and the mapped site names."""
-    from mocapflow.fit.validate import ValidationSpec, keypoints_from_truth, truth_videos
+@pytest.fixture(scope="module")
+def walk(model):
+    """A synthetic side-view walk (legs cross in the image every step), ground truth only."""
+    from mocapflow.fit.validate import ValidationSpec, truth_videos
 
-    video = truth_videos(ValidationSpec(n_videos=1, seconds=3.0, seed=seed), model)[0]
+    video = truth_videos(ValidationSpec(n_videos=1, seconds=3.0, seed=0), model)[0]
     assert video.motion == "walking"
+    return video
+
+
+def _walking_keypoints(model, video, seed: int, noise: bool):
+    """Dense mapped keypoint arrays (2D px, 3D camera mm, conf) of the walk, exact or noisy, and the site names."""
+    from mocapflow.fit.validate import keypoints_from_truth
+
     kw = {"noise_2d_px": 4.0, "noise_3d_mm": 50.0, "seed": seed} if noise else {}
     meta, arrays = keypoints_from_truth(video, **kw)
     kmap = map_keypoints(meta.joint_names, model)
@@ -119,18 +126,17 @@ def _walking_keypoints(model, seed: int, noise: bool):
         arrays["kp3d_mm"][:, cols].astype(np.float64),
         arrays["conf"][:, cols].astype(np.float64),
         names,
-        kmap.site_index,
     )
 
 
 @pytest.mark.parametrize(("seed", "noise"), [(0, False), (1, True), (2, True)])
-def test_planted_left_right_swaps_are_found_and_undone(model, seed: int, noise: bool) -> None:
+def test_planted_left_right_swaps_are_found_and_undone(model, walk, seed: int, noise: bool) -> None:
     """A side-view walk (clean and noisy) with left/right labels swapped in random frames and groups (legs, arms,
     face; single frames and runs of up to 6): every planted swap is found and undone, nothing else is touched.
     With noise (4 px, 50 mm) the face's sides (eyes ~12 px apart) are not identifiable: legs and arms only."""
     from mocapflow.fit.swap import GROUPS, SwapReport, apply_swaps, side_pairs, undo_swaps
 
-    kp2d, kp3d, conf, names, _ = _walking_keypoints(model, seed, noise)
+    kp2d, kp3d, conf, names = _walking_keypoints(model, walk, seed, noise)
     pairs = side_pairs(names)
     assert {GROUPS[g] for g in pairs.group} == set(GROUPS)
     t_n = len(conf)
@@ -152,10 +158,10 @@ def test_planted_left_right_swaps_are_found_and_undone(model, seed: int, noise: 
     assert not clean.swapped[:, groups].any()
 
 
-def test_swap_detection_is_the_same_played_backwards(model) -> None:
+def test_swap_detection_is_the_same_played_backwards(model, walk) -> None:
     from mocapflow.fit.swap import SwapReport, apply_swaps, detect_swaps, side_pairs
 
-    kp2d, kp3d, conf, names, _ = _walking_keypoints(model, 3, True)
+    kp2d, kp3d, conf, names = _walking_keypoints(model, walk, 3, True)
     pairs = side_pairs(names)
     planted = np.zeros((len(conf), 3), bool)
     planted[10:13, 0] = planted[40, 1] = planted[60:70, 2] = True

@@ -74,6 +74,13 @@ def lowpass(
     return out
 
 
+def inside_image(kp2d: NDArray[np.floating], width: int, height: int) -> NDArray[np.bool_]:
+    """[T, J] keypoints whose 2D position lies inside the image (a pose model's keypoint outside it is a guess)."""
+    u, v = kp2d[..., 0], kp2d[..., 1]
+    with np.errstate(invalid="ignore"):
+        return (u >= 0) & (u <= width - 1) & (v >= 0) & (v <= height - 1)
+
+
 def preprocess_keypoints(
     kp2d: NDArray[np.floating],
     kp3d: NDArray[np.floating],
@@ -84,6 +91,7 @@ def preprocess_keypoints(
     *,
     swaps: bool = True,
     cutoff_hz: float | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], PreprocessReport]:
     """The steps of the module docstring on one video's dense, mapped arrays (kp2d [T, J, 2] px, kp3d
     [T, J, 3] camera mm, conf [T, J]; ``site_index``: the body-model site of each column). ``cutoff_hz`` None or 0:
@@ -92,6 +100,8 @@ def preprocess_keypoints(
     report_swaps = None
     if swaps:
         kp2d, kp3d, conf, report_swaps = undo_swaps(kp2d, kp3d, conf, names)
+    if image_size is not None:
+        conf = np.where(inside_image(kp2d, *image_size), conf, 0.0)
     has3d = bool(np.isfinite(kp3d).any())
     if cutoff_hz:
         ok2 = (conf > 0) & np.isfinite(kp2d).all(-1)

@@ -71,8 +71,10 @@ def test_unobserved_frames_do_not_count() -> None:
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="issue 11 targets not met yet: measured still 5.1, mirror 7.4, half 4.7, reverse 1.9 deg "
-    "(targets 2, 3, 3, 1; before the stability work 7.5, 13.8, 6.1, 2.2)",
+    reason="issue 11 targets not met yet: messi_pan measured still 3.64, mirror 6.47, half 3.12, reverse 2.42 deg "
+    "(targets 2, 3, 3, 1); bounded by BlazePose's own 3D on the clip (feet leave the frame at ~1.1 s and the foot "
+    "landmarks' confidence falls 0.8 -> 0.3-0.6; the mirrored video's 3D differs by 5-10 deg in the input angles; "
+    "the pose stage's tracking is causal: the fit alone, given exactly reversed keypoints, differs by 0.43 deg)",
     strict=False,
 )
 def test_metamorphic_suite_on_a_real_still_photo(tmp_path: Path) -> None:

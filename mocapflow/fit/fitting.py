@@ -123,7 +123,6 @@ class FitOptions:
     # zero-phase low-pass at lowpass_hz (-6 dB point; None or 0: none, the trajectory's own cut-off is knots/2)
     undo_swaps: bool = True
     lowpass_hz: float | None = None
-    drop_outside_image: bool = False
     # root DOFs in an anatomical world frame (floor y = 0, Y against gravity; mocapflow.fit.world), else in the
     # level-camera frame the fit works in
     world_frame: bool = True
@@ -334,7 +333,6 @@ def prepare(
         meta.fps,
         swaps=options.undo_swaps,
         cutoff_hz=options.lowpass_hz,
-        image_size=(meta.intrinsics.width, meta.intrinsics.height) if options.drop_outside_image else None,
     )
     intr = meta.intrinsics
     site_index = np.asarray(kmap.site_index)

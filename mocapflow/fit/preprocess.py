@@ -19,7 +19,9 @@ raised it on messi_pan (3.64 -> 4.15), where nothing was swapped: the fitted tra
 up to knots/2 (4 Hz), and a filtered input shifts the fit's 2D/3D balance (measured from residual spreads). So it is
 off by default (``fit_lowpass_hz``). A per-limb depth-branch choice over time (Viterbi over the four
 mirrored-depth hypotheses of thigh/shank, upper arm/forearm) was tried here too and dropped: on messi_pan it raised
-the input's own knee-angle SD (left 8.6 -> 10.6 deg).
+the input's own knee-angle SD (left 8.6 -> 10.6 deg). Dropping keypoints whose 2D position lies outside the
+image (messi_pan's right foot leaves the frame) was measured and not kept: messi_pan still/mirror/half/reverse
+3.64/6.47/3.12/2.42 -> 3.63/6.27/3.33/2.27 deg, basketball_pan 2.11/4.05/3.67/1.20 -> 2.04/3.88/3.49/1.27.
 """
 
 from __future__ import annotations
@@ -74,13 +76,6 @@ def lowpass(
     return out
 
 
-def inside_image(kp2d: NDArray[np.floating], width: int, height: int) -> NDArray[np.bool_]:
-    """[T, J] keypoints whose 2D position lies inside the image (a pose model's keypoint outside it is a guess)."""
-    u, v = kp2d[..., 0], kp2d[..., 1]
-    with np.errstate(invalid="ignore"):
-        return (u >= 0) & (u <= width - 1) & (v >= 0) & (v <= height - 1)
-
-
 def preprocess_keypoints(
     kp2d: NDArray[np.floating],
     kp3d: NDArray[np.floating],
@@ -91,7 +86,6 @@ def preprocess_keypoints(
     *,
     swaps: bool = True,
     cutoff_hz: float | None = None,
-    image_size: tuple[int, int] | None = None,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], PreprocessReport]:
     """The steps of the module docstring on one video's dense, mapped arrays (kp2d [T, J, 2] px, kp3d
     [T, J, 3] camera mm, conf [T, J]; ``site_index``: the body-model site of each column). ``cutoff_hz`` None or 0:
@@ -100,8 +94,6 @@ def preprocess_keypoints(
     report_swaps = None
     if swaps:
         kp2d, kp3d, conf, report_swaps = undo_swaps(kp2d, kp3d, conf, names)
-    if image_size is not None:
-        conf = np.where(inside_image(kp2d, *image_size), conf, 0.0)
     has3d = bool(np.isfinite(kp3d).any())
     if cutoff_hz:
         ok2 = (conf > 0) & np.isfinite(kp2d).all(-1)

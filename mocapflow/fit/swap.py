@@ -19,6 +19,12 @@ group is, per frame, either as labelled or swapped. The labelling of the whole t
 
 The minimum is global, so the choice is non-causal and the same for the track played backwards (the costs are
 symmetric in time). Pure numpy.
+
+Limits (measured): planted swaps in a synthetic side-view walk are all found, clean and with 4 px / 50 mm noise, for
+legs and arms; under that noise the face's sides (eyes ~12 px apart) are not identifiable and some face frames are
+relabelled spuriously (on ``validate fit``'s noisy videos this moved the median error by at most 0.06 deg). A model
+that labels a person as facing the camera in one video and as facing away in most frames of its mirror image
+(BlazePose on court_pan's small player) gets each video made consistent, not the two made to agree.
 """
 
 from __future__ import annotations

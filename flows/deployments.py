@@ -19,6 +19,7 @@ the same CPUs; with ``ray_address`` set every run joins that one cluster.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,12 @@ def _with_form(deployment: Any, settings: Settings) -> Any:
     model_set_choices({"definitions": schema.definitions}, settings)
     if "options" in schema.properties:
         schema.properties["options"]["default"] = options_defaults(settings)
+    source = schema.properties.get("source")
+    if (
+        source is not None and "$ref" in source
+    ):  # inline: the form shows an inline anyOf as tabs, a $ref as JSON
+        inline = copy.deepcopy(schema.definitions[source["$ref"].rsplit("/", 1)[1]])
+        schema.properties["source"] = {**inline, **{k: v for k, v in source.items() if k != "$ref"}}
     return deployment
 
 

@@ -85,6 +85,16 @@ class CohortSource(RootModel[SourceVariant]):
     # CohortSource(manifest="cohort.csv") and CohortSource.model_validate({"prefix": "s3://lab/in"}) pick the
     # variant from the key given (or from "kind").
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """``anyOf`` rather than pydantic's ``oneOf``: Prefect's form shows anyOf as a choice of tabs (oneOf as raw
+        JSON). The variants exclude each other (each needs its own key, no extra keys), so the rule is the same."""
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        if "oneOf" in target:
+            target["anyOf"] = target.pop("oneOf")
+        return schema
+
     @model_validator(mode="before")
     @classmethod
     def _exactly_one(cls, value: Any) -> Any:

@@ -102,7 +102,7 @@ def test_deployment_form_has_defaults_model_set_choices_and_the_source_rule(serv
             "type": "string",
         }
     cohort = server.api("GET", f"/deployments/{ids['adhoc-cohort']}")["parameter_openapi_schema"]
-    variants = cohort["definitions"]["CohortSource"]["oneOf"]
+    variants = cohort["properties"]["source"]["anyOf"]  # inline: the form shows tabs Videos | Manifest | Prefix
     assert [v["$ref"].rsplit("/", 1)[1] for v in variants] == [
         "VideosSource",
         "ManifestSource",
@@ -181,7 +181,7 @@ def test_cohort_run_in_the_ui_names_logs_and_artifacts(server, ui_env, ui_cohort
         k for k in video_keys if k.startswith("video-" + good.lower().replace("_", "-").replace(".", "-"))
     ]
     md = arts[good_key]["data"]
-    assert "status: **ok**" in md and "![joint angles" in md and "](data:image/png;base64," in md
+    assert "status: **ok**" in md and "![joint angles" in md and "](data:image/jpeg;base64," in md
     table = arts["cohort-summary"]["data"]
     assert good in table and bad in table
 

@@ -102,7 +102,9 @@ def test_deployment_form_has_defaults_model_set_choices_and_the_source_rule(serv
             "type": "string",
         }
     cohort = server.api("GET", f"/deployments/{ids['adhoc-cohort']}")["parameter_openapi_schema"]
-    variants = cohort["properties"]["source"]["anyOf"]  # inline: the form shows tabs Videos | Manifest | Prefix
+    variants = cohort["properties"]["source"][
+        "anyOf"
+    ]  # inline: the form shows tabs Videos | Manifest | Prefix
     assert [v["$ref"].rsplit("/", 1)[1] for v in variants] == [
         "VideosSource",
         "ManifestSource",

@@ -35,7 +35,7 @@ from mocapflow.report import FAILED, LOW_COVERAGE, OK, RunFailed, coverage_statu
 from mocapflow.settings import Settings
 from mocapflow.store import KeyNotFoundError, safe_key
 from tasks.publish import Progress, publish, quiet_partial_failures
-from tasks.runtime import FlowRuntime
+from tasks.runtime import BUILT_IN, FlowRuntime
 from tasks.stages import fit_video, pose_video, probe_video
 
 __all__ = ["backfill", "coverage_status", "process_cohort", "process_video", "run_summary"]
@@ -222,12 +222,15 @@ def _cohort(
     t0 = time.perf_counter()
     quiet_partial_failures()
     logger = get_run_logger()
+    missing = settings.model_set in BUILT_IN and not (settings.modelsets_dir / settings.model_set).is_dir()
     logger.info(
-        "%s: source %s; preparing model set %r (a built-in set not built yet under %s is built first: ~1 min)",
+        "%s: source %s; preparing model set %r%s",
         scope,
         source.label(),
         settings.model_set,
-        settings.modelsets_dir,
+        f" (not built yet: building it into {settings.modelsets_dir} first, about a minute)"
+        if missing
+        else "",
     )
     rt = FlowRuntime.start(settings)
     try:

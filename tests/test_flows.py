@@ -164,13 +164,30 @@ def _wait_for(cond, timeout: float, what: str) -> None:
         time.sleep(1.0)
 
 
-def test_backfill_resumes_after_interruption_and_reruns_only_failed(cohort: Path, env, tmp_path: Path):
+def _backfill_manifest(cohort: Path, shared_store: Path, tmp_path: Path) -> tuple[str, Path]:
+    """A manifest of [a cohort video, a new video, the corrupt file] and a store that already holds the cohort
+    test's outputs (then the first video is done at once and the interruption lands in the second's work; run alone,
+    the first is processed for real)."""
+    import shutil
+
+    store_root = tmp_path / "store"
+    if shared_store.is_dir():
+        shutil.copytree(shared_store, store_root, ignore=shutil.ignore_patterns("runs", "backfills"))
+    new = generate_cohort(tmp_path / "new", CohortSpec(n_videos=1, seed=23, seconds=1.5, motions=("squat",)))
+    first = sorted(str(p) for p in cohort.glob("v*.mp4"))[0]
+    rows = [first, str(tmp_path / "new" / new[0].video), *_corrupt_videos(cohort)]
+    (tmp_path / "backfill.csv").write_text("video\n" + "\n".join(rows) + "\n")
+    return str(tmp_path / "backfill.csv"), store_root
+
+
+def test_backfill_resumes_after_interruption_and_reruns_only_failed(
+    cohort: Path, env, store_root: Path, tmp_path: Path
+):
     from flows.cohort import backfill
     from flows.params import CohortSource, RunOptions
 
-    store_root = tmp_path / "store"
+    manifest, store_root = _backfill_manifest(cohort, store_root, tmp_path)
     store = Store(str(store_root))
-    manifest = str(cohort / "cohort.csv")
     ledger = store_root / "backfills" / "resume" / "status"
     code = (
         "from flows.cohort import backfill\nfrom flows.params import CohortSource, RunOptions\n"

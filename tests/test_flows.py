@@ -6,8 +6,8 @@ probe -> pose -> fit on an S3 store (a plot link a browser opens: presigned); a 
 and triggered through Prefect's API (as the UI does) on the cohort's store (slow: the same on a fresh S3 store); a
 backfill interrupted halfway that resumes without redoing finished videos, then `only_failed`.
 
-Time: one Ray per module (children get their own: RAY_ADDRESS is not passed on), the served deployment reuses the
-cohort test's committed outputs, so the default run does pose and fit work for 2 + 1 + 1 videos (+ the backfill's).
+Time: the served deployment and the backfill start from the cohort test's committed outputs, so the default run does
+pose and fit work for the cohort's 2 videos, the S3 test's 1 and the backfill's 1 new video.
 """
 
 from __future__ import annotations
@@ -151,7 +151,9 @@ def test_a_video_with_the_subject_in_under_min_coverage_of_frames_is_flagged() -
 
 def _subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a child that runs flows: its own Ray (never this process's cluster), same Prefect API."""
-    # a child that inherited RAY_ADDRESS would join, and on exit take down, this process's cluster
+    from infra.ray_cluster import shutdown_ray
+
+    shutdown_ray()  # a child that inherits RAY_ADDRESS would join, and on exit take down, this process's cluster
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return {**env, **(extra or {})}
 

@@ -1,54 +1,92 @@
 """The product's flows: one video, a cohort, and a resumable backfill. They wire the tasks in tasks/stages.py.
 
-Per video: probe -> pose (Ray actor pool) -> fit (pinned Ray task). Videos run concurrently up to
-``max_videos_in_flight``; a video that fails stops its own chain only. Each run writes a summary table to
-``runs/<run_id>/summary.parquet`` (committed last with ``_COMMITTED``), a table artifact, a markdown artifact per
-video and a progress artifact while it works; its final state is Failed, naming the videos, when any video failed.
-A video whose subject was found in fewer than ``min_coverage`` of its frames is processed but reported with status
-``low_coverage`` (summary, artifacts and the final message name it), never as a plain ``ok``.
+Per video: probe -> pose (Ray actor pool) -> fit (pinned Ray task), chained by Prefect futures; at most
+``max_videos_in_flight`` videos are submitted at once (a backfill of thousands never holds thousands of futures).
+A video that fails stops its own chain only; only transient I/O is retried (tasks/stages.py).
+
+What a run shows in the Prefect UI: a name saying what runs (deployment or flow, the source, the date), a log line
+before the model set is prepared, one per stage start and one per finished video (``[i/n]``), a progress artifact,
+and at the end the keyed summary table and one keyed markdown artifact per video with its plot (tasks/publish.py).
+Its final state is Completed, or Failed when any video failed, with a message naming the failed and low-coverage
+videos; the state's data is the run's summary (a :class:`mocapflow.report.RunFailed` carrying it when Failed: read
+it with :func:`run_summary`). The summary table is also written to ``runs/<run_id>/summary.parquet`` (committed last).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
 from prefect.futures import PrefectFuture, as_completed
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from flows.params import CohortSource, RunOptions
+from mocapflow import report
 from mocapflow.discovery import VideoSpec, discover
+from mocapflow.report import FAILED, LOW_COVERAGE, OK, RunFailed, coverage_status, video_name
 from mocapflow.settings import Settings
-from mocapflow.store import KeyNotFoundError, run_prefix, safe_key
-from tasks.runtime import FlowRuntime
+from mocapflow.store import KeyNotFoundError, safe_key
+from tasks.publish import Progress, publish, quiet_partial_failures
+from tasks.runtime import BUILT_IN, FlowRuntime
 from tasks.stages import fit_video, pose_video, probe_video
 
-COMMITTED = "_COMMITTED"
-OK, LOW_COVERAGE, FAILED = "ok", "low_coverage", "failed"
+__all__ = ["backfill", "coverage_status", "process_cohort", "process_video", "run_summary"]
 
 
-@dataclass
-class _Chain:
-    spec: VideoSpec
-    probe: PrefectFuture
-    pose: PrefectFuture
-    fit: PrefectFuture
-    pose_done: threading.Event = field(default_factory=threading.Event)
+def run_summary(state: State) -> dict[str, Any]:
+    """The summary of a finished run of these flows (Completed: its data; Failed: the RunFailed's summary)."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, RunFailed):
+        return data.summary
+    if isinstance(data, dict):
+        return data
+    raise RuntimeError(f"the run ended without a summary: {state.type.value} {state.message}")
+
+
+# -- run names --------------------------------------------------------------------------------------------------
+
+
+def _source_label(value: Any) -> str:
+    try:
+        src = value if isinstance(value, CohortSource) else CohortSource.model_validate(value)
+    except ValueError:
+        return "?"
+    return src.label()
+
+
+def _run_date() -> str:
+    when = flow_run.scheduled_start_time
+    return when.strftime("%Y-%m-%d %H:%M") if when is not None else time.strftime("%Y-%m-%d %H:%M")
+
+
+def _run_name() -> str:
+    """'<deployment or flow> · <source> · <date>', e.g. 'nightly-cohort · s3://lab/in · 2026-12-03 02:00'."""
+    params = flow_run.parameters
+    who = deployment.name or flow_run.flow_name
+    if "video" in params:
+        what = video_name(str(params["video"]))
+    else:
+        what = _source_label(params.get("source"))
+        if flow_run.flow_name == "backfill":
+            what = f"{params.get('name', 'default')}: {what}"
+    return f"{who} · {what} · {_run_date()}"
+
+
+def _scope(kind: str, backfill_name: str | None = None) -> str:
+    """What separates this run's artifact keys: the deployment's name, else the flow kind (+ backfill name)."""
+    base = deployment.name or kind
+    return f"{base}-{backfill_name}" if backfill_name and backfill_name not in base else base
+
+
+# -- per-video chains -------------------------------------------------------------------------------------------
 
 
 def _state_error(fut: PrefectFuture) -> str:
@@ -60,11 +98,11 @@ def _state_error(fut: PrefectFuture) -> str:
     return state.message or state.name
 
 
-def _pose_coverage(res: dict[str, Any], rt: FlowRuntime | None) -> tuple[int | None, float | None]:
+def _pose_coverage(res: dict[str, Any], rt: FlowRuntime) -> tuple[int | None, float | None]:
     """(frames_detected, coverage) of a pose result; a cached result's come from the committed table's metadata."""
     if res.get("coverage") is not None:
         return res.get("frames_detected"), res["coverage"]
-    if rt is None or not res.get("key"):
+    if not res.get("key"):
         return None, None
     import pyarrow.parquet as pq
 
@@ -79,265 +117,121 @@ def _pose_coverage(res: dict[str, Any], rt: FlowRuntime | None) -> tuple[int | N
     return meta.frames_detected, meta.coverage
 
 
-def _row(chain: _Chain, rt: FlowRuntime | None = None) -> dict[str, Any]:
-    """One summary row from a finished chain."""
-    row: dict[str, Any] = {
-        "video": chain.spec.uri,
-        "status": "ok",
-        "failed_stage": None,
-        "error": None,
-        "cached": False,
-        "frames": None,
-        "frames_detected": None,
-        "coverage": None,
-        "video_sha256": None,
-        "probe_s": None,
-        "pose_s": None,
-        "fit_s": None,
-        "residual_2d_px": None,
-        "residual_3d_mm": None,
-        "keypoints_uri": None,
-        "fit_uri": None,
-        "plot_uri": None,
-        "angles_summary": None,
-        "fit_converged": None,
-        "fit_rel_loss_change": None,
-        "fit_observed_fraction": None,
-    }
-    for stage, fut in (("probe", chain.probe), ("pose", chain.pose), ("fit", chain.fit)):
+def _row(spec: VideoSpec, chain: tuple[PrefectFuture, PrefectFuture, PrefectFuture], rt: FlowRuntime) -> dict:
+    """One summary row from a video's finished probe, pose and fit futures."""
+    row = report.empty_row(spec.uri)
+    for stage, fut in zip(("probe", "pose", "fit"), chain, strict=True):
         fut.wait()  # the local final state, with its data (``.state`` alone may fetch a data-less copy from the API)
         if not fut.state.is_completed():
-            row.update(status=FAILED, failed_stage=stage, error=_state_error(fut))
+            report.add_failure(row, stage, _state_error(fut))
             break
         res = fut.result()
         if stage == "probe":
-            row.update(video_sha256=res["sha256"], frames=res["n_frames"], probe_s=res.get("seconds"))
+            report.add_probe(row, res)
         elif stage == "pose":
-            detected, coverage = _pose_coverage(res, rt)
-            row.update(
-                keypoints_uri=res["uri"],
-                pose_s=res.get("seconds"),
-                frames=res.get("frames") or row["frames"],
-                frames_detected=detected,
-                coverage=coverage,
-                cached=bool(res.get("cached")),
-            )
+            report.add_pose(row, res, *_pose_coverage(res, rt))
         else:
-            row.update(
-                fit_uri=res["uri"],
-                fit_s=res.get("wall_seconds", res.get("seconds")),
-                residual_2d_px=res.get("residual_2d_px"),
-                residual_3d_mm=res.get("residual_3d_mm"),
-                plot_uri=res.get("plot_uri"),
-                angles_summary=res.get("angles_summary"),
-                fit_converged=res.get("converged"),
-                fit_rel_loss_change=res.get("rel_loss_change"),
-                fit_observed_fraction=res.get("observed_fraction"),
-                cached=row["cached"] and bool(res.get("cached")),
-            )
-    row["status"] = coverage_status(row["status"], row["coverage"], rt.settings.min_coverage if rt else 0.5)
+            report.add_fit(row, res)
+    row["status"] = coverage_status(row["status"], row["coverage"], rt.settings.min_coverage)
     return row
 
 
-def coverage_status(status: str, coverage: float | None, min_coverage: float) -> str:
-    """``low_coverage`` for a processed video whose subject was found in fewer than ``min_coverage`` of its frames."""
-    if status == OK and coverage is not None and coverage < min_coverage:
-        return LOW_COVERAGE
-    return status
-
-
-SUMMARY_SCHEMA = pa.schema(
-    [
-        ("video", pa.string()),
-        ("status", pa.string()),
-        ("failed_stage", pa.string()),
-        ("error", pa.string()),
-        ("cached", pa.bool_()),
-        ("frames", pa.int64()),
-        ("frames_detected", pa.int64()),
-        ("coverage", pa.float64()),
-        ("video_sha256", pa.string()),
-        ("probe_s", pa.float64()),
-        ("pose_s", pa.float64()),
-        ("fit_s", pa.float64()),
-        ("residual_2d_px", pa.float64()),
-        ("residual_3d_mm", pa.float64()),
-        ("keypoints_uri", pa.string()),
-        ("fit_uri", pa.string()),
-        ("plot_uri", pa.string()),
-        ("angles_summary", pa.string()),
-        ("fit_converged", pa.bool_()),
-        ("fit_rel_loss_change", pa.float64()),
-        ("fit_observed_fraction", pa.float64()),
-    ]
-)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-
-def _publish(rt: FlowRuntime, run_id: str, kind: str, rows: list[dict[str, Any]], seconds: float) -> str:
-    """Summary table to the store (committed last), plus the table and per-video artifacts."""
-    table = pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
-    prefix = run_prefix(run_id)
-    report = rt.store.write_table(f"{prefix}/summary.parquet", table)
-    failed = [r for r in rows if r["status"] == FAILED]
-    low = [r for r in rows if r["status"] == LOW_COVERAGE]
-    rt.store.commit(
-        prefix,
-        {
-            "kind": kind,
-            "videos": len(rows),
-            "failed": len(failed),
-            "low_coverage": len(low),
-            "seconds": seconds,
-            "summary": report.to_dict(),
-            "model_set": rt.model_set.manifest.name,
-            "model_id": rt.model_set.id,
-        },
-        marker=COMMITTED,
-    )
-    cols = [
-        "video",
-        "status",
-        "failed_stage",
-        "cached",
-        "frames",
-        "coverage",
-        "probe_s",
-        "pose_s",
-        "fit_s",
-        "residual_2d_px",
-        "residual_3d_mm",
-        "angles_summary",
-        "error",
-        "keypoints_uri",
-        "fit_uri",
-    ]
-    create_table_artifact(
-        key=f"{kind}-summary",
-        table=[{c: _fmt(r[c]) for c in cols} for r in rows],
-        description=f"{kind} run {run_id}: {len(rows) - len(failed) - len(low)} of {len(rows)} videos ok, "
-        f"{len(low)} with low subject coverage, {len(failed)} failed; summary at {report.uri}",
-    )
-    for r in rows:
-        lines = [
-            f"### {r['video']}",
-            f"status: **{r['status']}**"
-            + (f" at {r['failed_stage']}: {r['error']}" if r["failed_stage"] else ""),
-        ]
-        if r["status"] == LOW_COVERAGE:
-            lines.append(
-                f"- **warning: the subject was found in only {r['frames_detected']} of {r['frames']} frames "
-                f"({100 * r['coverage']:.0f} % < {100 * rt.settings.min_coverage:.0f} %)**; check tracks.parquet "
-                "for the right person (setting subject_track)"
-            )
-        if r["status"] != FAILED:
-            lines += [
-                f"- subject coverage: {r['frames_detected']} of {r['frames']} frames ({_fmt(r['coverage'])})",
-                f"- frames: {r['frames']}; seconds: probe {_fmt(r['probe_s'])}, pose {_fmt(r['pose_s'])}, "
-                f"fit {_fmt(r['fit_s'])}{' (cached)' if r['cached'] else ''}",
-                f"- residuals: 2D {_fmt(r['residual_2d_px'])} px, 3D {_fmt(r['residual_3d_mm'])} mm",
-                f"- fit: converged {_fmt(r['fit_converged'])} (final relative loss change "
-                f"{'' if r['fit_rel_loss_change'] is None else format(r['fit_rel_loss_change'], '.1e')}); "
-                f"observed fraction of frames {_fmt(r['fit_observed_fraction'])}",
-                f"- joint angles: {r['angles_summary'] or ''}",
-                f"- keypoints: `{r['keypoints_uri']}`",
-                f"- fit outputs: `{r['fit_uri']}`",
-                f"- plot: `{r['plot_uri']}`",
-            ]
-        create_markdown_artifact("\n".join(lines), description=f"mocapflow video {r['video']}")
-    return report.uri
+def _log_row(i: int, n: int, row: dict[str, Any]) -> None:
+    logger = get_run_logger()
+    name = video_name(row["video"])
+    extra = {"mocapflow_row": row}
+    if row["status"] == OK:
+        times = f"pose {report.fmt(row['pose_s'])} s, fit {report.fmt(row['fit_s'])} s"
+        logger.info("[%d/%d] %s: ok (%s)", i, n, name, "cached" if row["cached"] else times, extra=extra)
+    elif row["status"] == LOW_COVERAGE:
+        logger.warning(
+            "[%d/%d] %s: low coverage: subject found in %s of %s frames",
+            i,
+            n,
+            name,
+            row["frames_detected"],
+            row["frames"],
+            extra=extra,
+        )
+    else:
+        logger.error(
+            "[%d/%d] %s: failed at %s: %s", i, n, name, row["failed_stage"], row["error"], extra=extra
+        )
 
 
 def run_videos(
-    specs: list[VideoSpec], rt: FlowRuntime, kind: str, max_in_flight: int, on_row: Any = None
+    specs: list[VideoSpec],
+    rt: FlowRuntime,
+    scope: str,
+    max_in_flight: int,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Submit probe -> pose -> fit chains, at most ``max_in_flight`` at once; rows in input order."""
-    logger = get_run_logger()
-    progress = create_progress_artifact(0.0, description=f"{kind}: videos finished of {len(specs)}")
-    pending: deque[VideoSpec] = deque(specs)
-    running: list[_Chain] = []
-    rows: dict[str, dict[str, Any]] = {}
+    """probe -> pose -> fit per video as chained Prefect futures, at most ``max_in_flight`` videos at once; the pose
+    actors stop once every video's pose stage is done (their CPUs go to the fits). Rows in input order."""
+    progress = Progress(scope, len(specs))
     rtq = quote(rt)
-    while pending or running:
-        while pending and len(running) < max_in_flight:
-            spec = pending.popleft()
-            d = spec.to_dict()
-            p = probe_video.submit(d, rtq)
-            po = pose_video.submit(d, p, rtq)
-            chain = _Chain(spec, p, po, fit_video.submit(po, rtq))
-            po.add_done_callback(lambda _f, c=chain: c.pose_done.set())
-            running.append(chain)
-        if not pending and all(c.pose_done.is_set() for c in running):
+    poses_left = len(specs)
+    lock = threading.Lock()
+
+    def pose_finished(_fut: PrefectFuture) -> None:
+        nonlocal poses_left
+        with lock:
+            poses_left -= 1
+            last = poses_left == 0
+        if last:
             rt.release_pose_pool()
-        first = next(as_completed([c.fit for c in running]))
-        finished = [c for c in running if c.fit is first]
-        for c in finished:
-            running.remove(c)
-            row = _row(c, rt)
-            rows[c.spec.uri] = row
-            extra = {"mocapflow_row": row}
-            if row["status"] == OK:
-                logger.info("%s: ok%s", c.spec.uri, " (cached)" if row["cached"] else "", extra=extra)
-            elif row["status"] == LOW_COVERAGE:
-                logger.warning(
-                    "%s: low coverage: subject found in %s of %s frames",
-                    c.spec.uri,
-                    row["frames_detected"],
-                    row["frames"],
-                    extra=extra,
-                )
-            else:
-                logger.error(
-                    "%s: failed at %s: %s", c.spec.uri, row["failed_stage"], row["error"], extra=extra
-                )
-            if on_row is not None:
-                on_row(row)
-        update_progress_artifact(progress, 100.0 * len(rows) / len(specs))
+
+    def submit(spec: VideoSpec) -> tuple[PrefectFuture, PrefectFuture, PrefectFuture]:
+        d = spec.to_dict()
+        probe = probe_video.submit(d, rtq)
+        pose = pose_video.submit(d, probe, rtq)
+        pose.add_done_callback(pose_finished)
+        return probe, pose, fit_video.submit(pose, rtq, video=spec.uri)
+
+    waiting = iter(specs)
+    in_flight = {}
+    for spec in itertools.islice(waiting, max_in_flight):
+        chain = submit(spec)
+        in_flight[chain[2]] = (spec, chain)
+    rows: dict[str, dict[str, Any]] = {}
+    while in_flight:
+        spec, chain = in_flight.pop(next(as_completed(list(in_flight))))
+        if (nxt := next(waiting, None)) is not None:
+            new = submit(nxt)
+            in_flight[new[2]] = (nxt, new)
+        row = rows[spec.uri] = _row(spec, chain, rt)
+        _log_row(len(rows), len(specs), row)
+        if on_row is not None:
+            on_row(row)
+        progress.advance()
     return [rows[s.uri] for s in specs]
 
 
-def _finish(kind: str, rt: FlowRuntime, rows: list[dict[str, Any]], t0: float) -> State:
-    run_id = str(flow_run.get_id() or uuid.uuid4())
-    uri = _publish(rt, run_id, kind, rows, time.perf_counter() - t0)
-    failed = [r for r in rows if r["status"] == FAILED]
-    low = [r for r in rows if r["status"] == LOW_COVERAGE]
-    summary = {
-        "run_id": run_id,
-        "summary_uri": uri,
-        "videos": len(rows),
-        "failed": len(failed),
-        "low_coverage": len(low),
-        "pose_calls": rt.pose_calls,
-        "fit_calls": rt.fit_calls,
-        "rows": rows,
-    }
-    low_note = (
-        f"; {len(low)} with the subject in under {100 * rt.settings.min_coverage:.0f} % of frames: "
-        + "; ".join(f"{r['video']} ({r['frames_detected']}/{r['frames']})" for r in low)
-        if low
-        else ""
-    )
-    if failed:
-        names = "; ".join(f"{r['video']} ({r['failed_stage']}: {r['error']})" for r in failed)
-        return Failed(message=f"{len(failed)} of {len(rows)} videos failed: {names}{low_note}", data=summary)
-    return Completed(message=f"all {len(rows)} videos processed{low_note}", data=summary)
+# -- the flows --------------------------------------------------------------------------------------------------
 
 
 def _cohort(
     source: CohortSource,
     settings: Settings,
     kind: str,
+    scope: str,
     max_in_flight: int | None = None,
-    select: Any = None,
-    on_row: Any = None,
+    select: Callable[[list[VideoSpec]], list[VideoSpec]] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> State:
     t0 = time.perf_counter()
+    quiet_partial_failures()
     logger = get_run_logger()
+    missing = settings.model_set in BUILT_IN and not (settings.modelsets_dir / settings.model_set).is_dir()
+    logger.info(
+        "%s: source %s; preparing model set %r%s",
+        scope,
+        source.label(),
+        settings.model_set,
+        f" (not built yet: building it into {settings.modelsets_dir} first, about a minute)"
+        if missing
+        else "",
+    )
     rt = FlowRuntime.start(settings)
     try:
         specs = discover(
@@ -346,32 +240,54 @@ def _cohort(
         if select is not None:
             specs = select(specs)
         logger.info(
-            "%s: %d videos, model set %s (%s), store %s",
-            kind,
+            "%s: %d videos, model set %s (%s), store %s; Ray %s",
+            scope,
             len(specs),
             rt.model_set.manifest.name,
             rt.model_set.id,
             rt.store,
+            settings.ray_address or "local (started on first use)",
         )
-        rows = run_videos(specs, rt, kind, max_in_flight or settings.max_videos_in_flight, on_row)
-        return _finish(kind, rt, rows, t0)
+        rows = run_videos(specs, rt, scope, max_in_flight or settings.max_videos_in_flight, on_row)
+        return _finish(kind, scope, rt, rows, t0)
     finally:
         rt.close()
 
 
-@flow(name="process-video", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def _finish(kind: str, scope: str, rt: FlowRuntime, rows: list[dict[str, Any]], t0: float) -> State:
+    run_id = str(flow_run.get_id() or uuid.uuid4())
+    model = {"model_set": rt.model_set.manifest.name, "model_id": rt.model_set.id}
+    min_cov = rt.settings.min_coverage
+    uri = publish(rt.store, run_id, scope, kind, rows, time.perf_counter() - t0, min_cov, model)
+    summary = {
+        "run_id": run_id,
+        "summary_uri": uri,
+        "videos": len(rows),
+        "failed": sum(r["status"] == FAILED for r in rows),
+        "low_coverage": sum(r["status"] == LOW_COVERAGE for r in rows),
+        "pose_calls": rt.pose_calls,
+        "fit_calls": rt.fit_calls,
+        "rows": rows,
+    }
+    end = report.outcome(rows, min_cov)
+    if end.failed:
+        return Failed(message=end.message, data=RunFailed(end.message, summary))
+    return Completed(message=end.message, data=summary)
+
+
+@flow(name="process-video", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=4))
 def process_video(video: str, options: RunOptions = RunOptions()) -> State:  # noqa: B008 - pydantic default
     """One video through probe -> pose -> fit."""
-    return _cohort(CohortSource(videos=[video]), options.settings(), "video")
+    return _cohort(CohortSource(videos=[video]), options.settings(), "video", _scope("video"))
 
 
-@flow(name="process-cohort", task_runner=ThreadPoolTaskRunner(max_workers=16))
+@flow(name="process-cohort", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=16))
 def process_cohort(source: CohortSource, options: RunOptions = RunOptions()) -> State:  # noqa: B008
     """Every video of a cohort; unchanged videos (same content, model and parameters) cost nothing."""
-    return _cohort(source, options.settings(), "cohort")
+    return _cohort(source, options.settings(), "cohort", _scope("cohort"))
 
 
-@flow(name="backfill", task_runner=ThreadPoolTaskRunner(max_workers=16))
+@flow(name="backfill", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=16))
 def backfill(
     source: CohortSource,
     options: RunOptions = RunOptions(),  # noqa: B008
@@ -383,6 +299,7 @@ def backfill(
 
     Every finished video is recorded at once in the backfill's ledger (``backfills/<name>/status/``); outputs are
     content-addressed, so a rerun after an interruption skips every video whose outputs are committed.
+    ``max_in_flight`` empty: the setting ``max_videos_in_flight``.
     """
     settings = options.settings()
     from mocapflow.store import Store, params_hash
@@ -411,4 +328,4 @@ def backfill(
             status_key(row["video"]), {k: row[k] for k in ("video", "status", "failed_stage", "error")}
         )
 
-    return _cohort(source, settings, "backfill", max_in_flight, select, record)
+    return _cohort(source, settings, "backfill", _scope("backfill", name), max_in_flight, select, record)

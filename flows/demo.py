@@ -106,7 +106,7 @@ def run_demo(
     progress: Any = None,
 ) -> DemoReport:
     """Run the demo; ``progress(stage, advance_or_total, text)`` is called as work finishes (for the CLI's bars)."""
-    from flows.cohort import process_cohort
+    from flows.cohort import process_cohort, run_summary
     from flows.params import CohortSource, RunOptions
     from mocapflow.synth import CohortSpec, generate_cohort
     from tasks.runtime import resolve_model_set
@@ -150,9 +150,7 @@ def run_demo(
     finally:
         flow_logger.removeHandler(handler)
     timings["flow_s"] = time.perf_counter() - t0
-    summary = state.result(raise_on_failure=False)
-    if not isinstance(summary, dict):
-        raise RuntimeError(f"the cohort flow ended without a summary: {state.type.value} {state.message}")
+    summary = run_summary(state)
 
     t0 = time.perf_counter()
     by_video = {Path(r["video"]).name: r for r in summary["rows"]}

@@ -8,10 +8,18 @@
 `serve` and `prefect deploy` read the same settings: :func:`nightly_spec` is what both use, and prefect.yaml calls
 it as a build step (:func:`nightly_step`) so its schedule, timezone, prefix and paused state come from the settings
 (``MOCAPFLOW_NIGHTLY_CRON``, ``MOCAPFLOW_TIMEZONE``, ``MOCAPFLOW_NIGHTLY_PREFIX``) read when deploying.
+
+What the UI's form shows: every option with the deploy-time settings as its value (the deployments' default
+``options``), the model set as a choice of the sets installed under ``modelsets_dir`` plus the built-in ones (built on
+first use), or a free folder / s3:// prefix (:func:`model_set_choices`, `serve` only: prefect.yaml's schema is
+Prefect's own from the flow signature), and the source as one of videos / manifest / prefix. Each deployment runs at
+most ``deployment_concurrency_limit`` runs at once (the rest wait): with a local Ray each run would start its own on
+the same CPUs; with ``ray_address`` set every run joins that one cluster.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -21,16 +29,28 @@ from mocapflow.settings import Settings, load_settings
 NIGHTLY = "nightly-cohort"
 
 
+def options_defaults(settings: Settings) -> dict[str, Any]:
+    """The run options a deployment's form shows and a run without options uses: the settings read now."""
+    from flows.params import RunOptions
+
+    return RunOptions.from_settings(settings).model_dump(mode="json")
+
+
 def nightly_spec(settings: Settings) -> dict[str, Any]:
     """The nightly deployment's schedule and parameters from the settings (paused while no prefix is set)."""
     active = bool(settings.nightly_prefix)
+    options = options_defaults(settings)
     return {
         "cron": settings.nightly_cron,
         "timezone": settings.timezone,
         "active": active,
         "paused": not active,
         "prefix": settings.nightly_prefix,
-        "parameters": {"source": {"prefix": settings.nightly_prefix}} if active else {},
+        "options": options,
+        "concurrency_limit": settings.deployment_concurrency_limit,
+        "parameters": {"source": {"prefix": settings.nightly_prefix}, "options": options}
+        if active
+        else {"options": options},
         "description": f"Nightly cohort at '{settings.nightly_cron}' ({settings.timezone}) over "
         f"{settings.nightly_prefix or '<set MOCAPFLOW_NIGHTLY_PREFIX>'}",
     }
@@ -51,6 +71,50 @@ def enter_project() -> dict[str, str]:
     return {"directory": root}
 
 
+def installed_model_sets(settings: Settings) -> list[str]:
+    """Model-set names a run can take by name: folders with a manifest under ``modelsets_dir``, and the built-in
+    sets (built on first use)."""
+    from models.modelset import MANIFEST
+    from tasks.runtime import BUILT_IN
+
+    root = settings.modelsets_dir
+    found = {p.parent.name for p in root.glob(f"*/{MANIFEST}")} if root.is_dir() else set()
+    return sorted(found | set(BUILT_IN))
+
+
+def model_set_choices(schema: dict[str, Any], settings: Settings) -> None:
+    """In a flow's parameter schema (``definitions`` of RunOptions): the model set as one of the installed sets or
+    a free folder / s3:// prefix, with the settings' model set as default."""
+    prop = schema.get("definitions", {}).get("RunOptions", {}).get("properties", {}).get("model_set")
+    if prop is None:
+        return
+    names = installed_model_sets(settings)
+    default = settings.model_set
+    prop.pop("type", None)
+    prop.update(
+        default=default,
+        anyOf=[
+            {"title": "Installed model set", "type": "string", "enum": names},
+            {"title": "Model-set folder or s3:// prefix", "type": "string"},
+        ],
+    )
+
+
+def _with_form(deployment: Any, settings: Settings) -> Any:
+    """Model-set choices and deploy-time defaults in the deployment's parameter schema."""
+    schema = deployment._parameter_openapi_schema
+    model_set_choices({"definitions": schema.definitions}, settings)
+    if "options" in schema.properties:
+        schema.properties["options"]["default"] = options_defaults(settings)
+    source = schema.properties.get("source")
+    if (
+        source is not None and "$ref" in source
+    ):  # inline: the form shows an inline anyOf as tabs, a $ref as JSON
+        inline = copy.deepcopy(schema.definitions[source["$ref"].rsplit("/", 1)[1]])
+        schema.properties["source"] = {**inline, **{k: v for k, v in source.items() if k != "$ref"}}
+    return deployment
+
+
 def build_deployments(settings: Settings) -> list[Any]:
     """RunnerDeployments for `serve` (settings read by the caller, when serving starts)."""
     from prefect.schedules import Cron
@@ -58,7 +122,9 @@ def build_deployments(settings: Settings) -> list[Any]:
     from flows.cohort import backfill, process_cohort, process_video
 
     nightly = nightly_spec(settings)
-    return [
+    common = {"concurrency_limit": settings.deployment_concurrency_limit}
+    options = {"options": nightly["options"]}
+    deployments = [
         process_cohort.to_deployment(
             name=NIGHTLY,
             schedule=Cron(nightly["cron"], timezone=nightly["timezone"]),
@@ -66,8 +132,28 @@ def build_deployments(settings: Settings) -> list[Any]:
             paused=nightly["paused"],  # nothing to scan until a prefix is set
             tags=["mocapflow", "nightly"],
             description=nightly["description"],
+            **common,
         ),
-        process_video.to_deployment(name="adhoc-video", tags=["mocapflow", "adhoc"]),
-        process_cohort.to_deployment(name="adhoc-cohort", tags=["mocapflow", "adhoc"]),
-        backfill.to_deployment(name="backfill", tags=["mocapflow", "backfill"]),
+        process_video.to_deployment(
+            name="adhoc-video",
+            tags=["mocapflow", "adhoc"],
+            parameters=options,
+            description="One video.",
+            **common,
+        ),
+        process_cohort.to_deployment(
+            name="adhoc-cohort",
+            tags=["mocapflow", "adhoc"],
+            parameters=options,
+            description="A cohort: videos, a manifest or a prefix.",
+            **common,
+        ),
+        backfill.to_deployment(
+            name="backfill",
+            tags=["mocapflow", "backfill"],
+            parameters=options,
+            description="Resumable reprocessing of a large dataset (ledger per backfill name).",
+            **common,
+        ),
     ]
+    return [_with_form(d, settings) for d in deployments]

@@ -163,6 +163,12 @@ class Settings(BaseSettings):
         None, description="Storage prefix (with glob) the nightly deployment scans for videos."
     )
     max_videos_in_flight: int = Field(8, ge=1, description="Backfill: videos submitted at once.")
+    deployment_concurrency_limit: int = Field(
+        1,
+        ge=1,
+        description="Runs of one deployment at a time (more wait in the queue): with a local Ray each run starts its "
+        "own on the same CPUs; raise it when ray_address names a cluster the runs share.",
+    )
     verbose: bool = Field(
         False,
         description="Show framework start-up output: TensorFlow/absl/oneDNN/XNNPACK lines of each pose worker and "

@@ -11,10 +11,11 @@ on s3:// alike.
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
@@ -55,6 +56,31 @@ _io_retries = {
 }
 
 
+def _video_of(params: dict[str, Any]) -> str:
+    spec, pose = (
+        params.get("spec"),
+        params.get("pose"),
+    )  # ``pose`` may still be a future when the name is made
+    uri = params.get("video") or (spec.get("uri") if isinstance(spec, dict) else None)
+    uri = uri or (pose.get("video") if isinstance(pose, dict) else None) or "?"
+    return posixpath.basename(str(uri).rstrip("/")) or str(uri)
+
+
+def _task_name(stage: str) -> Any:
+    """Task run names like 'pose walk_01.mp4' (the video's file name; its URI is in the logs and artifacts)."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        return f"{stage} {_video_of(task_run.parameters)}"
+
+    return name
+
+
+def _started(stage: str, video: str, what: str = "") -> None:
+    get_run_logger().info("%s %s: started%s", stage, posixpath.basename(video.rstrip("/")), what)
+
+
 def _cached(record: dict[str, Any], what: str) -> Completed:
     return Completed(name="Cached", message=f"{what} already in the store", data={**record, "cached": True})
 
@@ -66,19 +92,20 @@ def _committed(rt: FlowRuntime, prefix: str) -> dict[str, Any] | None:
         return None
 
 
-@task(name="probe", task_run_name="probe {spec[uri]}", **_io_retries)
+@task(name="probe", task_run_name=_task_name("probe"), **_io_retries)
 def probe_video(spec: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
     """Metadata and content hash of one video (fails clearly for an empty or undecodable file, or a video whose
     manifest row could not be used, e.g. a bad camera file)."""
     if spec.get("error"):
         raise StageError(f"{spec['uri']}: {spec['error']}")
+    _started("probe", spec["uri"])
     t0 = time.perf_counter()
     info = probe(spec["uri"], rt.settings.storage_options())
     check_duration(info, rt.settings.min_video_s)
     return {**info.to_dict(), "seconds": time.perf_counter() - t0}
 
 
-@task(name="pose", task_run_name="pose {spec[uri]}", **_io_retries)
+@task(name="pose", task_run_name=_task_name("pose"), **_io_retries)
 def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
     """Keypoints table of one video: from the store when committed, else from the pose actor pool."""
     from mocapflow.pose.pipeline import PoseParams, resolve_intrinsics
@@ -115,6 +142,7 @@ def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> d
             "keypoints",
         )
     rt.count("pose")
+    _started("pose", video.uri, f" (model set {rt.model_set.manifest.name}; pose actors start on first use)")
     outcome = rt.pose_pool().process_one(video.uri, params, intr)
     if isinstance(outcome, PoseFailure):
         raise StageError(str(outcome), transient=outcome.transient)
@@ -161,9 +189,10 @@ def fit_failure(video: str, exc: BaseException) -> StageError:
     return StageError(f"{video}: fit failed: {one_line(exc)}", transient=is_transient(exc))
 
 
-@task(name="fit", task_run_name="fit {pose[video]}", **_io_retries)
-def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
-    """Joint angles of one video: from the store when committed, else a pinned JAX fit on Ray."""
+@task(name="fit", task_run_name=_task_name("fit"), **_io_retries)
+def fit_video(pose: dict[str, Any], rt: FlowRuntime, video: str | None = None) -> dict[str, Any]:
+    """Joint angles of one video: from the store when committed, else a pinned JAX fit on Ray (``video``: its URI,
+    for the task run's name)."""
     prefix = fit_prefix_for(rt, pose["key"])
     record = {
         "video": pose["video"],
@@ -192,6 +221,7 @@ def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
     from tasks.fit_ray import submit_fit
 
     rt.count("fit")
+    _started("fit", pose["video"], f" (at most {rt.settings.fit_max_iters} steps)")
     rt.ensure_ray()
     t0 = time.perf_counter()
     try:

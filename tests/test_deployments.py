@@ -176,24 +176,30 @@ def test_served_cron_deployment_creates_and_runs_scheduled_runs(tmp_path: Path) 
     (schedule,) = nightly["schedules"]
     assert schedule["schedule"]["cron"] == EVERY_10_S and schedule["schedule"]["timezone"] == "Europe/Berlin"
     assert schedule["active"] is True
-    assert nightly["parameters"] == {"source": {"prefix": "s3://lab/in"}}
+    assert nightly["parameters"]["source"] == {"prefix": "s3://lab/in"}
+    assert nightly["parameters"]["options"]["model_set"] == Settings().model_set
+    assert nightly["global_concurrency_limit"]["limit"] == 1
     assert nightly_runs, f"the nightly got no scheduled runs\n{log}"
     assert all(r["auto_scheduled"] and r["parameters"] == nightly["parameters"] for r in nightly_runs)
 
 
 def test_nightly_from_settings_paused_until_a_prefix_is_set() -> None:
     from flows.deployments import build_deployments
+    from flows.params import RunOptions
 
     idle = build_deployments(Settings(nightly_cron="30 3 * * 1-5", timezone="Europe/Zurich"))[0]
     assert idle.paused is True
-    assert idle.parameters == {}
+    assert idle.parameters == {"options": RunOptions().model_dump(mode="json")}  # the form shows the settings
     (schedule,) = idle.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 3 * * 1-5", "Europe/Zurich")
 
     live = build_deployments(Settings(nightly_prefix="s3://lab/in"))[0]
     assert live.paused is False
-    assert live.parameters == {"source": {"prefix": "s3://lab/in"}}
+    assert live.parameters["source"] == {"prefix": "s3://lab/in"}
     assert live.schedules[0].schedule.cron == Settings().nightly_cron
+    limited = build_deployments(Settings(deployment_concurrency_limit=3, fit_max_iters=99))
+    assert {d.concurrency_limit for d in limited} == {3}
+    assert {d.parameters["options"]["fit_max_iters"] for d in limited} == {99}
 
 
 def _prefect_yaml() -> dict[str, Any]:
@@ -223,11 +229,21 @@ def test_prefect_yaml_nightly_follows_the_settings(monkeypatch: pytest.MonkeyPat
 
     spec = _prefect_yaml()
     (nightly,) = [d for d in spec["deployments"] if d["name"] == "nightly-cohort"]
-    assert nightly["build"] == [{"flows.deployments.nightly_step": {"id": "nightly"}}]
+    assert spec["build"] == [{"flows.deployments.nightly_step": {"id": "mocapflow"}}]
     assert nightly["schedules"] == [
-        {"cron": "{{ nightly.cron }}", "timezone": "{{ nightly.timezone }}", "active": "{{ nightly.active }}"}
+        {
+            "cron": "{{ mocapflow.cron }}",
+            "timezone": "{{ mocapflow.timezone }}",
+            "active": "{{ mocapflow.active }}",
+        }
     ]
-    assert nightly["parameters"] == {"source": {"prefix": "{{ nightly.prefix }}"}}
+    assert nightly["parameters"] == {
+        "source": {"prefix": "{{ mocapflow.prefix }}"},
+        "options": "{{ mocapflow.options }}",
+    }
+    for d in spec["deployments"]:  # the form's options and the concurrency limit come from the settings
+        assert d["parameters"]["options"] == "{{ mocapflow.options }}"
+        assert d["concurrency_limit"] == "{{ mocapflow.concurrency_limit }}"
     assert spec["pull"] == [{"flows.deployments.enter_project": {}}]
     assert "MOCAPFLOW_HOME" not in (ROOT / "prefect.yaml").read_text()
 

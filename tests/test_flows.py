@@ -1,9 +1,13 @@
 """Flows end to end on a tiny synthetic cohort, against real local services: Prefect's test server, a local Ray,
 the markers model set, a local folder store and an S3 server on loopback (moto).
 
-Covers: a cohort run with a corrupt video that fails alone; a rerun that does no pose or fit work; a deployment
-served by `mocapflow serve` and triggered through Prefect's API (as the UI does), with a local and an S3 store; a backfill
-interrupted halfway that resumes without redoing finished videos, then `only_failed`.
+Covers: a cohort run with a corrupt video that fails alone; a rerun that does no pose or fit work; one video through
+probe -> pose -> fit on an S3 store (a plot link a browser opens: presigned); a deployment served by `mocapflow serve`
+and triggered through Prefect's API (as the UI does) on the cohort's store (slow: the same on a fresh S3 store); a
+backfill interrupted halfway that resumes without redoing finished videos, then `only_failed`.
+
+Time: the served deployment and the backfill start from the cohort test's committed outputs, so the default run does
+pose and fit work for the cohort's 2 videos, the S3 test's 1 and the backfill's 1 new video.
 """
 
 from __future__ import annotations
@@ -58,6 +62,12 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cohort's store, shared: later tests find the cohort's outputs committed (no pose or fit work)."""
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="module")
 def env(markers_model_set, prefect_api: str) -> Iterator[dict[str, str]]:
     """Settings for every run of this module, as environment (read when each run starts)."""
     models_dir = markers_model_set.root.parent
@@ -84,16 +94,15 @@ def _corrupt_videos(cohort: Path) -> list[str]:
 
 
 def _summary(state):
-    data = state.result(raise_on_failure=False)
-    assert isinstance(data, dict), data
-    return data
+    from flows.cohort import run_summary
+
+    return run_summary(state)
 
 
-def test_cohort_run_isolates_the_corrupt_video_and_a_rerun_does_no_work(cohort: Path, env, tmp_path: Path):
+def test_cohort_run_isolates_the_corrupt_video_and_a_rerun_does_no_work(cohort: Path, env, store_root: Path):
     from flows.cohort import process_cohort
     from flows.params import CohortSource, RunOptions
 
-    store_root = tmp_path / "store"
     source = CohortSource(manifest=str(cohort / "cohort.csv"))
     options = RunOptions(storage_root=str(store_root))
     state = process_cohort(source, options, return_state=True)
@@ -157,13 +166,30 @@ def _wait_for(cond, timeout: float, what: str) -> None:
         time.sleep(1.0)
 
 
-def test_backfill_resumes_after_interruption_and_reruns_only_failed(cohort: Path, env, tmp_path: Path):
+def _backfill_manifest(cohort: Path, shared_store: Path, tmp_path: Path) -> tuple[str, Path]:
+    """A manifest of [a cohort video, a new video, the corrupt file] and a store that already holds the cohort
+    test's outputs (then the first video is done at once and the interruption lands in the second's work; run alone,
+    the first is processed for real)."""
+    import shutil
+
+    store_root = tmp_path / "store"
+    if shared_store.is_dir():
+        shutil.copytree(shared_store, store_root, ignore=shutil.ignore_patterns("runs", "backfills"))
+    new = generate_cohort(tmp_path / "new", CohortSpec(n_videos=1, seed=23, seconds=1.5, motions=("squat",)))
+    first = sorted(str(p) for p in cohort.glob("v*.mp4"))[0]
+    rows = [first, str(tmp_path / "new" / new[0].video), *_corrupt_videos(cohort)]
+    (tmp_path / "backfill.csv").write_text("video\n" + "\n".join(rows) + "\n")
+    return str(tmp_path / "backfill.csv"), store_root
+
+
+def test_backfill_resumes_after_interruption_and_reruns_only_failed(
+    cohort: Path, env, store_root: Path, tmp_path: Path
+):
     from flows.cohort import backfill
     from flows.params import CohortSource, RunOptions
 
-    store_root = tmp_path / "store"
+    manifest, store_root = _backfill_manifest(cohort, store_root, tmp_path)
     store = Store(str(store_root))
-    manifest = str(cohort / "cohort.csv")
     ledger = store_root / "backfills" / "resume" / "status"
     code = (
         "from flows.cohort import backfill\nfrom flows.params import CohortSource, RunOptions\n"
@@ -224,10 +250,44 @@ def test_backfill_resumes_after_interruption_and_reruns_only_failed(cohort: Path
     assert status["status"] == "failed" and status["failed_stage"] == "probe"
 
 
-# the local-store variant repeats the S3 one's path through `serve` and the API; it runs with `make test-slow`
-@pytest.mark.parametrize("storage", [pytest.param("local", marks=pytest.mark.slow), "s3"])
+def test_one_video_on_s3_with_a_plot_link_a_browser_opens(
+    cohort: Path, env, s3_server, s3_bucket: str
+) -> None:
+    """The fast real S3 path: the video in object storage, every output there, the summary committed there, and the
+    plot as a presigned URL that plain HTTP fetches."""
+    import urllib.request
+
+    from flows.cohort import process_video
+    from flows.params import RunOptions
+    from tasks.publish import plot_link
+
+    root = f"s3://{s3_bucket}"
+    store = Store(root, s3_server.storage_options())
+    good = sorted(p for p in cohort.glob("v*.mp4"))[0]
+    store.put_bytes(f"in/{good.name}", good.read_bytes())
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in s3_server.settings_overrides().items():
+            mp.setenv(f"MOCAPFLOW_{k.upper()}", str(v))
+        state = process_video(
+            f"{root}/in/{good.name}", RunOptions(storage_root=f"{root}/out"), return_state=True
+        )
+    assert state.is_completed(), state.message
+    (row,) = _summary(state)["rows"]
+    assert row["status"] == "ok" and row["frames"] == 45
+    assert row["keypoints_uri"].startswith(f"{root}/out/keypoints/") and row["fit_uri"].startswith(
+        f"{root}/out/"
+    )
+    assert store.exists(f"out/runs/{_summary(state)['run_id']}/_COMMITTED")
+    url = plot_link(Store(f"{root}/out", s3_server.storage_options()), row["plot_uri"])
+    assert url is not None and url.startswith(s3_server.endpoint_url) and "Signature=" in url
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        assert resp.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# the S3 variant does the cohort's work again through `serve` on a fresh store; it runs with `make test-slow`
+@pytest.mark.parametrize("storage", ["local", pytest.param("s3", marks=pytest.mark.slow)])
 def test_served_deployment_triggered_through_the_api(
-    storage: str, cohort: Path, env, tmp_path: Path, request
+    storage: str, cohort: Path, env, store_root: Path, request
 ):
     from prefect.deployments import run_deployment
 
@@ -239,9 +299,11 @@ def test_served_deployment_triggered_through_the_api(
             store.put_bytes(f"cohort/{p.name}", p.read_bytes())
         manifest = f"{root}/cohort/cohort.csv"
         extra = {f"MOCAPFLOW_{k.upper()}": str(v) for k, v in s3_server.settings_overrides().items()}
-    else:
-        root, store, manifest, extra = str(tmp_path), Store(str(tmp_path)), str(cohort / "cohort.csv"), {}
-    serve_env = _subprocess_env({"MOCAPFLOW_STORAGE_ROOT": f"{root}/out", **extra})
+        out = f"{root}/out"
+    else:  # the cohort test's store: its outputs are committed, so this run checks the wiring, not the work again
+        root, store, manifest, extra = str(store_root), Store(str(store_root)), str(cohort / "cohort.csv"), {}
+        out = root
+    serve_env = _subprocess_env({"MOCAPFLOW_STORAGE_ROOT": out, **extra})
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mocapflow")), "serve"],
         cwd=ROOT,
@@ -269,13 +331,12 @@ def test_served_deployment_triggered_through_the_api(
         assert run.state is not None and run.state.is_failed(), run.state  # the corrupt file, and only it
         assert Path(_corrupt_videos(cohort)[0]).name in run.state.message
         assert run.state.message.startswith("1 of 3 videos failed")
-        runs = [k for k in store.list("out/runs") if k.endswith("_COMMITTED")]
-        assert len(runs) == 1
-        summary = store.read_table(runs[0].replace("_COMMITTED", "summary.parquet")).to_pylist()
+        assert run.name.startswith("adhoc-cohort · cohort.csv · ")
+        run_dir = f"{out.removeprefix(root).lstrip('/')}/runs/{run.id}".lstrip("/")
+        assert store.exists(f"{run_dir}/_COMMITTED")
+        summary = store.read_table(f"{run_dir}/summary.parquet").to_pylist()
         assert sorted(r["status"] for r in summary) == ["failed", "ok", "ok"]
-        assert all(
-            r["keypoints_uri"].startswith(f"{root}/out/keypoints/") for r in summary if r["status"] == "ok"
-        )
+        assert all(r["keypoints_uri"].startswith(f"{out}/keypoints/") for r in summary if r["status"] == "ok")
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

@@ -20,6 +20,8 @@ from typing import IO
 
 logger = logging.getLogger(__name__)
 
+MAX_SHARERS = 64  # lock levels per CPU (level 0 = the CPU's own lock)
+
 
 def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"mocapflow-cpus-{os.getuid()}"
@@ -51,8 +53,8 @@ class CpuLease:
 def lease_cpus(k: int, pin: bool = True, lock_dir: Path | None = None) -> CpuLease:
     """Take k free CPUs of this process's allowed set, pin to them, and return the lease.
 
-    If fewer than k CPUs are free (more workers than cores), the least-loaded fallback is to share: the lease pins
-    to the first k allowed CPUs without locks and logs a warning. Thread pools are sized to k in every case.
+    If fewer than k CPUs are free (more workers than cores), the lease shares: it takes the CPUs with the fewest
+    holders (one lock level per sharer) and logs a warning. Thread pools are sized to k in every case.
     """
     if k < 1:
         raise ValueError(f"a CPU lease needs k >= 1, got {k}")
@@ -64,25 +66,29 @@ def lease_cpus(k: int, pin: bool = True, lock_dir: Path | None = None) -> CpuLea
     lock_dir.mkdir(parents=True, exist_ok=True)
     files: list[IO[bytes]] = []
     chosen: list[int] = []
-    for cpu in allowed:
+    shared = 0
+    # level 0: a CPU of its own; level j > 0: the j-th sharer of a CPU. Taking the lowest free level first spreads
+    # the workers of a crowded node evenly over its CPUs (before: every sharer pinned to the first k CPUs, so two
+    # actors of one pool could share CPU 0 while CPU 1 was only the other helpers').
+    for level in range(MAX_SHARERS):
+        for cpu in allowed:
+            if len(chosen) == k_eff:
+                break
+            if cpu in chosen:
+                continue
+            f = _try_lock(lock_dir / (f"cpu{cpu}.lock" if level == 0 else f"cpu{cpu}.share{level}.lock"))
+            if f is not None:
+                files.append(f)
+                chosen.append(cpu)
+                shared += level > 0
         if len(chosen) == k_eff:
             break
-        f = open(lock_dir / f"cpu{cpu}.lock", "ab")  # noqa: SIM115 - held for the lease's lifetime
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            continue
-        files.append(f)
-        chosen.append(cpu)
-    if len(chosen) < k_eff:
-        n_free = len(chosen)
+    if len(chosen) < k_eff:  # more sharers than MAX_SHARERS per CPU: share the first CPUs without locks
         for f in files:
-            fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
-        files = []
-        chosen = allowed[:k_eff]
-        logger.warning("only %d of %d CPUs free on this node; sharing CPUs %s", n_free, k_eff, chosen)
+        files, chosen = [], allowed[:k_eff]
+    if shared or not files:
+        logger.warning("not enough free CPUs on this node; sharing CPUs %s with other workers", chosen)
     try:
         os.sched_setaffinity(0, chosen)
     except OSError as e:
@@ -92,6 +98,16 @@ def lease_cpus(k: int, pin: bool = True, lock_dir: Path | None = None) -> CpuLea
         return CpuLease(k, None)
     logger.debug("pinned pid %d to CPUs %s", os.getpid(), chosen)
     return CpuLease(k_eff, chosen, files)
+
+
+def _try_lock(path: Path) -> IO[bytes] | None:
+    f = open(path, "ab")  # noqa: SIM115 - held for the lease's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
 
 
 def current_affinity() -> list[int] | None:

@@ -60,3 +60,22 @@ def test_unpinned_lease_keeps_the_thread_count(tmp_path: Path):
     assert lease.cpus is None and lease.threads == 3
     with pytest.raises(ValueError, match="k >= 1"):
         lease_cpus(0)
+
+
+def test_sharers_spread_over_the_cpus(tmp_path: Path):
+    """With every CPU held, further leases share the least-shared CPUs (not all the first one)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs 2 CPUs")
+    holders = []
+    try:
+        for _ in range(2 * len(allowed)):
+            holders.append(_holder(tmp_path))
+            holders[-1].cpu = int(holders[-1].stdout.readline())  # type: ignore[attr-defined]
+        cpus = [h.cpu for h in holders]  # type: ignore[attr-defined]
+        assert sorted(cpus[: len(allowed)]) == allowed  # each CPU once ...
+        assert sorted(cpus[len(allowed) :]) == allowed  # ... then each once more
+    finally:
+        for h in holders:
+            h.stdin.close()
+            h.wait(10)

@@ -49,6 +49,7 @@ def fit_section(keypoints: str, video_seconds: float, loop_steps: int) -> dict[s
         "keys": {
             # what a Ray fit task pays per video (fresh worker, compiled code from the disk cache), per 5 s of video
             "fit_s_per_5s_video": round(cached["process_to_first_fit_end_s"] * per5, 2),
+            "fit_cpu_s_per_5s_video": round(cached["process_cpu_to_first_fit_end_s"] * per5, 2),
             "fit_s_per_5s_video_warm": None if warm is None else round(warm * per5, 2),
             "fit_s_per_5s_video_cold": round(cold["process_to_first_fit_end_s"] * per5, 2),
             "fit_iters_vs_loop": loop.get("ratio"),

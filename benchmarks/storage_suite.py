@@ -29,7 +29,9 @@ def _folder_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def storage_section(tables: list[pa.Table], cohort: int, joint: int, repeats: int, tmp: Path) -> dict[str, Any]:
+def storage_section(
+    tables: list[pa.Table], cohort: int, joint: int, repeats: int, tmp: Path
+) -> dict[str, Any]:
     """``cohort`` videos (the real ``tables`` in turn), both formats, in ``tmp``."""
     videos = [tables[i % len(tables)] for i in range(cohort)]
     arrays = [_arrays(t) for t in videos]
@@ -49,7 +51,9 @@ def storage_section(tables: list[pa.Table], cohort: int, joint: int, repeats: in
             np.savez(npz_root / f"{i:04d}.npz", **a)
 
     def read_parquet() -> int:
-        return sum(pq.read_table(pq_root / f"video={i:04d}" / "keypoints.parquet").num_rows for i in range(cohort))
+        return sum(
+            pq.read_table(pq_root / f"video={i:04d}" / "keypoints.parquet").num_rows for i in range(cohort)
+        )
 
     def read_npz() -> int:
         n = 0
@@ -83,14 +87,22 @@ def storage_section(tables: list[pa.Table], cohort: int, joint: int, repeats: in
     ):
         out[name] = time_calls(fn, repeats, warmup=1).to_dict(1e3, "ms")
     a, b = joint_parquet(), joint_npz()
-    if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)) or not np.allclose(a, b, equal_nan=True):
+    if (
+        a.shape != b.shape
+        or not np.array_equal(np.isnan(a), np.isnan(b))
+        or not np.allclose(a, b, equal_nan=True)
+    ):
         raise RuntimeError("storage benchmark: the joint read from Parquet and from .npz differ")
     out["bytes_parquet"] = _folder_bytes(pq_root)
     out["bytes_npz"] = _folder_bytes(npz_root)
     out["keys"] = {
         "storage_bytes_parquet_vs_npz": ratio(out["bytes_parquet"], out["bytes_npz"]),
-        "storage_write_parquet_vs_npz": ratio(out["write_parquet"]["median_ms"], out["write_npz"]["median_ms"]),
+        "storage_write_parquet_vs_npz": ratio(
+            out["write_parquet"]["median_ms"], out["write_npz"]["median_ms"]
+        ),
         "storage_read_parquet_vs_npz": ratio(out["read_parquet"]["median_ms"], out["read_npz"]["median_ms"]),
-        "storage_joint_parquet_vs_npz": ratio(out["joint_parquet"]["median_ms"], out["joint_npz"]["median_ms"]),
+        "storage_joint_parquet_vs_npz": ratio(
+            out["joint_parquet"]["median_ms"], out["joint_npz"]["median_ms"]
+        ),
     }
     return out

@@ -30,7 +30,9 @@ class CallStats:
         if scale == 1.0:
             return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
         return {
-            (k[:-2] + "_" + unit if k.endswith("_s") else k): (round(v * scale, 4) if isinstance(v, float) else v)
+            (k[:-2] + "_" + unit if k.endswith("_s") else k): (
+                round(v * scale, 4) if isinstance(v, float) else v
+            )
             for k, v in d.items()
         }
 

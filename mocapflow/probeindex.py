@@ -37,7 +37,9 @@ def fingerprint(uri: str, storage_options: dict[str, Any] | None = None) -> dict
     info = retry_transient(lambda: fs.info(path), f"stat video {uri}")
     size = info.get("size")
     tag = info.get("ETag") or info.get("etag") or info.get("VersionId")
-    if tag is None and info.get("mtime") is not None:  # a local file: replaced or rewritten => mtime/inode change
+    if (
+        tag is None and info.get("mtime") is not None
+    ):  # a local file: replaced or rewritten => mtime/inode change
         mtime = info["mtime"]
         tag = f"mtime:{int(mtime * 1e9) if isinstance(mtime, float) else mtime}:ino:{info.get('ino')}"
     if size is None or tag is None:

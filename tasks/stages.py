@@ -21,8 +21,8 @@ from prefect.tasks import exponential_backoff
 
 from mocapflow.discovery import VideoSpec
 from mocapflow.errors import is_transient, one_line
-from mocapflow.store import SUCCESS, KeyNotFoundError, keypoints_key, keypoints_prefix
 from mocapflow.probeindex import probe_indexed
+from mocapflow.store import SUCCESS, KeyNotFoundError, keypoints_key, keypoints_prefix
 from mocapflow.video import check_duration
 from tasks.runtime import FlowRuntime
 

@@ -170,12 +170,12 @@ def run_bench(
         if need_ray:
             from infra.ray_cluster import ensure_ray, local_cpus
 
-            for attempt in range(3):  # before anything imports JAX in this process
+            for attempt in range(6):  # before anything imports JAX in this process
                 try:
                     ensure_ray(settings, num_cpus=local_cpus())
                     break
                 except Exception as e:  # Ray gives its raylet a fixed 30 s to register: a loaded machine misses it
-                    if "timed out during startup" not in str(e) or attempt == 2:
+                    if "timed out during startup" not in str(e) or attempt == 5:
                         raise
                     logger.warning("Ray did not start in time (attempt %d); starting it again", attempt + 1)
                     from infra.ray_cluster import shutdown_ray

@@ -174,7 +174,9 @@ def run_bench(
                 try:
                     ensure_ray(settings, num_cpus=local_cpus())
                     break
-                except Exception as e:  # Ray gives its raylet a fixed 30 s to register: a loaded machine misses it
+                except (
+                    Exception
+                ) as e:  # Ray gives its raylet a fixed 30 s to register: a loaded machine misses it
                     if "timed out during startup" not in str(e) or attempt == 5:
                         raise
                     logger.warning("Ray did not start in time (attempt %d); starting it again", attempt + 1)

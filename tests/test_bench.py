@@ -53,7 +53,12 @@ def test_time_calls_keeps_the_first_call_apart() -> None:
     t = stats_of(3.0, [1.0, 2.0, 3.0])
     assert (t.first_s, t.mean_s, t.min_s, t.max_s, t.median_s) == (3.0, 2.0, 1.0, 3.0, 2.0)
     assert abs(t.std_s - (2 / 3) ** 0.5) < 1e-12
-    assert met(1.2, ">=", 1.0) and not met(0.9, ">=", 1.0) and met(5.0, "<=", 10.0) and met(None, "<=", 1) is None
+    assert (
+        met(1.2, ">=", 1.0)
+        and not met(0.9, ">=", 1.0)
+        and met(5.0, "<=", 10.0)
+        and met(None, "<=", 1) is None
+    )
 
 
 def test_bench_storage_subset_prints_every_key() -> None:
@@ -61,7 +66,11 @@ def test_bench_storage_subset_prints_every_key() -> None:
     report = _bench("--tier", "tiny", "--sections", "storage", timeout=300)
     _check_report(report, {"storage"})
     st = report["storage"]
-    assert st["bytes_parquet"] > 0 and st["bytes_npz"] > 0 and st["videos"] == report["tier_sizes"]["storage_cohort"]
+    assert (
+        st["bytes_parquet"] > 0
+        and st["bytes_npz"] > 0
+        and st["videos"] == report["tier_sizes"]["storage_cohort"]
+    )
 
 
 @pytest.mark.slow

@@ -24,9 +24,16 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=None, help="the CPU to pin to (default: the last allowed)")
     args = ap.parse_args()
 
+    exclusive = None
     if args.mode == "pinned":
-        cpu = args.cpu if args.cpu is not None else sorted(os.sched_getaffinity(0))[-1]
-        os.sched_setaffinity(0, [cpu])
+        from mocapflow.cpus import lease_cpus
+
+        lease = lease_cpus(1) if args.cpu is None else None  # a CPU no other mocapflow worker holds, if any
+        exclusive = bool(lease and lease.cpus)
+        if not exclusive:
+            os.sched_setaffinity(
+                0, [args.cpu if args.cpu is not None else sorted(os.sched_getaffinity(0))[-1]]
+            )
         threads = 1
     else:
         threads = os.cpu_count() or 1
@@ -88,6 +95,7 @@ def main() -> None:
         "mode": args.mode,
         "threads": threads,
         "affinity": sorted(os.sched_getaffinity(0)),
+        "cpu_exclusive": exclusive,
         "model_load_s": round(load_s, 3),
         "detector": timed(lambda f: est2.detect(f, tiled=False), frames),
         "landmarks": timed(lambda c: est2.landmarks(c), crops),

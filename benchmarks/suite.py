@@ -61,7 +61,7 @@ KEYS: dict[str, str] = {
     "first_result_cold_model_load_s": "pose",
     "fit_s_per_5s_video": "fit",
     "fit_cpu_s_per_5s_video": "fit",
-    "fit_s_per_5s_video_warm": "fit",
+    "fit_s_per_5s_video_fresh_process": "fit",
     "fit_s_per_5s_video_cold": "fit",
     "fit_iters_vs_loop": "fit",
     "storage_bytes_parquet_vs_npz": "storage",

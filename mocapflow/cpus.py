@@ -10,7 +10,9 @@ thread count and pins nothing.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import logging
 import os
 import tempfile
@@ -19,8 +21,6 @@ from pathlib import Path
 from typing import IO
 
 logger = logging.getLogger(__name__)
-
-MAX_SHARERS = 64  # lock levels per CPU (level 0 = the CPU's own lock)
 
 
 def default_lock_dir() -> Path:
@@ -53,42 +53,39 @@ class CpuLease:
 def lease_cpus(k: int, pin: bool = True, lock_dir: Path | None = None) -> CpuLease:
     """Take k free CPUs of this process's allowed set, pin to them, and return the lease.
 
-    If fewer than k CPUs are free (more workers than cores), the lease shares: it takes the CPUs with the fewest
-    holders (one lock level per sharer) and logs a warning. Thread pools are sized to k in every case.
+    If fewer than k CPUs are free (more workers than cores on the node), nothing is pinned (the OS balances a crowded
+    node better than CPUs shared by pinning) and a warning is logged. Thread pools are sized to k in every case.
     """
     if k < 1:
         raise ValueError(f"a CPU lease needs k >= 1, got {k}")
     if not pin or not hasattr(os, "sched_setaffinity"):
         return CpuLease(k, None)
-    allowed = sorted(os.sched_getaffinity(0))
+    allowed = _initial_affinity()
     k_eff = min(k, len(allowed))
     lock_dir = lock_dir or default_lock_dir()
     lock_dir.mkdir(parents=True, exist_ok=True)
     files: list[IO[bytes]] = []
     chosen: list[int] = []
-    shared = 0
-    # level 0: a CPU of its own; level j > 0: the j-th sharer of a CPU. Taking the lowest free level first spreads
-    # the workers of a crowded node evenly over its CPUs (before: every sharer pinned to the first k CPUs, so two
-    # actors of one pool could share CPU 0 while CPU 1 was only the other helpers').
-    for level in range(MAX_SHARERS):
-        for cpu in allowed:
-            if len(chosen) == k_eff:
-                break
-            if cpu in chosen:
-                continue
-            f = _try_lock(lock_dir / (f"cpu{cpu}.lock" if level == 0 else f"cpu{cpu}.share{level}.lock"))
-            if f is not None:
-                files.append(f)
-                chosen.append(cpu)
-                shared += level > 0
+    for cpu in allowed:
         if len(chosen) == k_eff:
             break
-    if len(chosen) < k_eff:  # more sharers than MAX_SHARERS per CPU: share the first CPUs without locks
+        f = _try_lock(lock_dir / f"cpu{cpu}.lock")
+        if f is not None:
+            files.append(f)
+            chosen.append(cpu)
+    if len(chosen) < k_eff:
+        # A crowded node (more pinned workers than CPUs, or other Ray clusters on it): pinning to a CPU that other
+        # workers are pinned to as well serialises them there while another CPU may idle (measured by
+        # `mocapflow bench`: two actors of one pool ended on the same CPU and ran at half the speed of one unpinned
+        # process). The OS balances such a node better: run unpinned, threads still sized to k.
         for f in files:
             f.close()
-        files, chosen = [], allowed[:k_eff]
-    if shared or not files:
-        logger.warning("not enough free CPUs on this node; sharing CPUs %s with other workers", chosen)
+        logger.warning(
+            "only %d of %d CPUs free on this node; running unpinned with %d threads", len(chosen), k_eff, k
+        )
+        with contextlib.suppress(OSError):  # a reused worker may still be pinned by its previous lease
+            os.sched_setaffinity(0, allowed)
+        return CpuLease(k, None)
     try:
         os.sched_setaffinity(0, chosen)
     except OSError as e:
@@ -98,6 +95,12 @@ def lease_cpus(k: int, pin: bool = True, lock_dir: Path | None = None) -> CpuLea
         return CpuLease(k, None)
     logger.debug("pinned pid %d to CPUs %s", os.getpid(), chosen)
     return CpuLease(k_eff, chosen, files)
+
+
+@functools.cache
+def _initial_affinity() -> list[int]:
+    """The CPUs this process was allowed before its first lease pinned it (a reused worker leases again)."""
+    return sorted(os.sched_getaffinity(0))
 
 
 def _try_lock(path: Path) -> IO[bytes] | None:

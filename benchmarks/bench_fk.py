@@ -30,10 +30,8 @@ def main(frames: int = 1000, repeats: int = 20) -> None:
     med = float(np.median(times))
     print(f"FK {model.n_dofs} DOF, {len(model.sites)} sites, {frames} frames on {jax.devices()[0].platform}")
     print(f"  first call (trace + compile): {compile_s * 1e3:.1f} ms")
-    print(
-        f"  compiled: median {med * 1e3:.2f} ms per {frames} frames ({frames / med:,.0f} frames/s), "
-        f"min {min(times) * 1e3:.2f} ms"
-    )
+    print(f"  compiled: median {med * 1e3:.2f} ms per {frames} frames ({frames / med:,.0f} frames/s), "
+          f"min {min(times) * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

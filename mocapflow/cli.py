@@ -795,3 +795,39 @@ def validate_metamorphic_command(
         return
     for k, v in summary.items():
         console.print(f"{k}: {v}")
+
+
+# -- speed figures side by side (benchmarks/suite.py) --------------------------------------------------------------
+
+
+@app.command("bench")
+def bench_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes: a few minutes.")] = False,
+    sections: Annotated[
+        str, typer.Option("--sections", help="Comma-separated: pose, fit, storage, orchestration.")
+    ] = "pose,fit,storage,orchestration",
+    tier: Annotated[
+        str | None, typer.Option("--tier", help="full, quick or tiny (tests); overrides --quick.")
+    ] = None,
+    backfill_videos: Annotated[
+        int | None, typer.Option("--backfill-videos", min=1, help="Videos in the backfill (default by tier).")
+    ] = None,
+) -> None:
+    """Speed figures measured side by side in one run (pose, fit, storage, orchestration); see docs/benchmarks.md."""
+    import json
+
+    from benchmarks.suite import run_bench, table
+    from infra.prefect_env import prepare_prefect_env
+    from mocapflow.pose.validate_real import setup_realdata
+    from mocapflow.settings import load_settings
+
+    prepare_prefect_env()
+    settings = load_settings()
+    setup_realdata(settings.cache_dir)
+    chosen = tuple(s.strip() for s in sections.split(",") if s.strip())
+    report = run_bench(settings, tier or ("quick" if quick else "full"), chosen, backfill_videos)
+    if as_json:
+        typer.echo(json.dumps(report, default=str))
+    else:
+        console.print(table(report), highlight=False)

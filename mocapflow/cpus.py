@@ -10,7 +10,9 @@ thread count and pins nothing.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import logging
 import os
 import tempfile
@@ -51,14 +53,14 @@ class CpuLease:
 def lease_cpus(k: int, pin: bool = True, lock_dir: Path | None = None) -> CpuLease:
     """Take k free CPUs of this process's allowed set, pin to them, and return the lease.
 
-    If fewer than k CPUs are free (more workers than cores), the least-loaded fallback is to share: the lease pins
-    to the first k allowed CPUs without locks and logs a warning. Thread pools are sized to k in every case.
+    If fewer than k CPUs are free (more workers than cores on the node), nothing is pinned (the OS balances a crowded
+    node better than CPUs shared by pinning) and a warning is logged. Thread pools are sized to k in every case.
     """
     if k < 1:
         raise ValueError(f"a CPU lease needs k >= 1, got {k}")
     if not pin or not hasattr(os, "sched_setaffinity"):
         return CpuLease(k, None)
-    allowed = sorted(os.sched_getaffinity(0))
+    allowed = _initial_affinity()
     k_eff = min(k, len(allowed))
     lock_dir = lock_dir or default_lock_dir()
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -67,22 +69,23 @@ def lease_cpus(k: int, pin: bool = True, lock_dir: Path | None = None) -> CpuLea
     for cpu in allowed:
         if len(chosen) == k_eff:
             break
-        f = open(lock_dir / f"cpu{cpu}.lock", "ab")  # noqa: SIM115 - held for the lease's lifetime
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            continue
-        files.append(f)
-        chosen.append(cpu)
+        f = _try_lock(lock_dir / f"cpu{cpu}.lock")
+        if f is not None:
+            files.append(f)
+            chosen.append(cpu)
     if len(chosen) < k_eff:
-        n_free = len(chosen)
+        # A crowded node (more pinned workers than CPUs, or other Ray clusters on it): pinning to a CPU that other
+        # workers are pinned to as well serialises them there while another CPU may idle (measured by
+        # `mocapflow bench`: two actors of one pool ended on the same CPU and ran at half the speed of one unpinned
+        # process). The OS balances such a node better: run unpinned, threads still sized to k.
         for f in files:
-            fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
-        files = []
-        chosen = allowed[:k_eff]
-        logger.warning("only %d of %d CPUs free on this node; sharing CPUs %s", n_free, k_eff, chosen)
+        logger.warning(
+            "only %d of %d CPUs free on this node; running unpinned with %d threads", len(chosen), k_eff, k
+        )
+        with contextlib.suppress(OSError):  # a reused worker may still be pinned by its previous lease
+            os.sched_setaffinity(0, allowed)
+        return CpuLease(k, None)
     try:
         os.sched_setaffinity(0, chosen)
     except OSError as e:
@@ -92,6 +95,22 @@ def lease_cpus(k: int, pin: bool = True, lock_dir: Path | None = None) -> CpuLea
         return CpuLease(k, None)
     logger.debug("pinned pid %d to CPUs %s", os.getpid(), chosen)
     return CpuLease(k_eff, chosen, files)
+
+
+@functools.cache
+def _initial_affinity() -> list[int]:
+    """The CPUs this process was allowed before its first lease pinned it (a reused worker leases again)."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def _try_lock(path: Path) -> IO[bytes] | None:
+    f = open(path, "ab")  # noqa: SIM115 - held for the lease's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
 
 
 def current_affinity() -> list[int] | None:

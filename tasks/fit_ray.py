@@ -1,9 +1,12 @@
-"""The fitting stage on Ray: one CPU-pinned task per video, in a fresh worker process.
+"""The fitting stage on Ray: one CPU-pinned task per video, in worker processes that are reused across fits.
 
-``fit_remote`` is a Ray remote function with ``max_calls=1``: each call gets a new worker process, which leases and
-pins ``settings.fit_cpus`` CPUs and sets XLA's thread flags BEFORE anything imports JAX (JAX sizes its thread pool
-when its CPU backend initialises). JAX is therefore imported only inside :func:`fit_task`, never at module top:
-importing JAX before Ray forks its workers also triggers a fork warning (ENVIRONMENT.md).
+Each call leases and pins ``settings.fit_cpus`` CPUs and, in a worker's first fit, sets XLA's thread flags BEFORE
+anything imports JAX (JAX sizes its thread pool when its CPU backend initialises). JAX is therefore imported only
+inside :func:`fit_task`, never at module top: importing JAX before Ray forks its workers also triggers a fork warning
+(ENVIRONMENT.md). Workers are reused (no ``max_calls=1``): a fresh process per fit paid JAX's import and the load of
+every compiled function again (~3-5 s CPU, most of a short video's fit). A worker's JAX keeps the thread count of
+its first fit, so :func:`submit_fit` puts the thread count in the task's runtime environment: Ray reuses a worker
+only for tasks with the same runtime environment, so a worker never serves a fit sized for another count.
 """
 
 from __future__ import annotations
@@ -71,13 +74,17 @@ def fit_task(
         lease.release()
 
 
-fit_remote = ray.remote(num_cpus=1, max_calls=1)(fit_task)
+fit_remote = ray.remote(num_cpus=1)(fit_task)
+FIT_THREADS_ENV = "MOCAPFLOW_FIT_WORKER_THREADS"  # only tells Ray's worker pool apart by thread count
 
 
 def submit_fit(
     keypoints_uri: str, settings: Settings, out_root: str | None = None, max_iters: int | None = None
 ) -> ray.ObjectRef:
     """Submit one fit asking Ray for ``settings.fit_cpus`` CPUs (Ray must be initialised)."""
-    return fit_remote.options(num_cpus=settings.fit_cpus, name="fit").remote(
-        keypoints_uri, settings, out_root, max_iters
-    )
+    return fit_remote.options(
+        num_cpus=settings.fit_cpus,
+        name="fit",
+        # merged with the job's env_vars by Ray; a worker is reused only by fits with the same thread count
+        runtime_env={"env_vars": {FIT_THREADS_ENV: str(settings.fit_cpus)}},
+    ).remote(keypoints_uri, settings, out_root, max_iters)

@@ -22,8 +22,9 @@ from prefect.tasks import exponential_backoff
 
 from mocapflow.discovery import VideoSpec
 from mocapflow.errors import is_transient, one_line
+from mocapflow.probeindex import probe_indexed
 from mocapflow.store import SUCCESS, KeyNotFoundError, keypoints_key, keypoints_prefix
-from mocapflow.video import check_duration, probe
+from mocapflow.video import check_duration
 from tasks.runtime import FlowRuntime
 
 logger = logging.getLogger(__name__)
@@ -100,9 +101,10 @@ def probe_video(spec: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
         raise StageError(f"{spec['uri']}: {spec['error']}")
     _started("probe", spec["uri"])
     t0 = time.perf_counter()
-    info = probe(spec["uri"], rt.settings.storage_options())
+    # an unchanged video (same size and ETag/mtime) is not downloaded and hashed again (mocapflow/probeindex.py)
+    info, indexed = probe_indexed(spec["uri"], rt.store, rt.settings.storage_options())
     check_duration(info, rt.settings.min_video_s)
-    return {**info.to_dict(), "seconds": time.perf_counter() - t0}
+    return {**info.to_dict(), "seconds": time.perf_counter() - t0, "indexed": indexed}
 
 
 @task(name="pose", task_run_name=_task_name("pose"), **_io_retries)

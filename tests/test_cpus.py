@@ -24,7 +24,9 @@ def _holder(lock_dir: Path) -> subprocess.Popen:
         print(lease.cpus[0], flush=True)
         sys.stdin.read()
     """)
-    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_leases_in_two_processes_take_different_cpus(tmp_path: Path):
@@ -60,3 +62,19 @@ def test_unpinned_lease_keeps_the_thread_count(tmp_path: Path):
     assert lease.cpus is None and lease.threads == 3
     with pytest.raises(ValueError, match="k >= 1"):
         lease_cpus(0)
+
+
+def test_a_crowded_node_runs_unpinned(tmp_path: Path):
+    """With every CPU held by other workers, a lease pins nothing (before: it pinned to the first CPU, so every
+    sharer, e.g. both actors of one pool, ended on CPU 0) and keeps the thread count."""
+    allowed = sorted(os.sched_getaffinity(0))
+    holders = [_holder(tmp_path) for _ in allowed]
+    try:
+        assert sorted(int(h.stdout.readline()) for h in holders) == allowed
+        lease = lease_cpus(1, lock_dir=tmp_path)
+        assert lease.cpus is None and lease.threads == 1
+        assert sorted(os.sched_getaffinity(0)) == allowed
+    finally:
+        for h in holders:
+            h.stdin.close()
+            h.wait(10)

@@ -74,3 +74,17 @@ def test_fit_task_pins_one_cpu_before_jax_and_writes_the_fit(tmp_path, local_ray
     assert summary["iterations"] == 60
     # the worker configured JAX's persistent compilation cache under the settings' cache folder
     assert any((tmp_path / "cache" / "jax").rglob("*")), "no compilation cache written"
+
+
+def test_fit_workers_are_reused_with_their_pinning(tmp_path, local_ray):
+    """A second fit runs in the same worker (JAX already imported, code compiled), still pinned to one CPU."""
+    from tasks.fit_ray import submit_fit
+
+    uri = _committed_keypoints(tmp_path / "in")
+    settings = Settings(
+        storage_root=str(tmp_path / "out"), cache_dir=tmp_path / "cache", fit_cpus=1, pin_cpus=True
+    )
+    first = ray.get(submit_fit(uri, settings, max_iters=20), timeout=300)
+    second = ray.get(submit_fit(uri, settings, out_root=str(tmp_path / "out2"), max_iters=20), timeout=300)
+    assert second["worker"]["pid"] == first["worker"]["pid"]
+    assert len(second["worker"]["affinity"]) == 1 and second["worker"]["threads"] == 1

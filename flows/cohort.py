@@ -83,6 +83,7 @@ def _row(chain: _Chain, rt: FlowRuntime | None = None) -> dict[str, Any]:
     """One summary row from a finished chain."""
     row: dict[str, Any] = {
         "video": chain.spec.uri,
+        "subject_id": chain.spec.subject_id,
         "status": "ok",
         "failed_stage": None,
         "error": None,
@@ -103,6 +104,7 @@ def _row(chain: _Chain, rt: FlowRuntime | None = None) -> dict[str, Any]:
         "fit_converged": None,
         "fit_rel_loss_change": None,
         "fit_observed_fraction": None,
+        **dict.fromkeys(OUTPUT_COLUMNS.values()),
     }
     for stage, fut in (("probe", chain.probe), ("pose", chain.pose), ("fit", chain.fit)):
         fut.wait()  # the local final state, with its data (``.state`` alone may fetch a data-less copy from the API)
@@ -134,6 +136,7 @@ def _row(chain: _Chain, rt: FlowRuntime | None = None) -> dict[str, Any]:
                 fit_rel_loss_change=res.get("rel_loss_change"),
                 fit_observed_fraction=res.get("observed_fraction"),
                 cached=row["cached"] and bool(res.get("cached")),
+                **{col: res.get("outputs", {}).get(name) for name, col in OUTPUT_COLUMNS.items()},
             )
     row["status"] = coverage_status(row["status"], row["coverage"], rt.settings.min_coverage if rt else 0.5)
     return row
@@ -146,9 +149,19 @@ def coverage_status(status: str, coverage: float | None, min_coverage: float) ->
     return status
 
 
+OUTPUT_COLUMNS = {  # a fit's output file -> its summary column (every output's URI is in the summary)
+    "angles.parquet": "angles_uri",
+    "residuals.parquet": "residuals_uri",
+    "angles.mot": "mot_uri",
+    "subject.osim": "osim_uri",
+    "markers.trc": "trc_uri",
+    "scales.json": "scales_uri",
+}
+
 SUMMARY_SCHEMA = pa.schema(
     [
         ("video", pa.string()),
+        ("subject_id", pa.string()),
         ("status", pa.string()),
         ("failed_stage", pa.string()),
         ("error", pa.string()),
@@ -169,6 +182,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("fit_converged", pa.bool_()),
         ("fit_rel_loss_change", pa.float64()),
         ("fit_observed_fraction", pa.float64()),
+        *((col, pa.string()) for col in OUTPUT_COLUMNS.values()),
     ]
 )
 

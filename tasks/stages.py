@@ -115,7 +115,7 @@ def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> d
             "keypoints",
         )
     rt.count("pose")
-    outcome = rt.pose_pool().process_one(video.uri, params, intr)
+    outcome = rt.pose_pool().process_one(video.uri, params, intr, video.subject_id)
     if isinstance(outcome, PoseFailure):
         raise StageError(str(outcome), transient=outcome.transient)
     return {**outcome.to_dict(), "cached": False}
@@ -141,7 +141,9 @@ def angles_summary(rt: FlowRuntime, prefix: str) -> str:
     """Range of motion of the main joints, e.g. 'ROM deg R/L: hip 41/40, knee 88/90, ...'."""
     import numpy as np
 
-    table = rt.store.read_table(f"{prefix}/angles.parquet")
+    from mocapflow.store import fit_key
+
+    table = rt.store.read_table(fit_key(prefix, "angles.parquet"))
     parts = []
     for label, dof in ROM_DOFS:
         roms = [
@@ -164,15 +166,19 @@ def fit_failure(video: str, exc: BaseException) -> StageError:
 @task(name="fit", task_run_name="fit {pose[video]}", **_io_retries)
 def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
     """Joint angles of one video: from the store when committed, else a pinned JAX fit on Ray."""
+    from mocapflow.fit.outputs import output_uris
+    from mocapflow.store import fit_key
+
     prefix = fit_prefix_for(rt, pose["key"])
     record = {
         "video": pose["video"],
         "prefix": prefix,
         "uri": rt.store.uri(prefix),
-        "plot_uri": rt.store.uri(f"{prefix}/angles.png"),
+        "plot_uri": rt.store.uri(fit_key(prefix, "angles.png")),
+        "outputs": output_uris(rt.store, prefix),
     }
     if rt.store.is_committed(prefix):
-        figures = rt.store.get_json(f"{prefix}/scales.json").get("fit", {})
+        figures = rt.store.get_json(fit_key(prefix, "scales.json")).get("fit", {})
         return _cached(
             {
                 **record,

@@ -6,6 +6,7 @@ Each command reads :class:`mocapflow.settings.Settings` when it runs; heavy impo
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -563,6 +564,205 @@ def demo(
         "- Prefect UI: `prefect server start`, then rerun with PREFECT_API_URL=http://127.0.0.1:4200/api "
         "to watch runs and open the artifacts there"
     )
+
+
+@app.command()
+def run(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Video files or URIs, a folder or s3:// prefix (scanned with --glob), or a manifest (.csv/.parquet)."
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Model set: markers, blazepose, metrabs, a folder or s3:// prefix."),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Storage root for every output (folder or s3://).")
+    ] = None,
+    glob: Annotated[str, typer.Option("--glob", help="Videos under a folder / prefix.")] = "**/*.mp4",
+    qc: Annotated[
+        bool, typer.Option("--qc/--no-qc", help="Write a QC video (skeleton over the frames) per subject.")
+    ] = True,
+) -> None:
+    """Process your own videos: the process-cohort flow on the embedded defaults (local store, local Ray, Prefect's
+    temporary server), then one line per video, every output's URI and a QC video per subject."""
+    import time
+
+    t_start = time.perf_counter()
+    from mocapflow.report import split_sources
+    from mocapflow.settings import load_settings
+
+    try:
+        source = split_sources(sources)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    settings = load_settings(model_set=model, storage_root=out)
+    model_set = _model_set_with_progress(settings)  # before Prefect and Ray start: a missing set fails in seconds
+    _quiet_frameworks(settings.verbose)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.cohort import process_cohort
+    from flows.demo import _RowEvents
+    from flows.params import CohortSource, RunOptions
+    from mocapflow.report import VideoLine, video_name, write_qc_video
+    from mocapflow.store import Store
+
+    try:
+        cohort = CohortSource(**source, glob=glob)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    columns = (TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    rows: list[dict] = []
+    with Progress(*columns, TextColumn("{task.fields[last]}"), console=console) as progress:
+        videos = progress.add_task("probe -> pose -> fit", total=None, last="starting Prefect and Ray")
+
+        def on_row(row: dict) -> None:
+            progress.update(videos, advance=1, last=f"{video_name(row['video'])}: {row['status']}")
+
+        handler = _RowEvents(on_row)
+        flow_logger = logging.getLogger("prefect.flow_runs")
+        flow_logger.addHandler(handler)
+        try:
+            state = process_cohort(
+                cohort,
+                RunOptions(model_set=str(model_set.root), storage_root=settings.storage_root),
+                return_state=True,
+            )
+        finally:
+            flow_logger.removeHandler(handler)
+        summary = state.result(raise_on_failure=False)
+        if not isinstance(summary, dict):  # the flow itself failed (no videos found, a bad manifest ...)
+            progress.stop()
+            console.print(f"[red]run failed:[/] {state.message or state.name}")
+            raise typer.Exit(1)
+        rows = summary["rows"]
+        progress.update(videos, total=len(rows), completed=len(rows), last="")
+        if qc:
+            store = Store.from_settings(settings)
+            done = [r for r in rows if r["status"] != "failed"]
+            bar = progress.add_task("QC videos", total=len(done), last="")
+            for r in done:
+                try:
+                    r["qc_video_uri"] = write_qc_video(store, r, settings.storage_options())
+                except (OSError, ValueError) as e:  # a QC video is a picture: the run's outputs stand without it
+                    r["qc_video_error"] = f"{type(e).__name__}: {e}"
+                progress.update(bar, advance=1, last=video_name(r["video"]))
+    lines = [VideoLine.from_row(r) for r in rows]
+    _print_run_table(lines, summary, model_set.manifest.name, time.perf_counter() - t_start)
+    for r in rows:
+        if r.get("qc_video_error"):
+            console.print(f"[yellow]{video_name(r['video'])}: no QC video: {r['qc_video_error']}[/]")
+    if any(v.status == "failed" for v in lines):
+        raise typer.Exit(1)
+
+
+def _model_set_with_progress(settings: Settings):  # noqa: ANN202 - models.modelset.ModelSet
+    """The run's model set; a missing built-in one is built first, with a progress line (no cluster yet)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from models.modelset import ModelSetError, resolve
+    from tasks.runtime import BUILT_IN, resolve_model_set
+
+    try:
+        return resolve(settings.model_set, settings.modelsets_dir, settings.cache_dir, settings.storage_options())
+    except ModelSetError as e:
+        if settings.model_set not in BUILT_IN:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(2) from None
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"building model set {settings.model_set}")
+
+        class _Steps(logging.Handler):  # the builder's log lines as the progress line
+            def emit(self, record: logging.LogRecord) -> None:
+                progress.update(bar, description=f"model set {settings.model_set}: {record.getMessage()[:90]}")
+
+        steps, models_logger = _Steps(logging.INFO), logging.getLogger("models")
+        models_logger.addHandler(steps)
+        try:
+            ms = resolve_model_set(settings)
+        except Exception as e:  # noqa: BLE001 - one line naming the set and what to do, never a traceback
+            progress.stop()
+            console.print(
+                f"[red]cannot build model set {settings.model_set}: {type(e).__name__}: {e}[/] "
+                f"(try `mocapflow --verbose models build {settings.model_set}`)"
+            )
+            raise typer.Exit(2) from None
+        finally:
+            models_logger.removeHandler(steps)
+    console.print(f"[green]built model set {ms.manifest.name}[/] ({ms.id}) at {ms.root}")
+    return ms
+
+
+def _quiet_frameworks(verbose: bool) -> None:
+    """Before Prefect is imported: its console shows warnings only and mocapflow's own INFO lines stay in the logs
+    (the run's progress bar and table say what happens); ``--verbose`` keeps everything."""
+    import os
+
+    from infra.prefect_env import prepare_prefect_env
+
+    prepare_prefect_env()
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
+
+
+def _print_run_table(lines: list, summary: dict, model_name: str, seconds: float) -> None:
+    """One line per video (name, subject, status, coverage, observed fraction, convergence, error), then every
+    output's URI and the run summary."""
+    from rich import box
+    from rich.table import Table
+
+    def pct(x: float | None) -> str:
+        return "" if x is None else f"{100 * x:.0f}"
+
+    status_style = {"ok": "[green]ok[/]", "low_coverage": "[yellow]low coverage[/]", "failed": "[red]failed[/]"}
+    table = Table(
+        title=f"mocapflow run: {len(lines)} videos, model set {model_name}, table after {seconds:.0f} s",
+        box=box.SIMPLE_HEAVY,
+        pad_edge=False,
+    )
+    with_subject = any(v.subject_id for v in lines)
+    for col, justify in (
+        ("video", "left"),
+        *((("subject", "left"),) if with_subject else ()),
+        ("status", "left"),
+        ("frames", "right"),
+        ("found %", "right"),
+        ("observed %", "right"),
+        ("converged", "left"),
+        ("error", "left"),
+    ):
+        widest = max((len(v.name) for v in lines), default=5) if col == "video" else len(col)
+        table.add_column(col, justify=justify, min_width=widest, overflow="fold")
+    for v in lines:
+        error = f"{v.failed_stage}: {v.error}" if v.failed_stage else ""
+        table.add_row(
+            v.name,
+            *((v.subject_id or "",) if with_subject else ()),
+            status_style.get(v.status, v.status) + (" (cached)" if v.cached else ""),
+            "" if v.frames is None else str(v.frames),
+            pct(v.coverage),
+            pct(v.observed_fraction),
+            {True: "yes", False: "[yellow]no[/]", None: ""}[v.converged],
+            error,
+        )
+    out = Console()
+    out.print(table)
+    out.print(
+        "found %: frames where the subject was found; observed %: frames the fit used (the others are NaN or "
+        "bridged, never invented); converged: the optimiser's last block changed the loss by less than fit_rtol"
+    )
+    for v in lines:
+        if v.outputs:
+            out.print(f"[bold]{v.name}[/] ({v.source})", soft_wrap=True)
+            for label, uri in v.outputs.items():
+                out.print(f"  {label:<16} {uri}", soft_wrap=True, highlight=False)
+    out.print(f"run summary: {summary.get('summary_uri')}", soft_wrap=True, highlight=False)
 
 
 @validate_app.callback()

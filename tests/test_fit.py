@@ -450,6 +450,47 @@ def test_outputs_go_through_the_store_with_success_last(tmp_path, clean_fit):
     assert set(scales["keypoint_offset_mm"]) == set(NAMES)
 
 
+def test_each_fit_table_kind_reads_as_one_dataset_with_its_source(tmp_path, clean_fit):
+    """fits/angles/ (and fits/residuals/) hold one kind of table each: pyarrow.dataset, DuckDB and pandas read every
+    video's rows without filters, each row naming its source video (and the manifest's subject id)."""
+    import dataclasses
+
+    import duckdb
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    store = Store(str(tmp_path / "store"))
+    videos = {"s3://clinic/day1/p01.mp4": ("1" * 64, "P01"), "/data/p02.mp4": ("2" * 64, None)}
+    for source, (sha, subject) in videos.items():
+        meta = dataclasses.replace(clean_fit.meta, video_sha256=sha, source=source, subject_id=subject)
+        write_fit(store, dataclasses.replace(clean_fit, meta=meta))
+    root = tmp_path / "store" / "fits"
+    angles = ds.dataset(root / "angles", format="parquet").to_table()
+    assert angles.num_rows == 2 * CLIP_FRAMES
+    counts = angles.group_by(["source", "subject_id"]).aggregate([("frame", "count")]).to_pylist()
+    assert sorted((c["source"], c["subject_id"], c["frame_count"]) for c in counts) == sorted(
+        (s, subject, CLIP_FRAMES) for s, (_sha, subject) in videos.items()
+    )
+    hive = ds.dataset(root / "angles", format="parquet", partitioning="hive").to_table(
+        columns=["video", "source"]
+    )
+    assert {(r["video"], r["source"]) for r in hive.to_pylist()} == {
+        (sha, s) for s, (sha, _) in videos.items()
+    }
+    by_duck = duckdb.sql(
+        f"SELECT source, count(*) AS n, max(knee_angle_r) AS knee FROM read_parquet('{root}/angles/**/*.parquet') "
+        "GROUP BY source ORDER BY source"
+    ).fetchall()
+    assert [(s, n) for s, n, _ in by_duck] == sorted((s, CLIP_FRAMES) for s in videos)
+    assert all(np.isfinite(knee) for _, _, knee in by_duck)
+    residuals = pd.read_parquet(root / "residuals")
+    assert len(residuals) == 2 * CLIP_FRAMES and set(residuals["source"]) == set(videos)
+    md = pq.read_schema(next((root / "angles").rglob("angles.parquet"))).metadata
+    assert json.loads(md[b"mocapflow.table"]) == "angles" and json.loads(md[b"source"]) in videos
+    # the non-table outputs live in their own folders, one file per fit
+    assert len(list((root / "mot").rglob("*.mot"))) == len(list((root / "osim").rglob("*.osim"))) == 2
+
+
 def test_fit_keypoints_reads_only_committed_tables(tmp_path, model, clip):
     meta, arrays = keypoints_of(clip, NAMES)
     src = Store(str(tmp_path / "in"))

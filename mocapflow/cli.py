@@ -114,60 +114,44 @@ def models_build(
     console.print(f"[green]built {ms.manifest.name}[/] id={ms.id} at {ms.root}")
 
 
-# -- pose stage (tasks/pose_ray.py on a local or configured Ray) -------------------------------------------
+# -- pose stage (tasks/batch.py: the pose actor pool on a local or configured Ray) ----------------------------
 from typing import TYPE_CHECKING  # noqa: E402 - appended section
 
 if TYPE_CHECKING:
     from mocapflow.settings import Settings
-    from tasks.pose_ray import PoseOutcome
 
 
-def _abs_uri(uri: str) -> str:
-    """Local paths become absolute (Ray workers may run elsewhere in the tree); URIs stay as they are."""
-    return (
-        uri
-        if "://" in uri and not uri.startswith("file://")
-        else str(Path(uri.removeprefix("file://")).resolve())
-    )
-
-
-def _run_pose_pool(
-    settings: Settings, videos: list[str], show_progress: bool = True
-) -> tuple[list[PoseOutcome], float]:
-    """Run the pose pool over ``videos`` with a rich progress bar per video.
-
-    Returns the outcomes and the wall seconds of processing (actor start and model loading excluded).
-    """
-    import os
-    import time
-
+def _pose_progress(show: bool = True):  # noqa: ANN202 - (rich Progress, on_progress, on_outcome)
+    """A rich progress bar per video, and the callbacks that move them."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from infra.ray_cluster import ensure_ray
-    from mocapflow.pose.pipeline import PoseParams
-    from tasks.pose_ray import PoseFailure, PosePool
+    from tasks.pose_ray import PoseFailure
 
-    ensure_ray(settings, prefect_api_url=os.environ.get("PREFECT_API_URL"))
-    outcomes: list[PoseOutcome] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=not show_progress) as progress:
-        bars = {v: progress.add_task(Path(v).name, total=None) for v in videos}
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+    )
+    bars: dict[str, object] = {}
 
-        def on_progress(video: str, done: int, total: int) -> None:
-            progress.update(bars[video], completed=done, total=total)
+    def bar(video: str):  # noqa: ANN202
+        if video not in bars:
+            bars[video] = progress.add_task(Path(video).name, total=None)
+        return bars[video]
 
-        with PosePool(settings) as pool:
-            pool.info()  # returns once every actor has loaded its models: time the processing only
-            t0 = time.perf_counter()
-            for outcome in pool.map(videos, PoseParams.from_settings(settings), on_progress=on_progress):
-                outcomes.append(outcome)
-                bar = bars[outcome.video]
-                if isinstance(outcome, PoseFailure):
-                    progress.update(bar, description=f"[red]{Path(outcome.video).name} failed")
-                else:
-                    progress.update(bar, completed=outcome.frames, total=outcome.frames)
-        seconds = time.perf_counter() - t0
-    return outcomes, seconds
+    def on_progress(video: str, done: int, total: int) -> None:
+        progress.update(bar(video), completed=done, total=total)
+
+    def on_outcome(outcome) -> None:  # noqa: ANN001 - PoseOutcome
+        if isinstance(outcome, PoseFailure):
+            progress.update(bar(outcome.video), description=f"[red]{Path(outcome.video).name} failed")
+        else:
+            progress.update(bar(outcome.video), completed=outcome.frames, total=outcome.frames)
+
+    return progress, on_progress, on_outcome
 
 
 @app.command()
@@ -184,11 +168,17 @@ def pose(
     """Estimate the subject's keypoints in each video on a pool of Ray actors; write one table per video."""
     from rich.table import Table
 
+    from mocapflow.report import absolute_uri
     from mocapflow.settings import load_settings
+    from tasks.batch import run_pose_batch
     from tasks.pose_ray import PoseFailure
 
     settings = load_settings(model_set=model, storage_root=out)
-    outcomes, seconds = _run_pose_pool(settings, [_abs_uri(v) for v in videos])
+    progress, on_progress, on_outcome = _pose_progress()
+    with progress:
+        outcomes, seconds = run_pose_batch(
+            settings, [absolute_uri(v) for v in videos], on_progress, on_outcome
+        )
     table = Table(title=f"pose: {len(outcomes)} videos in {seconds:.1f} s")
     for col in ("video", "frames", "found %", "people", "key / URI", "seconds"):
         table.add_column(col)
@@ -220,16 +210,17 @@ def subject(
 ) -> None:
     """Take another person of an already processed video as its subject, from tracks.parquet (no model runs)."""
     from mocapflow.pose.pipeline import switch_subject
+    from mocapflow.report import absolute_uri, key_of
     from mocapflow.settings import load_settings
     from mocapflow.store import KeyNotFoundError, Store
 
     settings = load_settings()
     store = Store.from_settings(settings)
-    root = store.root.rstrip("/")
-    uri = _abs_uri(keypoints)
-    key = uri.removeprefix(root + "/")
-    if key == uri:
-        console.print(f"[red]{keypoints} is not under the storage root {root}[/]; set MOCAPFLOW_STORAGE_ROOT")
+    key = key_of(store, absolute_uri(keypoints))
+    if key is None:
+        console.print(
+            f"[red]{keypoints} is not under the storage root {store.root}[/]; set MOCAPFLOW_STORAGE_ROOT"
+        )
         raise typer.Exit(2)
     rule: str | int = int(track) if track.isdigit() else track
     try:
@@ -255,62 +246,17 @@ def validate_pose(
 ) -> None:
     """Pose-stage accuracy with the markers model set on a fresh synthetic cohort of clean videos."""
     import json
-    import os
-    import secrets
-    import tempfile
 
-    from infra.ray_cluster import ensure_ray
-    from mocapflow.keypoints import KeypointsError
-    from mocapflow.pose.pipeline import PoseResult
-    from mocapflow.pose.validate import compare_with_truth, summarise
     from mocapflow.settings import load_settings
-    from mocapflow.store import Store
-    from mocapflow.synth import CohortSpec, generate_cohort, read_ground_truth
-    from models.modelset import ModelSetError, resolve
-    from tasks.pose_ray import PoseFailure
+    from tasks.batch import PoseSuiteError, validate_pose_suite
 
-    base = load_settings()
+    progress, on_progress, on_outcome = _pose_progress(show=not as_json)
     try:
-        markers = resolve("markers", base.modelsets_dir, base.cache_dir)
-    except ModelSetError:
-        import importlib
-
-        console.print("building the markers model set")
-        markers = importlib.import_module("models.markers.build").build(
-            base.modelsets_dir / "markers", cache_dir=base.cache_dir
-        )
-    seed = secrets.randbelow(2**31) if seed is None else seed
-    # start Ray before the cohort imports JAX: forking a JAX-threaded process can deadlock
-    ensure_ray(base, prefect_api_url=os.environ.get("PREFECT_API_URL"))
-    with tempfile.TemporaryDirectory(prefix="mocapflow-validate-pose-") as tmp:
-        root = Path(tmp)
-        spec = CohortSpec(n_videos=videos, seed=seed, seconds=seconds, width=640, height=480)
-        entries = generate_cohort(root / "cohort", spec)
-        settings = base.model_copy(
-            update={"model_set": str(markers.root), "storage_root": str(root / "store")}
-        )
-        outcomes, wall = _run_pose_pool(settings, [str(e.video) for e in entries], show_progress=not as_json)
-        failures = [o for o in outcomes if isinstance(o, PoseFailure)]
-        if failures:
-            console.print(f"[red]the pose stage failed on synthetic videos:[/] {[str(f) for f in failures]}")
-            raise typer.Exit(1)
-        store = Store.from_settings(settings)
-        truth = {str(e.video): e.gt for e in entries}
-        try:
-            errors = [
-                compare_with_truth(store.read_table(o.key), read_ground_truth(truth[o.video]))
-                for o in outcomes
-                if isinstance(o, PoseResult)
-            ]
-        except (KeypointsError, ValueError) as e:
-            console.print(f"[red]cannot compare the keypoints with the ground truth:[/] {e}")
-            raise typer.Exit(1) from e
-    summary = {
-        "model_set": markers.manifest.name,
-        "model_id": markers.id,
-        "seed": seed,
-        **summarise(errors, wall),
-    }
+        with progress:
+            summary = validate_pose_suite(load_settings(), videos, seconds, seed, on_progress, on_outcome)
+    except PoseSuiteError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -335,19 +281,7 @@ def serve() -> None:
     prefect_serve(*deployments)
 
 
-# -- fitting stage (in this process, pinned to settings.fit_cpus CPUs) --------------------------------------
-
-
-def _pin_for_fit(settings: Settings) -> None:
-    """Lease and pin CPUs and set XLA's thread flags; must run before anything initialises JAX."""
-    import os
-
-    from mocapflow.cpus import lease_cpus
-    from mocapflow.fit.runtime import configure_jax_cache, xla_flags
-
-    lease = lease_cpus(settings.fit_cpus, pin=settings.pin_cpus)  # held until the process ends
-    os.environ["XLA_FLAGS"] = xla_flags(lease.threads, os.environ.get("XLA_FLAGS", ""))
-    configure_jax_cache(settings.jax_cache_dir, min_compile_seconds=0.0)  # as tasks/fit_ray.py
+# -- fitting stage (mocapflow/fit/local.py: in this process, pinned to settings.fit_cpus CPUs) -------------
 
 
 @app.command()
@@ -366,28 +300,17 @@ def fit(
     """Fit the body model to each keypoints table; write angles, residuals, scales, .mot and plot per video."""
     from rich.table import Table
 
+    from mocapflow.fit.local import fit_many, pin_for_fit
     from mocapflow.settings import load_settings
 
     settings = load_settings(storage_root=out)
-    _pin_for_fit(settings)
-    from mocapflow.fit.fitting import FitOptions
-    from mocapflow.fit.run import fit_keypoints
-    from mocapflow.store import Store
-
-    options = FitOptions.from_settings(settings, max_iters=max_iters)
-    store = Store.from_settings(settings)
+    pin_for_fit(settings)  # before anything initialises JAX
     table = Table("keypoints", "fit", "iterations", "seconds", "2D px", "3D mm")
-    failed = 0
-    for uri in keypoints:
-        try:
-            s = fit_keypoints(uri, store, options, settings.storage_options())
-        except Exception as e:  # one bad input fails alone, clearly; the others go on
-            failed += 1
-            console.print(f"[red]{uri}: {type(e).__name__}: {e}[/]")
-            continue
+
+    def row(uri: str, s: dict) -> None:
         if s["skipped"]:
             table.add_row(uri, s["uri"], "already fitted", "", "", "")
-            continue
+            return
         r2, r3 = s["median_residual_2d_px"], s["median_residual_3d_mm"]
         table.add_row(
             uri,
@@ -397,6 +320,14 @@ def fit(
             "" if r2 is None else f"{r2:.1f}",
             "" if r3 is None else f"{r3:.1f}",
         )
+
+    _, failed = fit_many(
+        keypoints,
+        settings,
+        max_iters,
+        on_result=row,
+        on_error=lambda uri, e: console.print(f"[red]{uri}: {type(e).__name__}: {e}[/]"),
+    )
     console.print(table)
     if failed:
         raise typer.Exit(code=1)
@@ -429,8 +360,10 @@ def validate_fit_command(
         logging.basicConfig(
             level=root.level, format="%(message)s", handlers=[RichHandler(console=console)], force=True
         )
+    from mocapflow.fit.local import pin_for_fit
+
     settings = load_settings()
-    _pin_for_fit(settings)
+    pin_for_fit(settings)  # before anything initialises JAX
     from mocapflow.fit.fitting import FitOptions
     from mocapflow.fit.validate import ValidationSpec, validate_fit, validate_fit_seeds
 
@@ -599,7 +532,8 @@ def run(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     settings = load_settings(model_set=model, storage_root=out)
-    model_set = _model_set_with_progress(settings)  # before Prefect and Ray start: a missing set fails in seconds
+    # before Prefect and Ray start: a missing set fails in seconds, a missing built-in one is built first
+    model_set = _model_set_with_progress(settings)
     _quiet_frameworks(settings.verbose)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -607,7 +541,7 @@ def run(
     from flows.cohort import process_cohort
     from flows.demo import _RowEvents
     from flows.params import CohortSource, RunOptions
-    from mocapflow.report import VideoLine, video_name, write_qc_video
+    from mocapflow.report import VideoLine, video_name, write_qc_videos
     from mocapflow.store import Store
 
     try:
@@ -628,7 +562,7 @@ def run(
         try:
             state = process_cohort(
                 cohort,
-                RunOptions(model_set=str(model_set.root), storage_root=settings.storage_root),
+                RunOptions(model_set=settings.model_set, storage_root=settings.storage_root),
                 return_state=True,
             )
         finally:
@@ -641,15 +575,14 @@ def run(
         rows = summary["rows"]
         progress.update(videos, total=len(rows), completed=len(rows), last="")
         if qc:
-            store = Store.from_settings(settings)
             done = [r for r in rows if r["status"] != "failed"]
             bar = progress.add_task("QC videos", total=len(done), last="")
-            for r in done:
-                try:
-                    r["qc_video_uri"] = write_qc_video(store, r, settings.storage_options())
-                except (OSError, ValueError) as e:  # a QC video is a picture: the run's outputs stand without it
-                    r["qc_video_error"] = f"{type(e).__name__}: {e}"
-                progress.update(bar, advance=1, last=video_name(r["video"]))
+            write_qc_videos(
+                Store.from_settings(settings),
+                done,
+                settings.storage_options(),
+                on_video=lambda r: progress.update(bar, advance=1, last=video_name(r["video"])),
+            )
     lines = [VideoLine.from_row(r) for r in rows]
     _print_run_table(lines, summary, model_set.manifest.name, time.perf_counter() - t_start)
     for r in rows:
@@ -667,7 +600,9 @@ def _model_set_with_progress(settings: Settings):  # noqa: ANN202 - models.model
     from tasks.runtime import BUILT_IN, resolve_model_set
 
     try:
-        return resolve(settings.model_set, settings.modelsets_dir, settings.cache_dir, settings.storage_options())
+        return resolve(
+            settings.model_set, settings.modelsets_dir, settings.cache_dir, settings.storage_options()
+        )
     except ModelSetError as e:
         if settings.model_set not in BUILT_IN:
             console.print(f"[red]{e}[/]")
@@ -678,7 +613,9 @@ def _model_set_with_progress(settings: Settings):  # noqa: ANN202 - models.model
 
         class _Steps(logging.Handler):  # the builder's log lines as the progress line
             def emit(self, record: logging.LogRecord) -> None:
-                progress.update(bar, description=f"model set {settings.model_set}: {record.getMessage()[:90]}")
+                progress.update(
+                    bar, description=f"model set {settings.model_set}: {record.getMessage()[:90]}"
+                )
 
         steps, models_logger = _Steps(logging.INFO), logging.getLogger("models")
         models_logger.addHandler(steps)
@@ -720,7 +657,11 @@ def _print_run_table(lines: list, summary: dict, model_name: str, seconds: float
     def pct(x: float | None) -> str:
         return "" if x is None else f"{100 * x:.0f}"
 
-    status_style = {"ok": "[green]ok[/]", "low_coverage": "[yellow]low coverage[/]", "failed": "[red]failed[/]"}
+    status_style = {
+        "ok": "[green]ok[/]",
+        "low_coverage": "[yellow]low coverage[/]",
+        "failed": "[red]failed[/]",
+    }
     table = Table(
         title=f"mocapflow run: {len(lines)} videos, model set {model_name}, table after {seconds:.0f} s",
         box=box.SIMPLE_HEAVY,
@@ -775,21 +716,14 @@ def validate_all(
     if ctx.invoked_subcommand is not None:
         return
     import json
-    import subprocess
-    import sys
 
-    results: dict[str, object] = {}
-    for suite in ("pose", "fit", "humanoid"):
-        console.print(f"running the {suite} accuracy suite")
-        proc = subprocess.run(
-            [sys.executable, "-m", "mocapflow", "validate", suite, "--json"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        if proc.returncode != 0:
-            console.print(f"[red]the {suite} suite failed (exit {proc.returncode})[/]")
-            raise typer.Exit(proc.returncode)
-        results[suite] = json.loads(proc.stdout.strip().splitlines()[-1])
+    from mocapflow.suites import SuiteFailed, run_suites
+
+    try:
+        results = run_suites(on_start=lambda suite: console.print(f"running the {suite} accuracy suite"))
+    except SuiteFailed as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(e.returncode) from None
     if as_json:
         typer.echo(json.dumps(results))
         return

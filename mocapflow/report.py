@@ -29,6 +29,15 @@ OUTPUT_LABELS = (
 )
 
 
+def absolute_uri(uri: str) -> str:
+    """Local paths become absolute (Ray workers may run elsewhere in the tree); URIs stay as they are."""
+    import os
+
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    return os.path.abspath(uri.removeprefix("file://"))
+
+
 def video_name(uri: str) -> str:
     """The file name of a video URI or path (``s3://b/clinic/p01.mp4`` -> ``p01.mp4``)."""
     return uri.rstrip("/").rsplit("/", 1)[-1]
@@ -150,13 +159,13 @@ def split_sources(args: list[str]) -> dict[str, Any]:
         remote = "://" in arg and not arg.startswith("file://")
         local = arg.removeprefix("file://")
         if low.endswith(MANIFEST_SUFFIXES):
-            manifests.append(arg if remote else os.path.abspath(local))
+            manifests.append(absolute_uri(arg))
         elif (not remote and os.path.isdir(local)) or (
             remote and (arg.endswith("/") or not low.endswith(VIDEO_SUFFIXES))
         ):
-            prefixes.append(arg if remote else os.path.abspath(local))
+            prefixes.append(absolute_uri(arg))
         else:
-            videos.append(arg if remote else os.path.abspath(local))
+            videos.append(absolute_uri(arg))
     if len(manifests) > 1 or len(prefixes) > 1:
         raise ValueError(
             f"give at most one manifest and one folder/prefix (got {len(manifests)} manifests, "
@@ -167,3 +176,21 @@ def split_sources(args: list[str]) -> dict[str, Any]:
         "manifest": manifests[0] if manifests else None,
         "prefix": prefixes[0] if prefixes else None,
     }
+
+
+def write_qc_videos(
+    store: Store,
+    rows: list[dict[str, Any]],
+    storage_options: dict[str, Any] | None = None,
+    on_video: Any = None,
+) -> None:
+    """:func:`write_qc_video` for each processed row; sets ``row["qc_video_uri"]``, or ``row["qc_video_error"]``
+    when it cannot be made (a QC video is a picture: the run's outputs stand without it)."""
+    for row in rows:
+        try:
+            row["qc_video_uri"] = write_qc_video(store, row, storage_options)
+        except (OSError, ValueError) as e:
+            logger.warning("%s: no QC video: %s", row["video"], e)
+            row["qc_video_error"] = f"{type(e).__name__}: {e}"
+        if on_video is not None:
+            on_video(row)

@@ -532,9 +532,9 @@ def run(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     settings = load_settings(model_set=model, storage_root=out)
+    _quiet_frameworks(settings.verbose)
     # before Prefect and Ray start: a missing set fails in seconds, a missing built-in one is built first
     model_set = _model_set_with_progress(settings)
-    _quiet_frameworks(settings.verbose)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

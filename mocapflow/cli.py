@@ -134,6 +134,10 @@ def _pose_progress(show: bool = True):  # noqa: ANN202 - (rich Progress, on_prog
         TimeElapsedColumn(),
         console=console,
         disable=not show,
+        # Ray starts while the bars show: a local raylet launched with sys.stdout/stderr swapped for rich's proxies
+        # timed out on start-up here, so the streams stay as they are
+        redirect_stdout=False,
+        redirect_stderr=False,
     )
     bars: dict[str, object] = {}
 
@@ -550,7 +554,14 @@ def run(
         raise typer.BadParameter(str(e)) from None
     columns = (TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     rows: list[dict] = []
-    with Progress(*columns, TextColumn("{task.fields[last]}"), console=console) as progress:
+    bars = Progress(
+        *columns,
+        TextColumn("{task.fields[last]}"),
+        console=console,
+        redirect_stdout=False,  # Ray starts under these bars (see _pose_progress)
+        redirect_stderr=False,
+    )
+    with bars as progress:
         videos = progress.add_task("probe -> pose -> fit", total=None, last="starting Prefect and Ray")
 
         def on_row(row: dict) -> None:

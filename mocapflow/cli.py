@@ -26,7 +26,7 @@ validate_app = typer.Typer(help="Accuracy suites on fresh synthetic data.", invo
 app.add_typer(models_app, name="models")
 app.add_typer(validate_app, name="validate")
 
-console = Console(stderr=True)
+from mocapflow.cli_render import console  # noqa: E402 - one stderr console for bars and messages
 
 
 @app.callback()
@@ -121,43 +121,6 @@ if TYPE_CHECKING:
     from mocapflow.settings import Settings
 
 
-def _pose_progress(show: bool = True):  # noqa: ANN202 - (rich Progress, on_progress, on_outcome)
-    """A rich progress bar per video, and the callbacks that move them."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from tasks.pose_ray import PoseFailure
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not show,
-        # Ray starts while the bars show: a local raylet launched with sys.stdout/stderr swapped for rich's proxies
-        # timed out on start-up here, so the streams stay as they are
-        redirect_stdout=False,
-        redirect_stderr=False,
-    )
-    bars: dict[str, object] = {}
-
-    def bar(video: str):  # noqa: ANN202
-        if video not in bars:
-            bars[video] = progress.add_task(Path(video).name, total=None)
-        return bars[video]
-
-    def on_progress(video: str, done: int, total: int) -> None:
-        progress.update(bar(video), completed=done, total=total)
-
-    def on_outcome(outcome) -> None:  # noqa: ANN001 - PoseOutcome
-        if isinstance(outcome, PoseFailure):
-            progress.update(bar(outcome.video), description=f"[red]{Path(outcome.video).name} failed")
-        else:
-            progress.update(bar(outcome.video), completed=outcome.frames, total=outcome.frames)
-
-    return progress, on_progress, on_outcome
-
-
 @app.command()
 def pose(
     videos: Annotated[list[str], typer.Argument(help="Video files or URIs (file://, s3://).")],
@@ -172,13 +135,14 @@ def pose(
     """Estimate the subject's keypoints in each video on a pool of Ray actors; write one table per video."""
     from rich.table import Table
 
+    from mocapflow.cli_render import pose_progress
     from mocapflow.report import absolute_uri
     from mocapflow.settings import load_settings
     from tasks.batch import run_pose_batch
     from tasks.pose_ray import PoseFailure
 
     settings = load_settings(model_set=model, storage_root=out)
-    progress, on_progress, on_outcome = _pose_progress()
+    progress, on_progress, on_outcome = pose_progress()
     with progress:
         outcomes, seconds = run_pose_batch(
             settings, [absolute_uri(v) for v in videos], on_progress, on_outcome
@@ -251,10 +215,11 @@ def validate_pose(
     """Pose-stage accuracy with the markers model set on a fresh synthetic cohort of clean videos."""
     import json
 
+    from mocapflow.cli_render import pose_progress
     from mocapflow.settings import load_settings
     from tasks.batch import PoseSuiteError, validate_pose_suite
 
-    progress, on_progress, on_outcome = _pose_progress(show=not as_json)
+    progress, on_progress, on_outcome = pose_progress(show=not as_json)
     try:
         with progress:
             summary = validate_pose_suite(load_settings(), videos, seconds, seed, on_progress, on_outcome)
@@ -410,11 +375,10 @@ def demo(
     """The main job: a synthetic cohort through the whole DAG on the embedded defaults, checked against truth."""
     import time
 
-    from rich import box
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from infra.prefect_env import prepare_prefect_env
+    from mocapflow.cli_render import render_demo
 
     prepare_prefect_env()
     from flows.demo import run_demo
@@ -442,65 +406,7 @@ def demo(
 
         report = run_demo(settings, out, n_videos=videos, seconds=seconds, seed=seed, progress=tick)
 
-    table = Table(
-        title=f"mocapflow demo: cohort run {report.run_state.lower()}",
-        box=box.SIMPLE_HEAVY,
-        pad_edge=False,
-        show_edge=False,
-        collapse_padding=True,
-    )
-    for col, justify in (
-        ("video", "left"),
-        ("people", "right"),
-        ("status", "left"),
-        ("frames", "right"),
-        ("found %", "right"),
-        ("probe s", "right"),
-        ("pose s", "right"),
-        ("fit s", "right"),
-        ("err deg", "right"),
-    ):
-        table.add_column(col, justify=justify, no_wrap=True)
-
-    def s(x: float | None) -> str:
-        return "" if x is None else f"{x:.1f}"
-
-    for v in report.videos:
-        table.add_row(
-            Path(v.name).stem,  # the motion is in the name
-            "" if v.status == "failed" else ("2" if v.second_person else "1"),
-            {"ok": "[green]ok[/]", "low_coverage": "[yellow]low coverage[/]"}.get(v.status, "[red]failed[/]"),
-            "" if v.frames is None else str(v.frames),
-            "" if v.coverage is None else f"{100 * v.coverage:.0f}",
-            s(v.seconds.get("probe")),
-            s(v.seconds.get("pose")),
-            s(v.seconds.get("fit")),
-            "" if v.mjae_deg is None else f"{v.mjae_deg:.2f}",
-        )
-    out_console = Console()
-    out_console.print(table)
-    out_console.print(
-        "err deg: median |fit - truth| joint angle over hips, knees, ankles, shoulders and elbows; found %: frames "
-        "where the subject was found (low coverage below the min_coverage setting)"
-    )
-    for v in report.videos:
-        if v.status == "failed":
-            out_console.print(f"[red]{v.name} failed at {v.failed_stage}[/]: {v.error}")
-    total = time.perf_counter() - t_start
-    out_console.print(
-        f"[bold]done in {total:.0f} s[/] (synth {report.seconds['synth_s']:.0f} s, model set "
-        f"{report.seconds['models_s']:.0f} s, flow {report.seconds['flow_s']:.0f} s, plots "
-        f"{report.seconds['plots_s']:.0f} s)\n"
-        f"- videos and ground truth: {report.cohort_dir}\n"
-        f"- plots (joint angles vs truth) and QC GIFs: {out / 'plots'}\n"
-        f"- outputs (Arrow/Parquet, .mot, PNG) in the store: {report.storage_root}\n"
-        f"    python -c \"import pyarrow.dataset as ds; print(ds.dataset('{report.storage_root}/keypoints', "
-        f"partitioning='hive').to_table().to_pandas().head())\"\n"
-        f"    duckdb -c \"SELECT * FROM read_parquet('{report.storage_root}/runs/*/summary.parquet')\"\n"
-        f"- run summary: {report.summary_uri}\n"
-        "- Prefect UI: `prefect server start`, then rerun with PREFECT_API_URL=http://127.0.0.1:4200/api "
-        "to watch runs and open the artifacts there"
-    )
+    render_demo(report, out, time.perf_counter() - t_start)
 
 
 @app.command()
@@ -545,6 +451,7 @@ def run(
     from flows.cohort import process_cohort
     from flows.demo import _RowEvents
     from flows.params import CohortSource, RunOptions
+    from mocapflow.cli_render import render_run
     from mocapflow.report import VideoLine, video_name, write_qc_videos
     from mocapflow.store import Store
 
@@ -558,7 +465,7 @@ def run(
         *columns,
         TextColumn("{task.fields[last]}"),
         console=console,
-        redirect_stdout=False,  # Ray starts under these bars (see _pose_progress)
+        redirect_stdout=False,  # Ray starts under these bars (see pose_progress)
         redirect_stderr=False,
     )
     with bars as progress:
@@ -595,7 +502,7 @@ def run(
                 on_video=lambda r: progress.update(bar, advance=1, last=video_name(r["video"])),
             )
     lines = [VideoLine.from_row(r) for r in rows]
-    _print_run_table(lines, summary, model_set.manifest.name, time.perf_counter() - t_start)
+    render_run(lines, summary.get("summary_uri"), model_set.manifest.name, time.perf_counter() - t_start)
     for r in rows:
         if r.get("qc_video_error"):
             console.print(f"[yellow]{video_name(r['video'])}: no QC video: {r['qc_video_error']}[/]")
@@ -657,64 +564,6 @@ def _quiet_frameworks(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         for handler in logging.getLogger().handlers:
             handler.setLevel(logging.WARNING)
-
-
-def _print_run_table(lines: list, summary: dict, model_name: str, seconds: float) -> None:
-    """One line per video (name, subject, status, coverage, observed fraction, convergence, error), then every
-    output's URI and the run summary."""
-    from rich import box
-    from rich.table import Table
-
-    def pct(x: float | None) -> str:
-        return "" if x is None else f"{100 * x:.0f}"
-
-    status_style = {
-        "ok": "[green]ok[/]",
-        "low_coverage": "[yellow]low coverage[/]",
-        "failed": "[red]failed[/]",
-    }
-    table = Table(
-        title=f"mocapflow run: {len(lines)} videos, model set {model_name}, table after {seconds:.0f} s",
-        box=box.SIMPLE_HEAVY,
-        pad_edge=False,
-    )
-    with_subject = any(v.subject_id for v in lines)
-    for col, justify in (
-        ("video", "left"),
-        *((("subject", "left"),) if with_subject else ()),
-        ("status", "left"),
-        ("frames", "right"),
-        ("found %", "right"),
-        ("observed %", "right"),
-        ("converged", "left"),
-        ("error", "left"),
-    ):
-        widest = max((len(v.name) for v in lines), default=5) if col == "video" else len(col)
-        table.add_column(col, justify=justify, min_width=widest, overflow="fold")
-    for v in lines:
-        error = f"{v.failed_stage}: {v.error}" if v.failed_stage else ""
-        table.add_row(
-            v.name,
-            *((v.subject_id or "",) if with_subject else ()),
-            status_style.get(v.status, v.status) + (" (cached)" if v.cached else ""),
-            "" if v.frames is None else str(v.frames),
-            pct(v.coverage),
-            pct(v.observed_fraction),
-            {True: "yes", False: "[yellow]no[/]", None: ""}[v.converged],
-            error,
-        )
-    out = Console()
-    out.print(table)
-    out.print(
-        "found %: frames where the subject was found; observed %: frames the fit used (the others are NaN or "
-        "bridged, never invented); converged: the optimiser's last block changed the loss by less than fit_rtol"
-    )
-    for v in lines:
-        if v.outputs:
-            out.print(f"[bold]{v.name}[/] ({v.source})", soft_wrap=True)
-            for label, uri in v.outputs.items():
-                out.print(f"  {label:<16} {uri}", soft_wrap=True, highlight=False)
-    out.print(f"run summary: {summary.get('summary_uri')}", soft_wrap=True, highlight=False)
 
 
 @validate_app.callback()

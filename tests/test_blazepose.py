@@ -597,7 +597,6 @@ def vtest() -> Path:
     fetch_realdata(cache_dir, names=["vtest.avi"])
     return source_path("vtest.avi", cache_dir)
 
-
 # The reference pipeline, MediaPipe's own Pose solution on the same weights (mediapipe 0.10.21,
 # Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=False)), run on the whole clip: it finds a
 # person in 429 of 795 frames, none in frames 0-165 (every walker there is < ~110 px tall) and one in every frame
@@ -764,10 +763,7 @@ def test_tracking_policy_reaches_the_runtime_from_the_settings(blazepose_set: Mo
     settings = load_settings(max_people=1, scan_interval_frames=5)
     params = PoseParams.from_settings(settings)
     est = open_estimator(
-        blazepose_set,
-        ThreadConfig(1),
-        max_people=params.max_people,
-        scan_interval=params.scan_interval_frames,
+        blazepose_set, ThreadConfig(1), max_people=params.max_people, scan_interval=params.scan_interval_frames
     )
     assert (est.options.max_people, est.options.scan_interval) == (1, 5)
     assert open_estimator(blazepose_set, ThreadConfig(1)).options.max_people is None

@@ -24,9 +24,7 @@ def _holder(lock_dir: Path) -> subprocess.Popen:
         print(lease.cpus[0], flush=True)
         sys.stdin.read()
     """)
-    return subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
 def test_leases_in_two_processes_take_different_cpus(tmp_path: Path):

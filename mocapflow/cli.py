@@ -564,6 +564,8 @@ def _quiet_frameworks(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         for handler in logging.getLogger().handlers:
             handler.setLevel(logging.WARNING)
+            # task and flow run states reach the root logger too; the run's table reports each video once
+            handler.addFilter(lambda record: not record.name.startswith("prefect"))
 
 
 @validate_app.callback()

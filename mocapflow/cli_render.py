@@ -54,8 +54,9 @@ def pose_progress(show: bool = True):  # noqa: ANN202 - (rich Progress, on_progr
 
 
 def render_run(lines: list[VideoLine], summary_uri: str | None, model_name: str, seconds: float) -> None:
-    """One line per video (name, subject, status, coverage, observed fraction, convergence, error), then every
-    output's URI and the run summary."""
+    """One line per video (name, subject, status, coverage, observed fraction, convergence), one line per failed
+    video (stage and error; below the table so that a narrow terminal never squeezes it), then every output's URI
+    and the run summary."""
 
     def pct(x: float | None) -> str:
         return "" if x is None else f"{100 * x:.0f}"
@@ -69,6 +70,8 @@ def render_run(lines: list[VideoLine], summary_uri: str | None, model_name: str,
         title=f"mocapflow run: {len(lines)} videos, model set {model_name}, table after {seconds:.0f} s",
         box=box.SIMPLE_HEAVY,
         pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
     )
     with_subject = any(v.subject_id for v in lines)
     for col, justify in (
@@ -76,30 +79,33 @@ def render_run(lines: list[VideoLine], summary_uri: str | None, model_name: str,
         *((("subject", "left"),) if with_subject else ()),
         ("status", "left"),
         ("frames", "right"),
-        ("found %", "right"),
-        ("observed %", "right"),
-        ("converged", "left"),
-        ("error", "left"),
+        ("found%", "right"),
+        ("obs%", "right"),
+        ("conv", "left"),
     ):
-        widest = max((len(v.name) for v in lines), default=5) if col == "video" else len(col)
+        widest = max((len(v.name) for v in lines), default=5) if col == "video" else None
         table.add_column(col, justify=justify, min_width=widest, overflow="fold")
     for v in lines:
-        error = f"{v.failed_stage}: {v.error}" if v.failed_stage else ""
         table.add_row(
             v.name,
             *((v.subject_id or "",) if with_subject else ()),
-            status_style.get(v.status, v.status) + (" (cached)" if v.cached else ""),
+            status_style.get(v.status, v.status) + ("*" if v.cached else ""),
             "" if v.frames is None else str(v.frames),
             pct(v.coverage),
             pct(v.observed_fraction),
             {True: "yes", False: "[yellow]no[/]", None: ""}[v.converged],
-            error,
         )
     out = Console()
     out.print(table)
+    for v in lines:
+        if v.failed_stage:
+            out.print(
+                f"[red]{v.name}[/]: failed at {v.failed_stage}: {v.error}", soft_wrap=True, highlight=False
+            )
     out.print(
-        "found %: frames where the subject was found; observed %: frames the fit used (the others are NaN or "
-        "bridged, never invented); converged: the optimiser's last block changed the loss by less than fit_rtol"
+        "found%: frames where the subject was found; obs%: frames the fit observed (the others are NaN or bridged, "
+        "never invented); conv: the fit converged (its last block changed the loss by less than fit_rtol); "
+        "*: every output was already in the store (nothing recomputed)"
     )
     for v in lines:
         if v.outputs:

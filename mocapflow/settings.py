@@ -113,7 +113,9 @@ class Settings(BaseSettings):
 
     # -- fitting -----------------------------------------------------------------------------------------
     fit_max_iters: int = Field(
-        1500, ge=1, description="Most optimiser steps per fit (it stops earlier once converged, see fit_rtol)."
+        1500,
+        ge=1,
+        description="Most optimiser steps per fit (it stops earlier once converged, see fit_rtol).",
     )
     fit_learning_rate: float = Field(3e-2, gt=0, description="Peak Adam learning rate.")
     fit_knots_per_second: float = Field(

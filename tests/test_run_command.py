@@ -71,7 +71,7 @@ def test_run_on_a_manifest_prints_lines_by_name_outputs_and_qc_videos(
     for name, subject in names.items():
         status = "failed" if name.startswith("c") else "ok"
         assert re.search(rf"^\s*{re.escape(name)}\s+{subject}\s+{status}", out, re.M), out
-    assert re.search(r"^\s*c\d{3}_\w+\.mp4 .*probe: VideoError", out, re.M), out
+    assert re.search(r"^c\d{3}_\w+\.mp4: failed at probe: VideoError: [^\n]+$", out, re.M), out
     assert "Traceback" not in out
     good = [r for r in rows if not r["video"].startswith("c")]
     qc = re.findall(r"QC video\s+(\S+\.mp4)$", out, re.M)

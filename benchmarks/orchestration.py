@@ -76,12 +76,12 @@ def person_videos(cache_dir: Path, out: Path, n: int, seconds: float, tag: str) 
 
 
 def _run_flow(flow: Any, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], float]:
+    from flows.cohort import run_summary
+
     t = time.perf_counter()
     state = flow(*args, return_state=True, **kwargs)
     wall = time.perf_counter() - t
-    summary = state.result(raise_on_failure=False)
-    if not isinstance(summary, dict):
-        raise RuntimeError(f"{flow.name} ended without a summary: {state.type.value} {state.message}")
+    summary = run_summary(state)
     return summary, wall
 
 

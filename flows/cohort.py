@@ -119,7 +119,7 @@ def _pose_coverage(res: dict[str, Any], rt: FlowRuntime) -> tuple[int | None, fl
 
 def _row(spec: VideoSpec, chain: tuple[PrefectFuture, PrefectFuture, PrefectFuture], rt: FlowRuntime) -> dict:
     """One summary row from a video's finished probe, pose and fit futures."""
-    row = report.empty_row(spec.uri)
+    row = report.empty_row(spec.uri, spec.subject_id)
     for stage, fut in zip(("probe", "pose", "fit"), chain, strict=True):
         fut.wait()  # the local final state, with its data (``.state`` alone may fetch a data-less copy from the API)
         if not fut.state.is_completed():

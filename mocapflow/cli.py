@@ -6,6 +6,7 @@ Each command reads :class:`mocapflow.settings.Settings` when it runs; heavy impo
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,7 @@ validate_app = typer.Typer(help="Accuracy suites on fresh synthetic data.", invo
 app.add_typer(models_app, name="models")
 app.add_typer(validate_app, name="validate")
 
-console = Console(stderr=True)
+from mocapflow.cli_render import console  # noqa: E402 - one stderr console for bars and messages
 
 
 @app.callback()
@@ -113,60 +114,11 @@ def models_build(
     console.print(f"[green]built {ms.manifest.name}[/] id={ms.id} at {ms.root}")
 
 
-# -- pose stage (tasks/pose_ray.py on a local or configured Ray) -------------------------------------------
+# -- pose stage (tasks/batch.py: the pose actor pool on a local or configured Ray) ----------------------------
 from typing import TYPE_CHECKING  # noqa: E402 - appended section
 
 if TYPE_CHECKING:
     from mocapflow.settings import Settings
-    from tasks.pose_ray import PoseOutcome
-
-
-def _abs_uri(uri: str) -> str:
-    """Local paths become absolute (Ray workers may run elsewhere in the tree); URIs stay as they are."""
-    return (
-        uri
-        if "://" in uri and not uri.startswith("file://")
-        else str(Path(uri.removeprefix("file://")).resolve())
-    )
-
-
-def _run_pose_pool(
-    settings: Settings, videos: list[str], show_progress: bool = True
-) -> tuple[list[PoseOutcome], float]:
-    """Run the pose pool over ``videos`` with a rich progress bar per video.
-
-    Returns the outcomes and the wall seconds of processing (actor start and model loading excluded).
-    """
-    import os
-    import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from infra.ray_cluster import ensure_ray
-    from mocapflow.pose.pipeline import PoseParams
-    from tasks.pose_ray import PoseFailure, PosePool
-
-    ensure_ray(settings, prefect_api_url=os.environ.get("PREFECT_API_URL"))
-    outcomes: list[PoseOutcome] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=not show_progress) as progress:
-        bars = {v: progress.add_task(Path(v).name, total=None) for v in videos}
-
-        def on_progress(video: str, done: int, total: int) -> None:
-            progress.update(bars[video], completed=done, total=total)
-
-        with PosePool(settings) as pool:
-            pool.info()  # returns once every actor has loaded its models: time the processing only
-            t0 = time.perf_counter()
-            for outcome in pool.map(videos, PoseParams.from_settings(settings), on_progress=on_progress):
-                outcomes.append(outcome)
-                bar = bars[outcome.video]
-                if isinstance(outcome, PoseFailure):
-                    progress.update(bar, description=f"[red]{Path(outcome.video).name} failed")
-                else:
-                    progress.update(bar, completed=outcome.frames, total=outcome.frames)
-        seconds = time.perf_counter() - t0
-    return outcomes, seconds
 
 
 @app.command()
@@ -183,11 +135,18 @@ def pose(
     """Estimate the subject's keypoints in each video on a pool of Ray actors; write one table per video."""
     from rich.table import Table
 
+    from mocapflow.cli_render import pose_progress
+    from mocapflow.report import absolute_uri
     from mocapflow.settings import load_settings
+    from tasks.batch import run_pose_batch
     from tasks.pose_ray import PoseFailure
 
     settings = load_settings(model_set=model, storage_root=out)
-    outcomes, seconds = _run_pose_pool(settings, [_abs_uri(v) for v in videos])
+    progress, on_progress, on_outcome = pose_progress()
+    with progress:
+        outcomes, seconds = run_pose_batch(
+            settings, [absolute_uri(v) for v in videos], on_progress, on_outcome
+        )
     table = Table(title=f"pose: {len(outcomes)} videos in {seconds:.1f} s")
     for col in ("video", "frames", "found %", "people", "key / URI", "seconds"):
         table.add_column(col)
@@ -219,16 +178,17 @@ def subject(
 ) -> None:
     """Take another person of an already processed video as its subject, from tracks.parquet (no model runs)."""
     from mocapflow.pose.pipeline import switch_subject
+    from mocapflow.report import absolute_uri, key_of
     from mocapflow.settings import load_settings
     from mocapflow.store import KeyNotFoundError, Store
 
     settings = load_settings()
     store = Store.from_settings(settings)
-    root = store.root.rstrip("/")
-    uri = _abs_uri(keypoints)
-    key = uri.removeprefix(root + "/")
-    if key == uri:
-        console.print(f"[red]{keypoints} is not under the storage root {root}[/]; set MOCAPFLOW_STORAGE_ROOT")
+    key = key_of(store, absolute_uri(keypoints))
+    if key is None:
+        console.print(
+            f"[red]{keypoints} is not under the storage root {store.root}[/]; set MOCAPFLOW_STORAGE_ROOT"
+        )
         raise typer.Exit(2)
     rule: str | int = int(track) if track.isdigit() else track
     try:
@@ -254,62 +214,18 @@ def validate_pose(
 ) -> None:
     """Pose-stage accuracy with the markers model set on a fresh synthetic cohort of clean videos."""
     import json
-    import os
-    import secrets
-    import tempfile
 
-    from infra.ray_cluster import ensure_ray
-    from mocapflow.keypoints import KeypointsError
-    from mocapflow.pose.pipeline import PoseResult
-    from mocapflow.pose.validate import compare_with_truth, summarise
+    from mocapflow.cli_render import pose_progress
     from mocapflow.settings import load_settings
-    from mocapflow.store import Store
-    from mocapflow.synth import CohortSpec, generate_cohort, read_ground_truth
-    from models.modelset import ModelSetError, resolve
-    from tasks.pose_ray import PoseFailure
+    from tasks.batch import PoseSuiteError, validate_pose_suite
 
-    base = load_settings()
+    progress, on_progress, on_outcome = pose_progress(show=not as_json)
     try:
-        markers = resolve("markers", base.modelsets_dir, base.cache_dir)
-    except ModelSetError:
-        import importlib
-
-        console.print("building the markers model set")
-        markers = importlib.import_module("models.markers.build").build(
-            base.modelsets_dir / "markers", cache_dir=base.cache_dir
-        )
-    seed = secrets.randbelow(2**31) if seed is None else seed
-    # start Ray before the cohort imports JAX: forking a JAX-threaded process can deadlock
-    ensure_ray(base, prefect_api_url=os.environ.get("PREFECT_API_URL"))
-    with tempfile.TemporaryDirectory(prefix="mocapflow-validate-pose-") as tmp:
-        root = Path(tmp)
-        spec = CohortSpec(n_videos=videos, seed=seed, seconds=seconds, width=640, height=480)
-        entries = generate_cohort(root / "cohort", spec)
-        settings = base.model_copy(
-            update={"model_set": str(markers.root), "storage_root": str(root / "store")}
-        )
-        outcomes, wall = _run_pose_pool(settings, [str(e.video) for e in entries], show_progress=not as_json)
-        failures = [o for o in outcomes if isinstance(o, PoseFailure)]
-        if failures:
-            console.print(f"[red]the pose stage failed on synthetic videos:[/] {[str(f) for f in failures]}")
-            raise typer.Exit(1)
-        store = Store.from_settings(settings)
-        truth = {str(e.video): e.gt for e in entries}
-        try:
-            errors = [
-                compare_with_truth(store.read_table(o.key), read_ground_truth(truth[o.video]))
-                for o in outcomes
-                if isinstance(o, PoseResult)
-            ]
-        except (KeypointsError, ValueError) as e:
-            console.print(f"[red]cannot compare the keypoints with the ground truth:[/] {e}")
-            raise typer.Exit(1) from e
-    summary = {
-        "model_set": markers.manifest.name,
-        "model_id": markers.id,
-        "seed": seed,
-        **summarise(errors, wall),
-    }
+        with progress:
+            summary = validate_pose_suite(load_settings(), videos, seconds, seed, on_progress, on_outcome)
+    except PoseSuiteError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -334,19 +250,7 @@ def serve() -> None:
     prefect_serve(*deployments)
 
 
-# -- fitting stage (in this process, pinned to settings.fit_cpus CPUs) --------------------------------------
-
-
-def _pin_for_fit(settings: Settings) -> None:
-    """Lease and pin CPUs and set XLA's thread flags; must run before anything initialises JAX."""
-    import os
-
-    from mocapflow.cpus import lease_cpus
-    from mocapflow.fit.runtime import configure_jax_cache, xla_flags
-
-    lease = lease_cpus(settings.fit_cpus, pin=settings.pin_cpus)  # held until the process ends
-    os.environ["XLA_FLAGS"] = xla_flags(lease.threads, os.environ.get("XLA_FLAGS", ""))
-    configure_jax_cache(settings.jax_cache_dir, min_compile_seconds=0.0)  # as tasks/fit_ray.py
+# -- fitting stage (mocapflow/fit/local.py: in this process, pinned to settings.fit_cpus CPUs) -------------
 
 
 @app.command()
@@ -365,28 +269,17 @@ def fit(
     """Fit the body model to each keypoints table; write angles, residuals, scales, .mot and plot per video."""
     from rich.table import Table
 
+    from mocapflow.fit.local import fit_many, pin_for_fit
     from mocapflow.settings import load_settings
 
     settings = load_settings(storage_root=out)
-    _pin_for_fit(settings)
-    from mocapflow.fit.fitting import FitOptions
-    from mocapflow.fit.run import fit_keypoints
-    from mocapflow.store import Store
-
-    options = FitOptions.from_settings(settings, max_iters=max_iters)
-    store = Store.from_settings(settings)
+    pin_for_fit(settings)  # before anything initialises JAX
     table = Table("keypoints", "fit", "iterations", "seconds", "2D px", "3D mm")
-    failed = 0
-    for uri in keypoints:
-        try:
-            s = fit_keypoints(uri, store, options, settings.storage_options())
-        except Exception as e:  # one bad input fails alone, clearly; the others go on
-            failed += 1
-            console.print(f"[red]{uri}: {type(e).__name__}: {e}[/]")
-            continue
+
+    def row(uri: str, s: dict) -> None:
         if s["skipped"]:
             table.add_row(uri, s["uri"], "already fitted", "", "", "")
-            continue
+            return
         r2, r3 = s["median_residual_2d_px"], s["median_residual_3d_mm"]
         table.add_row(
             uri,
@@ -396,6 +289,14 @@ def fit(
             "" if r2 is None else f"{r2:.1f}",
             "" if r3 is None else f"{r3:.1f}",
         )
+
+    _, failed = fit_many(
+        keypoints,
+        settings,
+        max_iters,
+        on_result=row,
+        on_error=lambda uri, e: console.print(f"[red]{uri}: {type(e).__name__}: {e}[/]"),
+    )
     console.print(table)
     if failed:
         raise typer.Exit(code=1)
@@ -428,8 +329,10 @@ def validate_fit_command(
         logging.basicConfig(
             level=root.level, format="%(message)s", handlers=[RichHandler(console=console)], force=True
         )
+    from mocapflow.fit.local import pin_for_fit
+
     settings = load_settings()
-    _pin_for_fit(settings)
+    pin_for_fit(settings)  # before anything initialises JAX
     from mocapflow.fit.fitting import FitOptions
     from mocapflow.fit.validate import ValidationSpec, validate_fit, validate_fit_seeds
 
@@ -472,11 +375,10 @@ def demo(
     """The main job: a synthetic cohort through the whole DAG on the embedded defaults, checked against truth."""
     import time
 
-    from rich import box
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from infra.prefect_env import prepare_prefect_env
+    from mocapflow.cli_render import render_demo
 
     prepare_prefect_env()
     from flows.demo import run_demo
@@ -504,65 +406,169 @@ def demo(
 
         report = run_demo(settings, out, n_videos=videos, seconds=seconds, seed=seed, progress=tick)
 
-    table = Table(
-        title=f"mocapflow demo: cohort run {report.run_state.lower()}",
-        box=box.SIMPLE_HEAVY,
-        pad_edge=False,
-        show_edge=False,
-        collapse_padding=True,
+    render_demo(report, out, time.perf_counter() - t_start)
+
+
+@app.command()
+def run(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Video files or URIs, a folder or s3:// prefix (scanned with --glob), or a manifest (.csv/.parquet)."
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Model set: markers, blazepose, metrabs, a folder or s3:// prefix."),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Storage root for every output (folder or s3://).")
+    ] = None,
+    glob: Annotated[str, typer.Option("--glob", help="Videos under a folder / prefix.")] = "**/*.mp4",
+    qc: Annotated[
+        bool, typer.Option("--qc/--no-qc", help="Write a QC video (skeleton over the frames) per subject.")
+    ] = True,
+) -> None:
+    """Process your own videos: the process-cohort flow on the embedded defaults (local store, local Ray, Prefect's
+    temporary server), then one line per video, every output's URI and a QC video per subject."""
+    import time
+
+    t_start = time.perf_counter()
+    from mocapflow.report import split_sources
+    from mocapflow.settings import load_settings
+
+    try:
+        source = split_sources(sources)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    settings = load_settings(model_set=model, storage_root=out)
+    _quiet_frameworks(settings.verbose)
+    # before Prefect and Ray start: a missing set fails in seconds, a missing built-in one is built first
+    model_set = _model_set_with_progress(settings)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.cohort import process_cohort, run_summary
+    from flows.demo import _RowEvents
+    from flows.params import CohortSource, RunOptions
+    from mocapflow.cli_render import render_run
+    from mocapflow.report import VideoLine, video_name, write_qc_videos
+    from mocapflow.store import Store
+
+    try:
+        cohort = CohortSource(**source, glob=glob)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    columns = (TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    rows: list[dict] = []
+    bars = Progress(
+        *columns,
+        TextColumn("{task.fields[last]}"),
+        console=console,
+        redirect_stdout=False,  # Ray starts under these bars (see pose_progress)
+        redirect_stderr=False,
     )
-    for col, justify in (
-        ("video", "left"),
-        ("people", "right"),
-        ("status", "left"),
-        ("frames", "right"),
-        ("found %", "right"),
-        ("probe s", "right"),
-        ("pose s", "right"),
-        ("fit s", "right"),
-        ("err deg", "right"),
-    ):
-        table.add_column(col, justify=justify, no_wrap=True)
+    with bars as progress:
+        videos = progress.add_task("probe -> pose -> fit", total=None, last="starting Prefect and Ray")
 
-    def s(x: float | None) -> str:
-        return "" if x is None else f"{x:.1f}"
+        def on_row(row: dict) -> None:
+            progress.update(videos, advance=1, last=f"{video_name(row['video'])}: {row['status']}")
 
-    for v in report.videos:
-        table.add_row(
-            Path(v.name).stem,  # the motion is in the name
-            "" if v.status == "failed" else ("2" if v.second_person else "1"),
-            {"ok": "[green]ok[/]", "low_coverage": "[yellow]low coverage[/]"}.get(v.status, "[red]failed[/]"),
-            "" if v.frames is None else str(v.frames),
-            "" if v.coverage is None else f"{100 * v.coverage:.0f}",
-            s(v.seconds.get("probe")),
-            s(v.seconds.get("pose")),
-            s(v.seconds.get("fit")),
-            "" if v.mjae_deg is None else f"{v.mjae_deg:.2f}",
+        handler = _RowEvents(on_row)
+        flow_logger = logging.getLogger("prefect.flow_runs")
+        flow_logger.addHandler(handler)
+        try:
+            state = process_cohort(
+                cohort,
+                RunOptions(model_set=settings.model_set, storage_root=settings.storage_root),
+                return_state=True,
+            )
+        finally:
+            flow_logger.removeHandler(handler)
+        try:
+            summary = run_summary(state)
+        except RuntimeError:  # the flow itself failed (no videos found, a bad manifest ...)
+            summary = None
+        if summary is None:
+            progress.stop()
+            console.print(f"[red]run failed:[/] {state.message or state.name}")
+            raise typer.Exit(1)
+        rows = summary["rows"]
+        progress.update(videos, total=len(rows), completed=len(rows), last="")
+        if qc:
+            done = [r for r in rows if r["status"] != "failed"]
+            bar = progress.add_task("QC videos", total=len(done), last="")
+            write_qc_videos(
+                Store.from_settings(settings),
+                done,
+                settings.storage_options(),
+                on_video=lambda r: progress.update(bar, advance=1, last=video_name(r["video"])),
+            )
+    lines = [VideoLine.from_row(r) for r in rows]
+    render_run(lines, summary.get("summary_uri"), model_set.manifest.name, time.perf_counter() - t_start)
+    for r in rows:
+        if r.get("qc_video_error"):
+            console.print(f"[yellow]{video_name(r['video'])}: no QC video: {r['qc_video_error']}[/]")
+    if any(v.status == "failed" for v in lines):
+        raise typer.Exit(1)
+
+
+def _model_set_with_progress(settings: Settings):  # noqa: ANN202 - models.modelset.ModelSet
+    """The run's model set; a missing built-in one is built first, with a progress line (no cluster yet)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from models.modelset import ModelSetError, resolve
+    from tasks.runtime import BUILT_IN, resolve_model_set
+
+    try:
+        return resolve(
+            settings.model_set, settings.modelsets_dir, settings.cache_dir, settings.storage_options()
         )
-    out_console = Console()
-    out_console.print(table)
-    out_console.print(
-        "err deg: median |fit - truth| joint angle over hips, knees, ankles, shoulders and elbows; found %: frames "
-        "where the subject was found (low coverage below the min_coverage setting)"
-    )
-    for v in report.videos:
-        if v.status == "failed":
-            out_console.print(f"[red]{v.name} failed at {v.failed_stage}[/]: {v.error}")
-    total = time.perf_counter() - t_start
-    out_console.print(
-        f"[bold]done in {total:.0f} s[/] (synth {report.seconds['synth_s']:.0f} s, model set "
-        f"{report.seconds['models_s']:.0f} s, flow {report.seconds['flow_s']:.0f} s, plots "
-        f"{report.seconds['plots_s']:.0f} s)\n"
-        f"- videos and ground truth: {report.cohort_dir}\n"
-        f"- plots (joint angles vs truth) and QC GIFs: {out / 'plots'}\n"
-        f"- outputs (Arrow/Parquet, .mot, PNG) in the store: {report.storage_root}\n"
-        f"    python -c \"import pyarrow.dataset as ds; print(ds.dataset('{report.storage_root}/keypoints', "
-        f"partitioning='hive').to_table().to_pandas().head())\"\n"
-        f"    duckdb -c \"SELECT * FROM read_parquet('{report.storage_root}/runs/*/summary.parquet')\"\n"
-        f"- run summary: {report.summary_uri}\n"
-        "- Prefect UI: `prefect server start`, then rerun with PREFECT_API_URL=http://127.0.0.1:4200/api "
-        "to watch runs and open the artifacts there"
-    )
+    except ModelSetError as e:
+        if settings.model_set not in BUILT_IN:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(2) from None
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"building model set {settings.model_set}")
+
+        class _Steps(logging.Handler):  # the builder's log lines as the progress line
+            def emit(self, record: logging.LogRecord) -> None:
+                progress.update(
+                    bar, description=f"model set {settings.model_set}: {record.getMessage()[:90]}"
+                )
+
+        steps, models_logger = _Steps(logging.INFO), logging.getLogger("models")
+        models_logger.addHandler(steps)
+        try:
+            ms = resolve_model_set(settings)
+        except Exception as e:  # noqa: BLE001 - one line naming the set and what to do, never a traceback
+            progress.stop()
+            console.print(
+                f"[red]cannot build model set {settings.model_set}: {type(e).__name__}: {e}[/] "
+                f"(try `mocapflow --verbose models build {settings.model_set}`)"
+            )
+            raise typer.Exit(2) from None
+        finally:
+            models_logger.removeHandler(steps)
+    console.print(f"[green]built model set {ms.manifest.name}[/] ({ms.id}) at {ms.root}")
+    return ms
+
+
+def _quiet_frameworks(verbose: bool) -> None:
+    """Before Prefect is imported: its console shows warnings only and mocapflow's own INFO lines stay in the logs
+    (the run's progress bar and table say what happens); ``--verbose`` keeps everything."""
+    import os
+
+    from infra.prefect_env import prepare_prefect_env
+
+    prepare_prefect_env()
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
+            # task and flow run states reach the root logger too; the run's table reports each video once
+            handler.addFilter(lambda record: not record.name.startswith("prefect"))
 
 
 @validate_app.callback()
@@ -575,21 +581,14 @@ def validate_all(
     if ctx.invoked_subcommand is not None:
         return
     import json
-    import subprocess
-    import sys
 
-    results: dict[str, object] = {}
-    for suite in ("pose", "fit", "humanoid"):
-        console.print(f"running the {suite} accuracy suite")
-        proc = subprocess.run(
-            [sys.executable, "-m", "mocapflow", "validate", suite, "--json"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        if proc.returncode != 0:
-            console.print(f"[red]the {suite} suite failed (exit {proc.returncode})[/]")
-            raise typer.Exit(proc.returncode)
-        results[suite] = json.loads(proc.stdout.strip().splitlines()[-1])
+    from mocapflow.suites import SuiteFailed, run_suites
+
+    try:
+        results = run_suites(on_start=lambda suite: console.print(f"running the {suite} accuracy suite"))
+    except SuiteFailed as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(e.returncode) from None
     if as_json:
         typer.echo(json.dumps(results))
         return

@@ -9,7 +9,8 @@ The tracks table (``tracks.parquet`` beside ``keypoints.parquet``) has the same 
 per (track, frame) where that person was detected, sorted by ``track_id`` then ``frame`` (:func:`build_tracks_table`).
 
 Schema version 2 added ``frames_detected``, ``coverage``, ``subject_track_id`` and ``tracks`` to the metadata;
-version 1 tables are still read (their coverage is counted from the rows, their track summary is empty).
+version 3 added ``source`` (the URI the video was read from) and ``subject_id`` (from a cohort manifest, else null).
+Versions 1 and 2 are still read (coverage counted from the rows, empty track summary, unknown source).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from mocapflow.camera import Intrinsics
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 VERSION_KEY = "mocapflow.schema_version"
 TABLE_KEY = "mocapflow.table"  # "keypoints" (one row per frame) or "tracks" (one row per track and frame)
 _META_KEYS = (
@@ -43,6 +44,7 @@ _META_KEYS = (
     "params",
 )
 _META_KEYS_V2 = ("frames_detected", "subject_track_id", "tracks")
+_META_KEYS_V3 = ("source", "subject_id")
 COLUMNS = ("frame", "time_s", "kp2d_px", "kp3d_mm", "conf", "box", "box_score", "track_id")
 
 
@@ -73,6 +75,8 @@ class KeypointsMeta:
     frames_detected: int | None = None
     subject_track_id: int | None = None
     tracks: tuple[dict[str, Any], ...] = ()
+    source: str | None = None
+    subject_id: str | None = None
 
     def __post_init__(self) -> None:
         intr = self.intrinsics
@@ -118,6 +122,10 @@ class KeypointsMeta:
         if not all(isinstance(t, dict) for t in self.tracks):
             raise KeypointsError("tracks must be a list of per-track summaries (JSON objects)")
         object.__setattr__(self, "tracks", tuple(dict(t) for t in self.tracks))
+        for name in ("source", "subject_id"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise KeypointsError(f"{name} must be a string or None, got {type(value).__name__}")
 
     @property
     def n_joints(self) -> int:
@@ -150,6 +158,8 @@ class KeypointsMeta:
             "coverage": self.coverage,
             "subject_track_id": self.subject_track_id,
             "tracks": list(self.tracks),
+            "source": self.source,
+            "subject_id": self.subject_id,
         }
         try:
             return {
@@ -185,7 +195,7 @@ class KeypointsMeta:
                 f"this is a {kind} table, not a {table} table "
                 f"(read tracks.parquet with read_tracks_arrays, keypoints.parquet with read_arrays)"
             )
-        keys = _META_KEYS + (_META_KEYS_V2 if version >= 2 else ())
+        keys = _META_KEYS + (_META_KEYS_V2 if version >= 2 else ()) + (_META_KEYS_V3 if version >= 3 else ())
         missing = [k for k in keys if k.encode() not in md]
         if missing:
             raise KeypointsError(f"keypoints table metadata lacks {missing}")

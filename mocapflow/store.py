@@ -190,10 +190,40 @@ def keypoints_prefix(video_sha256: str, model_id: str, params: dict[str, Any]) -
     return keypoints_key(video_sha256, model_id, params).rsplit("/", 1)[0]
 
 
+FIT_FOLDERS = {  # a fit's output file -> the folder under fits/ that holds every fit's file of that kind
+    "angles.parquet": "angles",
+    "residuals.parquet": "residuals",
+    "scales.json": "scales",
+    "angles.mot": "mot",
+    "angles.png": "plots",
+    "subject.osim": "osim",
+    "markers.trc": "trc",
+    "qc.mp4": "qc",
+}
+_FIT_COMMIT_FOLDER = "fits/angles/"
+
+
 def fit_prefix(video_sha256: str, model_id: str, fit_params: dict[str, Any]) -> str:
-    """``fits/model=<model_id>/video=<sha256>/fit=<fit_hash>`` (angles.parquet etc. go below it)."""
+    """``fits/angles/model=<model_id>/video=<sha256>/fit=<fit_hash>``: the fit's commit prefix.
+
+    Each kind of output has its own folder so that it reads as one dataset (``fits/angles/``, ``fits/residuals/``,
+    ``fits/mot/``, ...): :func:`fit_key` gives an output's key. The commit marker goes beside ``angles.parquet``.
+    (Fits before version 3 of the outputs lived together under ``fits/model=<id>/video=<sha256>/fit=<hash>/``.)
+    """
     sha, mid = _check_content_ids(video_sha256, model_id)
-    return f"fits/model={mid}/video={sha}/fit={params_hash(fit_params)}"
+    return f"{_FIT_COMMIT_FOLDER}model={mid}/video={sha}/fit={params_hash(fit_params)}"
+
+
+def fit_key(prefix: str, name: str) -> str:
+    """The key of output ``name`` (a key of :data:`FIT_FOLDERS`) of the fit committed at ``prefix``.
+
+    Example: ``fit_key("fits/angles/model=m/video=v/fit=f", "angles.mot")`` -> ``"fits/mot/model=m/video=v/fit=f/angles.mot"``.
+    """
+    if not prefix.startswith(_FIT_COMMIT_FOLDER):
+        raise ValueError(f"{prefix!r} is not a fit prefix (fits/angles/model=.../video=.../fit=...)")
+    if name not in FIT_FOLDERS:
+        raise ValueError(f"{name!r} is not a fit output; known: {', '.join(FIT_FOLDERS)}")
+    return check_key(f"fits/{FIT_FOLDERS[name]}/{prefix.removeprefix(_FIT_COMMIT_FOLDER)}/{name}")
 
 
 def run_prefix(run_id: str) -> str:

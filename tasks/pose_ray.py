@@ -165,8 +165,10 @@ class PoseWorker:
         params: PoseParams,
         intrinsics: Intrinsics | None = None,
         progress: Any | None = None,
+        subject_id: str | None = None,
     ) -> PoseResult:
-        """Run the pose stage on one video; ``progress`` is an optional progress-board actor handle."""
+        """Run the pose stage on one video; ``progress`` is an optional progress-board actor handle;
+        ``subject_id`` (a cohort manifest's) goes into the tables' metadata."""
 
         def report(done: int, total: int) -> None:
             if progress is not None:
@@ -181,6 +183,7 @@ class PoseWorker:
             storage_options=self.settings.storage_options(),
             decode_threads=self.threads.threads,
             on_progress=report,
+            subject_id=subject_id,
         )
         self.videos += 1
         return result
@@ -341,13 +344,17 @@ class PosePool:
         return others == 0 or ray.available_resources().get("CPU", 0.0) >= self.cpus_per_actor
 
     def process_one(
-        self, video: str, params: PoseParams, intrinsics: Intrinsics | None = None
+        self,
+        video: str,
+        params: PoseParams,
+        intrinsics: Intrinsics | None = None,
+        subject_id: str | None = None,
     ) -> PoseOutcome:
         """One video on the next idle actor, waiting for one if all are busy. Thread-safe: the flow's task threads
         each hand one video to the pool (do not mix with a concurrent :meth:`map`)."""
         slot = self._idle.get()
         try:
-            ref = self.actors[slot].process.remote(video, params, intrinsics, None)
+            ref = self.actors[slot].process.remote(video, params, intrinsics, None, subject_id)
             return self._collect(ref, video, slot)
         finally:
             if self.actors[slot] is not None:  # a retired slot never comes back

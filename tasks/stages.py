@@ -145,7 +145,7 @@ def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> d
         )
     rt.count("pose")
     _started("pose", video.uri, f" (model set {rt.model_set.manifest.name}; pose actors start on first use)")
-    outcome = rt.pose_pool().process_one(video.uri, params, intr)
+    outcome = rt.pose_pool().process_one(video.uri, params, intr, video.subject_id)
     if isinstance(outcome, PoseFailure):
         raise StageError(str(outcome), transient=outcome.transient)
     return {**outcome.to_dict(), "cached": False}
@@ -171,7 +171,9 @@ def angles_summary(rt: FlowRuntime, prefix: str) -> str:
     """Range of motion of the main joints, e.g. 'ROM deg R/L: hip 41/40, knee 88/90, ...'."""
     import numpy as np
 
-    table = rt.store.read_table(f"{prefix}/angles.parquet")
+    from mocapflow.store import fit_key
+
+    table = rt.store.read_table(fit_key(prefix, "angles.parquet"))
     parts = []
     for label, dof in ROM_DOFS:
         roms = [
@@ -195,15 +197,19 @@ def fit_failure(video: str, exc: BaseException) -> StageError:
 def fit_video(pose: dict[str, Any], rt: FlowRuntime, video: str | None = None) -> dict[str, Any]:
     """Joint angles of one video: from the store when committed, else a pinned JAX fit on Ray (``video``: its URI,
     for the task run's name)."""
+    from mocapflow.fit.outputs import output_uris
+    from mocapflow.store import fit_key
+
     prefix = fit_prefix_for(rt, pose["key"])
     record = {
         "video": pose["video"],
         "prefix": prefix,
         "uri": rt.store.uri(prefix),
-        "plot_uri": rt.store.uri(f"{prefix}/angles.png"),
+        "plot_uri": rt.store.uri(fit_key(prefix, "angles.png")),
+        "outputs": output_uris(rt.store, prefix),
     }
     if rt.store.is_committed(prefix):
-        figures = rt.store.get_json(f"{prefix}/scales.json").get("fit", {})
+        figures = rt.store.get_json(fit_key(prefix, "scales.json")).get("fit", {})
         return _cached(
             {
                 **record,

@@ -45,7 +45,7 @@ from mocapflow.fit.robust import RobustOptions, RobustStats, geman_mcclure_weigh
 from mocapflow.fit.run import fit_keypoints, read_keypoints
 from mocapflow.fit.runtime import jax_cache_folder, xla_flags
 from mocapflow.fit.sites import map_keypoints
-from mocapflow.store import SUCCESS, Store, keypoints_key, keypoints_prefix
+from mocapflow.store import SUCCESS, Store, fit_key, keypoints_key, keypoints_prefix
 from models.body import default_body_model, forward_kinematics
 
 # markers that a lab marker set or a pose model would give (a subset of the body-model sites)
@@ -418,20 +418,77 @@ def test_outputs_go_through_the_store_with_success_last(tmp_path, clean_fit):
     store = _RecordingStore(str(tmp_path / "store"))
     prefix, reports = write_fit(store, clean_fit, inputs={"keypoints_uri": "x"})
     assert prefix == fit_key_prefix(clean_fit.meta, clean_fit.options, clean_fit.model.name)
-    assert prefix.startswith(f"fits/model={clean_fit.meta.model_id}/video={clean_fit.meta.video_sha256}/fit=")
+    part = f"model={clean_fit.meta.model_id}/video={clean_fit.meta.video_sha256}/fit="
+    assert prefix.startswith(f"fits/angles/{part}")
     names = [k.rsplit("/", 1)[1] for k in store.puts]
-    assert names[-1] == SUCCESS and len(set(store.puts)) == len(store.puts) == 8
+    # the angles table (what dataset readers list) just before the commit marker, which is last
+    assert names[-2:] == ["angles.parquet", SUCCESS] and len(set(store.puts)) == len(store.puts) == 8
     assert set(names) == {"angles.parquet", "residuals.parquet", SCALES, MOT, PNG, OSIM, TRC, SUCCESS}
+    folders = {k.rsplit("/", 1)[1]: k.split("/")[1] for k in store.puts}
+    assert folders == {
+        "angles.parquet": "angles",
+        SUCCESS: "angles",
+        "residuals.parquet": "residuals",
+        SCALES: "scales",
+        MOT: "mot",
+        PNG: "plots",
+        OSIM: "osim",
+        TRC: "trc",
+    }
+    assert all(f"/{part}" in k for k in store.puts)
     success = store.get_json(f"{prefix}/{SUCCESS}")
     assert success["rows"] == CLIP_FRAMES
     assert success["bytes"] == sum(r.bytes for r in reports[:-1])
+    assert success["outputs"][MOT] == store.uri(fit_key(prefix, MOT))
     angles = pq.read_table(tmp_path / "store" / prefix / "angles.parquet")
     assert angles.num_rows == CLIP_FRAMES and "knee_angle_r" in angles.column_names
-    png = store.get_bytes(f"{prefix}/{PNG}")
+    assert angles.column_names[-2:] == ["source", "subject_id"]
+    png = store.get_bytes(fit_key(prefix, PNG))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    scales = store.get_json(f"{prefix}/{SCALES}")
+    scales = store.get_json(fit_key(prefix, SCALES))
     assert set(scales["group_scale"]) == set(clean_fit.model.scale_groups)
     assert set(scales["keypoint_offset_mm"]) == set(NAMES)
+
+
+def test_each_fit_table_kind_reads_as_one_dataset_with_its_source(tmp_path, clean_fit):
+    """fits/angles/ (and fits/residuals/) hold one kind of table each: pyarrow.dataset, DuckDB and pandas read every
+    video's rows without filters, each row naming its source video (and the manifest's subject id)."""
+    import dataclasses
+
+    import duckdb
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    store = Store(str(tmp_path / "store"))
+    videos = {"s3://clinic/day1/p01.mp4": ("1" * 64, "P01"), "/data/p02.mp4": ("2" * 64, None)}
+    for source, (sha, subject) in videos.items():
+        meta = dataclasses.replace(clean_fit.meta, video_sha256=sha, source=source, subject_id=subject)
+        write_fit(store, dataclasses.replace(clean_fit, meta=meta))
+    root = tmp_path / "store" / "fits"
+    angles = ds.dataset(root / "angles", format="parquet").to_table()
+    assert angles.num_rows == 2 * CLIP_FRAMES
+    counts = angles.group_by(["source", "subject_id"]).aggregate([("frame", "count")]).to_pylist()
+    assert sorted((c["source"], c["subject_id"], c["frame_count"]) for c in counts) == sorted(
+        (s, subject, CLIP_FRAMES) for s, (_sha, subject) in videos.items()
+    )
+    hive = ds.dataset(root / "angles", format="parquet", partitioning="hive").to_table(
+        columns=["video", "source"]
+    )
+    assert {(r["video"], r["source"]) for r in hive.to_pylist()} == {
+        (sha, s) for s, (sha, _) in videos.items()
+    }
+    by_duck = duckdb.sql(
+        f"SELECT source, count(*) AS n, max(knee_angle_r) AS knee FROM read_parquet('{root}/angles/**/*.parquet') "
+        "GROUP BY source ORDER BY source"
+    ).fetchall()
+    assert [(s, n) for s, n, _ in by_duck] == sorted((s, CLIP_FRAMES) for s in videos)
+    assert all(np.isfinite(knee) for _, _, knee in by_duck)
+    residuals = pd.read_parquet(root / "residuals")
+    assert len(residuals) == 2 * CLIP_FRAMES and set(residuals["source"]) == set(videos)
+    md = pq.read_schema(next((root / "angles").rglob("angles.parquet"))).metadata
+    assert json.loads(md[b"mocapflow.table"]) == "angles" and json.loads(md[b"source"]) in videos
+    # the non-table outputs live in their own folders, one file per fit
+    assert len(list((root / "mot").rglob("*.mot"))) == len(list((root / "osim").rglob("*.osim"))) == 2
 
 
 def test_fit_keypoints_reads_only_committed_tables(tmp_path, model, clip):

@@ -13,7 +13,7 @@ from mocapflow.fit.clip import gait_clip, keypoints_of
 from mocapflow.fit.fitting import FitOptions, fit_arrays, fit_body_model
 from mocapflow.fit.outputs import ANGLES, MOT, SCALES, angles_table, mot_text, plot_png, read_mot, write_fit
 from mocapflow.fit.spans import observed_frames, pack_spans, span_basis, span_ids
-from mocapflow.store import Store
+from mocapflow.store import Store, fit_key
 
 GAP = slice(30, 60)  # 1 s unobserved: longer than the default 0.25 s, never fitted
 SHORT_GAP = slice(70, 74)  # 4 frames (0.13 s): bridged
@@ -124,9 +124,9 @@ def test_long_gaps_are_not_fitted_and_marked_in_every_output(tmp_path, model, ga
     prefix, _ = write_fit(store, r)
     angles = pq.read_table(tmp_path / "store" / prefix / ANGLES)
     assert np.isnan(angles.column("knee_angle_r").to_numpy()[GAP]).all()
-    scales = store.get_json(f"{prefix}/{SCALES}")
+    scales = store.get_json(fit_key(prefix, SCALES))
     assert scales["fit"]["converged"] == r.info.converged and scales["fit"]["observed_frames"] == 56
-    assert store.get_bytes(f"{prefix}/{MOT}").decode().count("\n") == 60 + 9
+    assert store.get_bytes(fit_key(prefix, MOT)).decode().count("\n") == 60 + 9
     assert plot_png(r)[:8] == b"\x89PNG\r\n\x1a\n"
 
 

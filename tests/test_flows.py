@@ -120,7 +120,11 @@ def test_cohort_run_isolates_the_corrupt_video_and_a_rerun_does_no_work(cohort: 
     for r in good:
         assert r["frames"] == 45 and r["residual_2d_px"] is not None and r["residual_2d_px"] < 20
         assert r["coverage"] == r["frames_detected"] / 45 and r["coverage"] >= 0.9
-        assert Path(r["fit_uri"], "angles.mot").is_file() and Path(r["fit_uri"], "angles.png").is_file()
+        assert Path(r["fit_uri"], "angles.parquet").is_file()  # the fit's commit folder
+        assert (
+            Path(r["mot_uri"]).is_file() and Path(r["plot_uri"]).is_file() and Path(r["osim_uri"]).is_file()
+        )
+        assert r["angles_uri"] == str(Path(r["fit_uri"], "angles.parquet")) and r["subject_id"] is not None
 
     # everything under the store reads as a dataset without project code; the run's summary is committed
     kp = pads.dataset(store_root / "keypoints", format="parquet", partitioning="hive")

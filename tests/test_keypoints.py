@@ -112,7 +112,8 @@ def test_schema_and_metadata() -> None:
     for name, typ in want.items():
         assert table.schema.field(name).type == typ, name
     md = {k.decode(): json.loads(v) for k, v in table.schema.metadata.items()}
-    assert md["mocapflow.schema_version"] == 2 and md["mocapflow.table"] == "keypoints"
+    assert md["mocapflow.schema_version"] == 3 and md["mocapflow.table"] == "keypoints"
+    assert (md["source"], md["subject_id"]) == (None, None)  # set by the pose stage (test_pose_pipeline)
     # coverage: the subject is missing in frame 2 of 8
     assert (md["frames_detected"], md["coverage"]) == (7, 7 / 8)
     assert md["subject_track_id"] is None and md["tracks"] == []
@@ -405,22 +406,38 @@ def test_version_1_tables_are_still_read_and_unknown_versions_refused() -> None:
     md = {
         k: v
         for k, v in table.schema.metadata.items()
-        if k not in (b"frames_detected", b"coverage", b"subject_track_id", b"tracks", b"mocapflow.table")
+        if k
+        not in (
+            b"frames_detected",
+            b"coverage",
+            b"subject_track_id",
+            b"tracks",
+            b"mocapflow.table",
+            b"source",
+            b"subject_id",
+        )
     }
     md[b"mocapflow.schema_version"] = b"1"
     meta, arrays = read_arrays(table.replace_schema_metadata(md))
     assert (meta.frames_detected, meta.coverage, meta.tracks) == (7, 7 / 8, ())
     assert_arrays_equal(arrays, make_arrays())
-    md[b"mocapflow.schema_version"] = b"3"
+    md[b"mocapflow.schema_version"] = b"4"
     with pytest.raises(
-        KeypointsError, match=r"schema version 3 is not supported \(this code reads \(1, 2\)\)"
+        KeypointsError, match=r"schema version 4 is not supported \(this code reads \(1, 2, 3\)\)"
     ):
         validate_table(table.replace_schema_metadata(md))
-    # a version-2 table must carry the coverage keys
-    md2 = dict(table.schema.metadata)
+    # a version-2 table must carry the coverage keys, and is read without a source
+    md2 = {k: v for k, v in table.schema.metadata.items() if k not in (b"source", b"subject_id")}
+    md2[b"mocapflow.schema_version"] = b"2"
+    assert validate_table(table.replace_schema_metadata(md2)).source is None
     del md2[b"frames_detected"]
     with pytest.raises(KeypointsError, match=r"lacks \['frames_detected'\]"):
         validate_table(table.replace_schema_metadata(md2))
+    # a version-3 table must name its source (null allowed)
+    md3 = dict(table.schema.metadata)
+    del md3[b"source"]
+    with pytest.raises(KeypointsError, match=r"lacks \['source'\]"):
+        validate_table(table.replace_schema_metadata(md3))
 
 
 def tracks_arrays() -> dict[str, np.ndarray]:

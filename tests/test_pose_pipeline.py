@@ -31,6 +31,7 @@ from mocapflow.pose.pipeline import (
     sidecar_uri,
     subject_from_tracks,
     switch_subject,
+    tracks_key,
 )
 from mocapflow.pose.tracking import SubjectTrackError, TrackerConfig
 from mocapflow.pose.validate import compare, compare_with_truth, summarise
@@ -208,7 +209,7 @@ def test_run_pose_writes_one_committed_table_under_its_content_key(
             "min_subject_fraction": 0.5,
         },
         "intrinsics": {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy, "width": W, "height": H},
-        "keypoints_schema": 2,
+        "keypoints_schema": 3,
     }
     phash = hashlib.sha256(
         json.dumps(expected_params, sort_keys=True, separators=(",", ":")).encode()
@@ -243,6 +244,19 @@ def test_run_pose_writes_one_committed_table_under_its_content_key(
     assert result.tracks_uri == f"s3://{s3_bucket}/cohort/{people}/tracks.parquet"
     assert store.get_json(f"{people}/_SUCCESS.json")["n_tracks"] == 2
     assert success["tracks"]["rows"] == 23 and success["tracks"]["n_tracks"] == 2
+    # both tables name their source; a manifest's subject id goes into both
+    assert (meta.source, meta.subject_id) == (str(videos["walk"]), None)
+    tagged = run_pose(
+        str(videos["walk"]),
+        est,
+        Store(f"s3://{s3_bucket}/tagged", s3_server.storage_options()),
+        params,
+        subject_id="P-17",
+    )
+    tagged_store = Store(f"s3://{s3_bucket}/tagged", s3_server.storage_options())
+    for key in (tagged.key, tracks_key(tagged.key)):
+        md = tagged_store.read_table(key).schema.metadata
+        assert (json.loads(md[b"source"]), json.loads(md[b"subject_id"])) == (str(videos["walk"]), "P-17")
 
 
 def test_tracks_table_holds_every_person_and_another_subject_needs_no_models(

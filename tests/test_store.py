@@ -21,6 +21,7 @@ from mocapflow.store import (
     Store,
     StoreError,
     check_key,
+    fit_key,
     fit_prefix,
     keypoints_key,
     keypoints_prefix,
@@ -103,7 +104,19 @@ def test_keypoints_key_is_content_hash() -> None:
 
 def test_fit_prefix_exact() -> None:
     want = hashlib.sha256(b'{"iters":4000,"lr":0.03}').hexdigest()[:16]
-    assert fit_prefix(SHA, MODEL, {"lr": 0.03, "iters": 4000}) == f"fits/model={MODEL}/video={SHA}/fit={want}"
+    prefix = fit_prefix(SHA, MODEL, {"lr": 0.03, "iters": 4000})
+    assert prefix == f"fits/angles/model={MODEL}/video={SHA}/fit={want}"
+    # every kind of output in its own folder, so each reads as one dataset
+    assert fit_key(prefix, "angles.parquet") == f"{prefix}/angles.parquet"
+    assert (
+        fit_key(prefix, "residuals.parquet")
+        == f"fits/residuals/model={MODEL}/video={SHA}/fit={want}/residuals.parquet"
+    )
+    assert fit_key(prefix, "angles.mot") == f"fits/mot/model={MODEL}/video={SHA}/fit={want}/angles.mot"
+    with pytest.raises(ValueError, match="not a fit output"):
+        fit_key(prefix, "notes.txt")
+    with pytest.raises(ValueError, match="not a fit prefix"):
+        fit_key(f"fits/model={MODEL}/video={SHA}/fit={want}", "angles.mot")
     assert params_hash({}) == hashlib.sha256(b"{}").hexdigest()[:16]
 
 

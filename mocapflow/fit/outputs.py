@@ -18,6 +18,13 @@
 - ``subject.osim`` and ``markers.trc``: the body model scaled to the subject (an OpenSim model whose coordinates
   are the DOFs, so ``angles.mot`` plays on it) and its virtual markers on the observed frames (OpenSim's IK input).
 
+Both tables end with a ``source`` column (the video's URI when its keypoints were computed) and ``subject_id`` (a
+cohort manifest's, else null); their schema metadata carries the same plus ``mocapflow.table``. Layout
+(:func:`mocapflow.store.fit_key`): one folder per kind, so each reads as one dataset without filters —
+``fits/angles/model=<id>/video=<sha256>/fit=<hash>/angles.parquet``, ``fits/residuals/...``, ``fits/mot/...``,
+``fits/osim/...``, ``fits/trc/...``, ``fits/scales/...``, ``fits/plots/...``; the commit marker ``_SUCCESS.json``
+sits beside ``angles.parquet`` and is written last (``angles.parquet`` just before it).
+
 The root DOFs (pelvis translations and tilt/list/rotation) are in the world frame the fit estimated (floor at
 y = 0, Y against gravity; ``camera_pose`` in the angles metadata and scales.json) unless ``world_frame`` is off.
 
@@ -40,7 +47,7 @@ from numpy.typing import NDArray
 
 from mocapflow.fit.osim import markers_trc, model_osim
 from mocapflow.fit.spans import span_bounds
-from mocapflow.store import Store, WriteReport, fit_prefix
+from mocapflow.store import Store, WriteReport, fit_key, fit_prefix
 
 if TYPE_CHECKING:
     from mocapflow.fit.fitting import FitOptions, FitResult
@@ -48,7 +55,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FIT_SCHEMA_VERSION = 2
+FIT_SCHEMA_VERSION = 3  # 3: source / subject_id columns and metadata, one folder per output kind
 OBSERVED_RULE = (
     "a frame is observed when at least max(4, observed_fraction x the mapped keypoints) have confidence > 0 and a "
     "finite 2D position; unobserved runs up to max_gap_s inside a span are bridged (interpolated), longer ones are "
@@ -63,6 +70,14 @@ ANGLES, RESIDUALS, SCALES, MOT, PNG, OSIM, TRC = (
     "subject.osim",  # the body model scaled to this subject; angles.mot plays on it (mocapflow.fit.osim)
     "markers.trc",  # virtual markers on observed frames, for OpenSim's own inverse kinematics
 )
+FIT_OUTPUTS = (ANGLES, RESIDUALS, SCALES, MOT, PNG, OSIM, TRC)
+
+
+def output_uris(store: Store, prefix: str) -> dict[str, str]:
+    """Where each output of the fit committed at ``prefix`` lives (file name -> URI)."""
+    return {name: store.uri(fit_key(prefix, name)) for name in FIT_OUTPUTS}
+
+
 PLOT_DOFS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hip flexion", ("hip_flexion_r", "hip_flexion_l")),
     ("hip adduction", ("hip_adduction_r", "hip_adduction_l")),
@@ -84,9 +99,12 @@ def angles_in_units(result: FitResult) -> NDArray[np.float64]:
     return np.where(hinge[None], np.rad2deg(result.q), result.q)
 
 
-def _meta(result: FitResult, extra: Mapping[str, Any]) -> dict[bytes, bytes]:
+def _meta(result: FitResult, table: str, extra: Mapping[str, Any]) -> dict[bytes, bytes]:
     values = {
         "mocapflow.fit_schema_version": FIT_SCHEMA_VERSION,
+        "mocapflow.table": table,
+        "source": result.meta.source,
+        "subject_id": result.meta.subject_id,
         "video_sha256": result.meta.video_sha256,
         "keypoints_model_id": result.meta.model_id,
         "keypoints_model_name": result.meta.model_name,
@@ -142,12 +160,23 @@ def angles_table(result: FitResult) -> pa.Table:
     }
     for i, name in enumerate(result.model.dof_names):
         columns[name] = pa.array(values[:, i], pa.float64())
+    columns.update(_source_columns(result))
     return pa.table(columns).replace_schema_metadata(
         _meta(
             result,
+            "angles",
             {"units": dof_units(result), "fit": fit_status(result), "camera_pose": result.camera_pose},
         )
     )
+
+
+def _source_columns(result: FitResult) -> dict[str, pa.Array]:
+    """``source`` and ``subject_id`` repeated on every row, so a dataset of many videos can be grouped by them."""
+    n = len(result.frames)
+    return {
+        "source": pa.array([result.meta.source] * n, pa.string()),
+        "subject_id": pa.array([result.meta.subject_id] * n, pa.string()),
+    }
 
 
 def residuals_table(result: FitResult) -> pa.Table:
@@ -159,8 +188,11 @@ def residuals_table(result: FitResult) -> pa.Table:
             "residual_2d_px": pa.array(result.residual_2d_px, pa.float64()),
             "residual_3d_mm": pa.array(result.residual_3d_mm, pa.float64()),
             "n_keypoints": pa.array(result.n_valid.astype(np.int32), pa.int32()),
+            **_source_columns(result),
         }
-    ).replace_schema_metadata(_meta(result, {"units": {"residual_2d_px": "px", "residual_3d_mm": "mm"}}))
+    ).replace_schema_metadata(
+        _meta(result, "residuals", {"units": {"residual_2d_px": "px", "residual_3d_mm": "mm"}})
+    )
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -293,11 +325,16 @@ def plot_png(
 
 def fit_params(meta: KeypointsMeta, options: FitOptions, body_model: str) -> dict[str, Any]:
     """Everything the fit's content key depends on besides the video and the keypoints model."""
-    return {"fit": options.to_params(), "keypoints_params": meta.params, "body_model": body_model}
+    return {
+        "fit": options.to_params(),
+        "keypoints_params": meta.params,
+        "body_model": body_model,
+        "outputs": FIT_SCHEMA_VERSION,
+    }
 
 
 def fit_key_prefix(meta: KeypointsMeta, options: FitOptions, body_model: str) -> str:
-    """``fits/model=<keypoints model id>/video=<sha256>/fit=<hash of fit_params>``."""
+    """``fits/angles/model=<keypoints model id>/video=<sha256>/fit=<hash of fit_params>`` (the commit prefix)."""
     return fit_prefix(meta.video_sha256, meta.model_id, fit_params(meta, options, body_model))
 
 
@@ -307,16 +344,18 @@ def write_fit(
     inputs: Mapping[str, Any] | None = None,
     truth: Mapping[str, NDArray[np.floating]] | None = None,
 ) -> tuple[str, list[WriteReport]]:
-    """Write every output of ``result`` under its fit prefix, then ``_SUCCESS.json``; return (prefix, reports)."""
+    """Write every output of ``result`` (each in its kind's folder, :func:`mocapflow.store.fit_key`), the angles
+    table last, then ``_SUCCESS.json`` beside it; return (prefix, reports)."""
     prefix = fit_key_prefix(result.meta, result.options, result.model.name)
     reports = [
-        store.write_table(f"{prefix}/{ANGLES}", angles_table(result)),
-        store.write_table(f"{prefix}/{RESIDUALS}", residuals_table(result)),
-        store.put_json(f"{prefix}/{SCALES}", scales_document(result)),
-        store.put_bytes(f"{prefix}/{MOT}", mot_text(result).encode("utf-8")),
-        store.put_bytes(f"{prefix}/{PNG}", plot_png(result, truth)),
-        store.put_bytes(f"{prefix}/{OSIM}", model_osim(result).encode("utf-8")),
-        store.put_bytes(f"{prefix}/{TRC}", markers_trc(result).encode("utf-8")),
+        store.write_table(fit_key(prefix, RESIDUALS), residuals_table(result)),
+        store.put_json(fit_key(prefix, SCALES), scales_document(result)),
+        store.put_bytes(fit_key(prefix, MOT), mot_text(result).encode("utf-8")),
+        store.put_bytes(fit_key(prefix, PNG), plot_png(result, truth)),
+        store.put_bytes(fit_key(prefix, OSIM), model_osim(result).encode("utf-8")),
+        store.put_bytes(fit_key(prefix, TRC), markers_trc(result).encode("utf-8")),
+        # the dataset readers see (fits/angles/) gets its file last: a crash before it leaves nothing half-listed
+        store.write_table(fit_key(prefix, ANGLES), angles_table(result)),
     ]
     info = {
         "rows": len(result.frames),
@@ -324,6 +363,9 @@ def write_fit(
         "objects": [r.to_dict() for r in reports],
         "inputs": dict(inputs or {}),
         "video_sha256": result.meta.video_sha256,
+        "source": result.meta.source,
+        "subject_id": result.meta.subject_id,
+        "outputs": output_uris(store, prefix),
         "keypoints_model_id": result.meta.model_id,
         "fit_params": fit_params(result.meta, result.options, result.model.name),
         "iterations": result.info.iterations,

@@ -311,6 +311,7 @@ def pose_tables(
         params=params.key_params(intrinsics),
         subject_track_id=found.subject_track_id,
         tracks=tuple(t.to_dict() for t in found.summaries),
+        source=info.uri,
     )
     keypoints = _subject_table(found.subject, meta)
     tracks = _people_table(found.people, KeypointsMeta.from_metadata(keypoints.schema.metadata))
@@ -402,8 +403,11 @@ def run_pose(
     storage_options: dict[str, Any] | None = None,
     decode_threads: int | None = None,
     on_progress: ProgressCallback | None = None,
+    subject_id: str | None = None,
 ) -> PoseResult:
     """Probe, estimate and track, write the table in one put under its content key, then commit it.
+
+    The tables' metadata name the source (``video_uri``) and ``subject_id`` (a cohort manifest's, if any).
 
     Raises VideoError (naming the video) for empty, corrupt or frameless files and NoPersonError (a VideoError)
     when nobody is found in any frame; CameraError for a bad sidecar.
@@ -419,6 +423,8 @@ def run_pose(
             video_uri, info.width, info.height, params.default_fov_deg, intrinsics, storage_options
         )
         tables = estimate_people(path, estimator, intr, params, info, decode_threads, on_progress)
+    if subject_id is not None:
+        tables = with_subject_id(tables, subject_id)
     table = tables.keypoints
     _check_someone_found(video_uri, table)
     meta = KeypointsMeta.from_metadata(table.schema.metadata)
@@ -487,6 +493,17 @@ def run_pose(
         key,
     )
     return result
+
+
+def with_subject_id(tables: PoseTables, subject_id: str) -> PoseTables:
+    """Both tables with ``subject_id`` (a cohort manifest's person id) in their metadata."""
+    meta = dataclasses.replace(
+        KeypointsMeta.from_metadata(tables.keypoints.schema.metadata), subject_id=subject_id
+    )
+    return PoseTables(
+        tables.keypoints.replace_schema_metadata(meta.to_metadata("keypoints")),
+        tables.tracks.replace_schema_metadata(meta.to_metadata("tracks")),
+    )
 
 
 def switch_subject(store: Store, keypoints_key_: str, subject: SubjectRule) -> PoseResult:

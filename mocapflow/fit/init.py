@@ -350,9 +350,7 @@ _LIMBS = (
     ("humerus_l", "ulna_l", ("lsho", "lelb", "lwri")),
 )
 LIMIT_MARGIN = 0.03  # fraction of a DOF's range an initial limb angle keeps from its limits
-FLIP_CONSISTENCY_RAD = np.deg2rad(
-    20.0
-)  # how far from its track's running median a flipped limb may be preferred
+FLIP_CONSISTENCY_RAD = np.deg2rad(20.0)  # how far from its track's running median a flipped limb may be preferred
 
 
 def _axis_rotation(axis: NDArray[np.float64], angle: float) -> NDArray[np.float64]:
@@ -418,9 +416,7 @@ def initial_limbs(
     keep ``q``'s values (filled from neighbours). Returns the new ``q``.
     """
     q = q.copy()
-    zero_sites = np.asarray(
-        forward_kinematics(model, jnp.asarray(model.zero_pose(), jnp.float32)), np.float64
-    )
+    zero_sites = np.asarray(forward_kinematics(model, jnp.asarray(model.zero_pose(), jnp.float32)), np.float64)
     names = [model.sites[s].name for s in site_index]
     body_names = model.body_names
     tilt_list_rot = [model.dof_index(n) for n in _PELVIS_DOFS[3:]]
@@ -442,9 +438,7 @@ def initial_limbs(
             and abs(model.dofs[dofs[2]].axis[1]) == 1.0
             and abs(model.dofs[hinge].axis[2]) == 1.0
         )
-        if not (
-            axes_ok and np.allclose(u1, (0, -1, 0), atol=1e-3) and np.allclose(u2, (0, -1, 0), atol=1e-3)
-        ):
+        if not (axes_ok and np.allclose(u1, (0, -1, 0), atol=1e-3) and np.allclose(u2, (0, -1, 0), atol=1e-3)):
             logger.debug("limb %s: joint layout is not the 40-DOF human's; left at its initial values", prox)
             continue
         ok = valid[:, cols].all(1)

@@ -27,9 +27,7 @@ def _rows(result: FitResult) -> NDArray[np.bool_]:
 
 def model_osim(result: FitResult, name: str | None = None) -> str:
     """The subject-scaled ``.osim`` for a fit."""
-    return osim_text(
-        result.model, result.body_scale, name=name or f"mocapflow_{result.meta.video_sha256[:12]}"
-    )
+    return osim_text(result.model, result.body_scale, name=name or f"mocapflow_{result.meta.video_sha256[:12]}")
 
 
 def virtual_markers(result: FitResult) -> tuple[list[str], NDArray[np.float64], NDArray[np.float64]]:

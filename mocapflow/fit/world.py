@@ -189,10 +189,7 @@ def estimate_up(
     up = _up_from_trunk(sites, model)
     sole = sites[:, sole_sites(model)]
     method, n_pts, prior = "trunk", 0, options.trunk_prior_deg
-    for band in (
-        options.first_band_m,
-        options.contact_band_m,
-    ):  # wide first (the trunk may lean), then narrow
+    for band in (options.first_band_m, options.contact_band_m):  # wide first (the trunk may lean), then narrow
         pts = _contacts(sole, up, fps, replace(options, contact_band_m=band))
         n_pts = len(pts)
         if n_pts < 3:
@@ -201,11 +198,7 @@ def estimate_up(
         _, s, vt = np.linalg.svd(centred, full_matrices=False)
         extent = 4.0 * s / np.sqrt(n_pts)  # full width (4 sigma) along each principal axis
         if extent[1] >= options.plane_min_extent_m:
-            up, method, prior = (
-                _unit(vt[2] if vt[2] @ up > 0 else -vt[2]),
-                "feet-plane",
-                options.plane_prior_deg,
-            )
+            up, method, prior = _unit(vt[2] if vt[2] @ up > 0 else -vt[2]), "feet-plane", options.plane_prior_deg
         elif extent[0] >= options.line_min_extent_m:
             line = vt[0]
             up, method, prior = _unit(up - (up @ line) * line), "feet-line", options.trunk_prior_deg
@@ -292,9 +285,7 @@ def to_world_frame(
     fps = 30.0 if fps is None else float(fps)
     missing = [d for d in ROOT_DOFS if d not in model.dof_names]
     if missing:
-        raise ValueError(
-            f"body model {model.name!r} lacks the root DOFs {missing}; cannot place it in a world frame"
-        )
+        raise ValueError(f"body model {model.name!r} lacks the root DOFs {missing}; cannot place it in a world frame")
     tr = [model.dof_index(d) for d in ROOT_DOFS[:3]]
 
     sites = fitted_sites(model, q, body_scale) if sites is None else np.asarray(sites, np.float64)

@@ -50,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
+from mocapflow.fit.basis import knots_for_bandwidth, motion_bandwidth_hz
 from mocapflow.fit.init import initial_pose
 from mocapflow.fit.loss import (
     FitData,
@@ -67,7 +68,7 @@ from models.body import BodyModel, default_body_model
 
 logger = logging.getLogger(__name__)
 
-FIT_VERSION = 4
+FIT_VERSION = 5
 Method = Literal["bspline", "frames"]
 # half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
 INIT_OUTLIER_WINDOW_S = 0.25
@@ -121,6 +122,10 @@ class FitOptions:
     # root DOFs in an anatomical world frame (floor y = 0, Y against gravity; mocapflow.fit.world), else in the
     # level-camera frame the fit works in
     world_frame: bool = True
+    # knots sized to the motion (mocapflow.fit.basis.motion_bandwidth_hz): 4 x the keypoints' bandwidth, whole
+    # knots within [min_knots_per_second, knots_per_second]; off: always knots_per_second
+    adaptive_knots: bool = True
+    min_knots_per_second: float = 2.0
 
     def __post_init__(self) -> None:
         if self.method not in ("bspline", "frames"):
@@ -192,6 +197,7 @@ class PreparedVideo:
     layout: PackedLayout
     q_init: NDArray[np.float64]  # [N, D] dense
     noise_mm: float  # measured keypoint noise (NaN if it could not be measured)
+    knots_per_second: float = float("nan")  # of the B-spline trajectories (NaN for per-frame ones)
 
     @property
     def n_bucket(self) -> int:
@@ -227,6 +233,9 @@ class FitResult:
     # where the root DOFs of ``q`` are expressed: the estimated camera pose in the world frame (mocapflow.fit.world)
     # or {"frame": "level camera", ...} when the world frame is off or could not be estimated
     camera_pose: dict[str, Any] = field(default_factory=lambda: dict(LEVEL_CAMERA))
+    # knots per second of the trajectories (sized to the motion: FitOptions.adaptive_knots); they keep motion up to
+    # half this rate (mocapflow.fit.loss.trajectory_cutoff_hz). NaN for per-frame trajectories.
+    knots_per_second: float = float("nan")
 
     def angle(self, dof: str) -> NDArray[np.float64]:
         """One DOF over time (radians or metres)."""
@@ -330,8 +339,20 @@ def prepare(
         outlier_window_frames=int(round(INIT_OUTLIER_WINDOW_S * meta.fps)),
     )
     if options.method == "bspline":
-        basis = span_basis(layout, meta.fps, options.knots_per_second)
+        kps = options.knots_per_second
+        if options.adaptive_knots:
+            kps = knots_for_bandwidth(
+                motion_bandwidth_hz(kp2d, conf, meta.fps),
+                min(options.min_knots_per_second, options.knots_per_second),
+                options.knots_per_second,
+            )
+        basis = span_basis(layout, meta.fps, kps)
+        # as many columns as the most knots would need (inert zero columns): one compiled shape per bucket
+        width = span_basis(layout, meta.fps, options.knots_per_second).shape[1]
+        if basis.shape[1] < width:
+            basis = np.pad(basis, ((0, 0), (0, width - basis.shape[1])))
     else:
+        kps = float("nan")
         basis = np.zeros((layout.n_bucket, 1), np.float32)
     nb, n_kp = layout.n_bucket, conf.shape[1]
     data = FitData(
@@ -348,7 +369,7 @@ def prepare(
         limits=Limits.of(model),
         weights=options.weights(noise_mm if np.isfinite(noise_mm) else options.noise_floor_mm),
     )
-    return PreparedVideo(data, kmap, frames, time_s, observed, span, layout, q_init, noise_mm)
+    return PreparedVideo(data, kmap, frames, time_s, observed, span, layout, q_init, noise_mm, kps)
 
 
 def balanced_w2d(w3d: float, stats: RobustStats) -> float:
@@ -476,14 +497,17 @@ def fit_arrays(
         noise_mm=prep.noise_mm,
         smooth_weight=float(prep.data.weights.smooth),
         robust=tuple(robust_stats),
+        knots_per_second=prep.knots_per_second,
     )
     if options.world_frame:
         result = in_world_frame(result)
     logger.info(
-        "fitted video %s: %d frames (bucket %d), %d iterations in %.1f s, median residual %.1f px / %.1f mm",
+        "fitted video %s: %d frames (bucket %d), %g knots/s, %d iterations in %.1f s, median residual %.1f px / "
+        "%.1f mm",
         meta.video_sha256[:12],
         n,
         prep.n_bucket,
+        prep.knots_per_second,
         info.iterations,
         result.seconds,
         float(np.nanmedian(r2)) if np.isfinite(r2).any() else float("nan"),

@@ -13,7 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from mocapflow.fit import optimise
-from mocapflow.fit.basis import bspline_basis, bucket_frames, knots_for_bandwidth, motion_bandwidth_hz
+from mocapflow.fit.basis import (
+    bspline_basis,
+    bucket_frames,
+    knot_offset,
+    knots_for_bandwidth,
+    motion_bandwidth_hz,
+    n_control_points,
+)
 from mocapflow.fit.clip import gait_clip, keypoints_of, keypoints_table
 from mocapflow.fit.fitting import (
     FitOptions,
@@ -141,9 +148,12 @@ def test_bspline_basis_is_a_partition_of_unity_and_buckets_pad(model):
     assert np.all(basis[:, 33:] == 0.0)  # padding columns are inert
     # a cubic spline reproduces a straight line exactly: coefficients on the line through the knots
     h = 30.0 / 8.0
-    centres = (np.arange(40) - 1.0) * h
+    centres = knot_offset(100, h) + (np.arange(40) - 1.0) * h
     line = basis @ (0.5 + 0.01 * centres)
     np.testing.assert_allclose(line, 0.5 + 0.01 * np.arange(100), atol=1e-5)
+    # knots are symmetric about the middle frame: the time-reversed basis is the column-reversed one
+    used = basis[:, : n_control_points(100, h)]
+    np.testing.assert_allclose(used[::-1], used[:, ::-1], atol=1e-6)
 
 
 def test_keypoint_names_map_to_sites(model):

@@ -35,12 +35,21 @@ def n_control_points(n_frames: int, knot_spacing_frames: float) -> int:
     return int(math.ceil((n_frames - 1) / knot_spacing_frames - 1e-9)) + 3
 
 
+def knot_offset(n_frames: int, knot_spacing_frames: float) -> float:
+    """Frame of control point 1 (in (-h, 0]): the knots of :func:`bspline_basis` centred on the frame range."""
+    k = n_control_points(n_frames, knot_spacing_frames)
+    return 0.5 * ((n_frames - 1) - (k - 3) * knot_spacing_frames)
+
+
 def bspline_basis(
     n_frames: int, fps: float, knots_per_second: float, n_columns: int | None = None
 ) -> NDArray[np.float32]:
     """Basis matrix [n_frames, K]: ``values = basis @ coef`` samples a cubic B-spline at every frame.
 
-    Knots are uniform in time (``knots_per_second``); control point k sits at frame ``(k - 1) * fps / kps``.
+    Knots are uniform in time (``knots_per_second``), spaced ``h = fps / kps`` frames and laid out symmetrically about
+    the middle frame: control point k sits at frame ``o + (k - 1) h`` with ``o = ((n - 1) - (K - 3) h) / 2`` (in
+    (-h, 0]), so the time-reversed video gets the mirrored knots (a fit of it is the reversed fit, not a fit through
+    differently placed knots).
     ``n_columns`` pads with all-zero columns (inert control points) so that videos of one frame bucket and fps share
     a shape.
     """
@@ -52,7 +61,7 @@ def bspline_basis(
     if n_columns < k:
         raise ValueError(f"n_columns={n_columns} is fewer than the {k} control points {n_frames} frames need")
     t = np.arange(n_frames, dtype=np.float64)[:, None]
-    centres = (np.arange(k, dtype=np.float64) - 1.0) * h
+    centres = knot_offset(n_frames, h) + (np.arange(k, dtype=np.float64) - 1.0) * h
     basis = np.zeros((n_frames, n_columns))
     basis[:, :k] = cardinal_cubic_bspline((t - centres[None, :]) / h)
     return basis.astype(np.float32)

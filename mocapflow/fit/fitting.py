@@ -12,9 +12,21 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
   on this choice; pelvis angles and translations are camera-relative.
 - Body scales: 8 group scales (prior towards 1) times a per-body refinement (prior towards 0 in log space), so a
   subject whose left and right segments differ is not forced into pelvic obliquity to compensate.
+- Knots sized to the motion (``adaptive_knots``): the image keypoints' bandwidth (the frequency below which 99.5 %
+  of their movement power lies, counting only frequencies 3x above the white-noise floor measured above 8 Hz:
+  :func:`~mocapflow.fit.basis.motion_bandwidth_hz`) times 4, whole knots per second within
+  [``min_knots_per_second``, ``knots_per_second``] (2..8): a cubic B-spline passes > 97 % of a sinusoid up to a
+  quarter of its knot rate, half at half of it, so the stated cut-off of a fit is ``knots_per_second / 2`` Hz
+  (recorded per fit). Measured bandwidths on ``validate fit`` ground truth: walking 2.0-2.25 Hz (-> 8 knots/s),
+  sit-to-stand 1.5-2.25, squat 1.0-1.25 (-> 4-5), arm raise 1.0-1.25, clean and noisy alike; a still photo's
+  pan/zoom -> 2. The basis keeps the column count of the most knots (inert zero columns), so the number of knots
+  never changes a compiled shape. Accuracy on the slow motions was the same or up to 0.06 deg better than at 8.
 - Per-keypoint offsets (prior towards 0) with any rotation of their body projected out (see
   :func:`~mocapflow.fit.sites.offset_projection`): offsets cannot mimic joint angles.
-- The smoothness weight scales with the keypoint noise measured before the fit (:func:`estimate_noise_mm`).
+- The smoothness weight scales with the keypoint noise measured before the fit (:func:`estimate_noise_mm`):
+  ``smooth`` 2500 per cm^2 (was 10000). On noisy ``validate fit`` walking videos (50 mm 3D, 4 px 2D noise; seeds
+  1-3) 40000 / 10000 / 2500 gave 5.24 / 4.35 / 3.79, 4.82 / 3.63 / 3.38 and 3.43 / 2.79 / 2.72 deg: the noisy
+  errors came from over-smoothing the fast gait motion, not from too little smoothing.
 - Optimisation order: the pelvis orientation starts from a robust rigid fit to its own keypoints, refined on their
   2D positions, and is held for the first 10 % of the steps; offsets are held for the first 20 %
   (``mocapflow.fit.optimise``).
@@ -72,7 +84,7 @@ FIT_VERSION = 5
 Method = Literal["bspline", "frames"]
 # half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
 INIT_OUTLIER_WINDOW_S = 0.25
-SMOOTH_DEFAULT: dict[str, float] = {"bspline": 10000.0, "frames": 10000.0}
+SMOOTH_DEFAULT: dict[str, float] = {"bspline": 2500.0, "frames": 10000.0}
 # a frame needs at least this many usable keypoints to count as observed (4 image points fix a rigid pose: PnP)
 MIN_OBSERVED_KEYPOINTS = 4
 # the frame a fit's root DOFs are in when the world frame is off or cannot be estimated

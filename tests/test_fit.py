@@ -13,7 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from mocapflow.fit import optimise
-from mocapflow.fit.basis import bspline_basis, bucket_frames
+from mocapflow.fit.basis import (
+    bspline_basis,
+    bucket_frames,
+    knot_offset,
+    knots_for_bandwidth,
+    motion_bandwidth_hz,
+    n_control_points,
+)
 from mocapflow.fit.clip import gait_clip, keypoints_of, keypoints_table
 from mocapflow.fit.fitting import (
     FitOptions,
@@ -141,9 +148,12 @@ def test_bspline_basis_is_a_partition_of_unity_and_buckets_pad(model):
     assert np.all(basis[:, 33:] == 0.0)  # padding columns are inert
     # a cubic spline reproduces a straight line exactly: coefficients on the line through the knots
     h = 30.0 / 8.0
-    centres = (np.arange(40) - 1.0) * h
+    centres = knot_offset(100, h) + (np.arange(40) - 1.0) * h
     line = basis @ (0.5 + 0.01 * centres)
     np.testing.assert_allclose(line, 0.5 + 0.01 * np.arange(100), atol=1e-5)
+    # knots are symmetric about the middle frame: the time-reversed basis is the column-reversed one
+    used = basis[:, : n_control_points(100, h)]
+    np.testing.assert_allclose(used[::-1], used[:, ::-1], atol=1e-6)
 
 
 def test_keypoint_names_map_to_sites(model):
@@ -216,6 +226,54 @@ def test_fit_on_clean_keypoints_recovers_hip_and_knee_angles(model, clip, clean_
     assert np.ptp(np.rad2deg(clip.q[:, model.dof_index("knee_angle_r")])) > 40
     np.testing.assert_allclose(clean_fit.group_scale, 1.0, atol=0.05)
     assert np.nanmedian(clean_fit.residual_3d_mm) < 10.0
+
+
+def _waving_keypoints(
+    freqs_hz: tuple[float, ...], noise_px: float, seed: int, n: int = 120, fps: float = 30.0
+):
+    """12 image keypoints [n, 12, 2]: fixed positions moved by sinusoids at ``freqs_hz`` (random phases and
+    directions per keypoint, 20 px each), plus white noise; a drifting whole-body offset that must not count."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / fps
+    kp = np.tile(rng.uniform(100, 400, (1, 12, 2)), (n, 1, 1))
+    for f in freqs_hz:
+        phase = rng.uniform(0, 2 * np.pi, (12, 1))
+        direction = rng.normal(size=(12, 2))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        kp += (
+            20.0 * np.sin(2 * np.pi * f * t[None, :, None] + phase[..., None]).transpose(1, 0, 2) * direction
+        )
+    kp += (3.0 * t)[:, None, None]  # the subject walks across the image: not joint motion
+    return kp + rng.normal(0.0, noise_px, kp.shape), np.ones((n, 12))
+
+
+@pytest.mark.parametrize("noise_px", [0.0, 4.0])
+def test_motion_bandwidth_finds_the_fastest_movement_and_sizes_the_knots(noise_px):
+    slow, conf = _waving_keypoints((0.5,), noise_px, seed=1)
+    fast, _ = _waving_keypoints((0.5, 1.5), noise_px, seed=2)
+    bw_slow = motion_bandwidth_hz(slow, conf, 30.0)
+    bw_fast = motion_bandwidth_hz(fast, conf, 30.0)
+    assert 0.25 <= bw_slow <= 1.0, bw_slow
+    assert 1.25 <= bw_fast <= 2.0, bw_fast
+    assert knots_for_bandwidth(bw_slow, 2.0, 8.0) < knots_for_bandwidth(bw_fast, 2.0, 8.0) <= 8.0
+    # a still subject: only noise -> the fewest knots; unknown (too few frames) -> the most
+    still, _ = _waving_keypoints((), 4.0, seed=3)
+    assert knots_for_bandwidth(motion_bandwidth_hz(still, conf, 30.0), 2.0, 8.0) == 2.0
+    assert knots_for_bandwidth(motion_bandwidth_hz(still[:10], conf[:10], 30.0), 2.0, 8.0) == 8.0
+    # missing keypoints (NaN, confidence 0) are filled, not read as motion
+    holes = fast.copy()
+    holes[::7, 3] = np.nan
+    conf_holes = conf.copy()
+    conf_holes[::7, 3] = 0.0
+    assert abs(motion_bandwidth_hz(holes, conf_holes, 30.0) - bw_fast) <= 0.5
+
+
+def test_adaptive_knots_keep_one_basis_shape_per_bucket(model):
+    meta, arrays = keypoints_of(gait_clip(model, 90, cadence_hz=0.25), NAMES)
+    preps = [prepare(meta, arrays, model, FitOptions(adaptive_knots=a)) for a in (False, True)]
+    assert preps[0].knots_per_second == 8.0
+    assert preps[1].knots_per_second < 8.0
+    assert preps[0].data.basis.shape == preps[1].data.basis.shape
 
 
 def test_videos_in_one_frame_bucket_share_one_compilation(model):

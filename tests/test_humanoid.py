@@ -334,3 +334,31 @@ def test_validation_through_blazepose_and_the_fit(blazepose_estimator, tmp_path:
             f"angle targets not met: median {summary['median_deg']:.2f} deg (target {TARGET_MEDIAN_DEG}), "
             f"worst video {summary['worst_video_deg']:.2f} deg (target {TARGET_WORST_VIDEO_DEG})"
         )
+
+
+def test_landmark_geometry_finds_wide_hips_and_a_rotated_3d_skeleton() -> None:
+    from scipy.spatial.transform import Rotation
+
+    from mocapflow.fit.validate_humanoid import LIMB_LANDMARKS, landmark_geometry
+
+    rng = np.random.default_rng(5)
+    names = tuple(hm.JOINT_NAMES)
+    n = 20
+    true3d = rng.normal(0.0, 300.0, (n, len(names), 3)) + np.array([0.0, 0.0, 4000.0])
+    true2d = 500.0 * true3d[..., :2] / true3d[..., 2:]
+    kp2d = true2d.copy()
+    lh, rh = names.index("left_hip"), names.index("right_hip")
+    mid = 0.5 * (true2d[:, lh] + true2d[:, rh])
+    kp2d[:, lh] = mid + 1.2 * (true2d[:, lh] - mid)  # hips 20 % wider than the joint centres
+    kp2d[:, rh] = mid + 1.2 * (true2d[:, rh] - mid)
+    rot = Rotation.from_rotvec([0.0, np.deg2rad(10.0), 0.0]).as_matrix()
+    limbs = [names.index(k) for k in LIMB_LANDMARKS]
+    kp3d = true3d.copy()
+    centre = true3d[:, limbs].mean(axis=1, keepdims=True)
+    kp3d[:, limbs] = 0.9 * (true3d[:, limbs] - centre) @ rot.T + centre  # 10 deg turned, 10 % small
+    g = landmark_geometry(names, kp2d, kp3d, names, true2d, true3d)
+    assert g["segment_ratio_2d"]["hip_width"] == pytest.approx(1.2, abs=1e-6)
+    assert g["segment_ratio_2d"]["thigh"] != pytest.approx(1.0, abs=1e-3)  # the hip moved, so the thigh did
+    assert g["segment_ratio_2d"]["forearm"] == pytest.approx(1.0, abs=1e-9)
+    assert g["rotation_deg"] == pytest.approx(10.0, abs=1e-6)
+    assert g["scale"] == pytest.approx(1.0 / 0.9, abs=1e-6)

@@ -12,9 +12,22 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
   on this choice; pelvis angles and translations are camera-relative.
 - Body scales: 8 group scales (prior towards 1) times a per-body refinement (prior towards 0 in log space), so a
   subject whose left and right segments differ is not forced into pelvic obliquity to compensate.
+- Knots sized to the motion (``adaptive_knots``): the image keypoints' bandwidth (the frequency below which 99.5 %
+  of their movement power lies, counting only frequencies 3x above the white-noise floor measured above 8 Hz:
+  :func:`~mocapflow.fit.basis.motion_bandwidth_hz`) times 4, whole knots per second within
+  [``min_knots_per_second``, ``knots_per_second``] (2..8): a cubic B-spline passes > 97 % of a sinusoid up to a
+  quarter of its knot rate, half at half of it, so the stated cut-off of a fit is ``knots_per_second / 2`` Hz
+  (recorded per fit). Measured bandwidths on ``validate fit`` ground truth: walking 2.0-2.25 Hz (-> 8 knots/s),
+  sit-to-stand 1.5-2.25, squat 1.0-1.25 (-> 4-5), arm raise 1.0-1.25, clean and noisy alike; a still photo's
+  pan/zoom -> 2. The basis keeps the column count of the most knots (inert zero columns), so the number of knots
+  never changes a compiled shape. Accuracy on the slow motions was the same or up to 0.06 deg better than at 8.
 - Per-keypoint offsets (prior towards 0) with any rotation of their body projected out (see
   :func:`~mocapflow.fit.sites.offset_projection`): offsets cannot mimic joint angles.
-- The smoothness weight scales with the keypoint noise measured before the fit (:func:`estimate_noise_mm`).
+- The smoothness weight scales with the keypoint noise measured before the fit (:func:`estimate_noise_mm`):
+  ``smooth`` 10000 per cm^2. 2500 was measured too: on noisy walking videos (50 mm 3D, 4 px 2D noise; seeds 1-3)
+  40000 / 10000 / 2500 gave 5.24 / 4.35 / 3.79, 4.82 / 3.63 / 3.38 and 3.43 / 2.79 / 2.72 deg, and over
+  ``validate fit --seeds 5`` the worst video went 5.2 -> 4.41 deg (videos > 3 deg: 6 -> 4), but the median rose
+  1.84 -> 2.04 deg (target 2.0), so the default stays.
 - Optimisation order: the pelvis orientation starts from a robust rigid fit to its own keypoints, refined on their
   2D positions, and is held for the first 10 % of the steps; offsets are held for the first 20 %
   (``mocapflow.fit.optimise``).
@@ -50,6 +63,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
+from mocapflow.fit.basis import knots_for_bandwidth, motion_bandwidth_hz
 from mocapflow.fit.init import initial_pose
 from mocapflow.fit.loss import (
     FitData,
@@ -126,6 +140,10 @@ class FitOptions:
     # root DOFs in an anatomical world frame (floor y = 0, Y against gravity; mocapflow.fit.world), else in the
     # level-camera frame the fit works in
     world_frame: bool = True
+    # knots sized to the motion (mocapflow.fit.basis.motion_bandwidth_hz): 4 x the keypoints' bandwidth, whole
+    # knots within [min_knots_per_second, knots_per_second]; off: always knots_per_second
+    adaptive_knots: bool = True
+    min_knots_per_second: float = 2.0
 
     def __post_init__(self) -> None:
         if self.method not in ("bspline", "frames"):
@@ -198,6 +216,7 @@ class PreparedVideo:
     layout: PackedLayout
     q_init: NDArray[np.float64]  # [N, D] dense
     noise_mm: float  # measured keypoint noise (NaN if it could not be measured)
+    knots_per_second: float = float("nan")  # of the B-spline trajectories (NaN for per-frame ones)
 
     @property
     def n_bucket(self) -> int:
@@ -233,6 +252,9 @@ class FitResult:
     # where the root DOFs of ``q`` are expressed: the estimated camera pose in the world frame (mocapflow.fit.world)
     # or {"frame": "level camera", ...} when the world frame is off or could not be estimated
     camera_pose: dict[str, Any] = field(default_factory=lambda: dict(LEVEL_CAMERA))
+    # knots per second of the trajectories (sized to the motion: FitOptions.adaptive_knots); they keep motion up to
+    # half this rate (mocapflow.fit.loss.trajectory_cutoff_hz). NaN for per-frame trajectories.
+    knots_per_second: float = float("nan")
 
     def angle(self, dof: str) -> NDArray[np.float64]:
         """One DOF over time (radians or metres)."""
@@ -347,8 +369,20 @@ def prepare(
         outlier_window_frames=int(round(INIT_OUTLIER_WINDOW_S * meta.fps)),
     )
     if options.method == "bspline":
-        basis = span_basis(layout, meta.fps, options.knots_per_second)
+        kps = options.knots_per_second
+        if options.adaptive_knots:
+            kps = knots_for_bandwidth(
+                motion_bandwidth_hz(kp2d, conf, meta.fps),
+                min(options.min_knots_per_second, options.knots_per_second),
+                options.knots_per_second,
+            )
+        basis = span_basis(layout, meta.fps, kps)
+        # as many columns as the most knots would need (inert zero columns): one compiled shape per bucket
+        width = span_basis(layout, meta.fps, options.knots_per_second).shape[1]
+        if basis.shape[1] < width:
+            basis = np.pad(basis, ((0, 0), (0, width - basis.shape[1])))
     else:
+        kps = float("nan")
         basis = np.zeros((layout.n_bucket, 1), np.float32)
     nb, n_kp = layout.n_bucket, conf.shape[1]
     data = FitData(
@@ -365,7 +399,7 @@ def prepare(
         limits=Limits.of(model),
         weights=options.weights(noise_mm if np.isfinite(noise_mm) else options.noise_floor_mm),
     )
-    return PreparedVideo(data, kmap, frames, time_s, observed, span, layout, q_init, noise_mm)
+    return PreparedVideo(data, kmap, frames, time_s, observed, span, layout, q_init, noise_mm, kps)
 
 
 def balanced_w2d(w3d: float, stats: RobustStats) -> float:
@@ -493,14 +527,17 @@ def fit_arrays(
         noise_mm=prep.noise_mm,
         smooth_weight=float(prep.data.weights.smooth),
         robust=tuple(robust_stats),
+        knots_per_second=prep.knots_per_second,
     )
     if options.world_frame:
         result = in_world_frame(result)
     logger.info(
-        "fitted video %s: %d frames (bucket %d), %d iterations in %.1f s, median residual %.1f px / %.1f mm",
+        "fitted video %s: %d frames (bucket %d), %g knots/s, %d iterations in %.1f s, median residual %.1f px / "
+        "%.1f mm",
         meta.video_sha256[:12],
         n,
         prep.n_bucket,
+        prep.knots_per_second,
         info.iterations,
         result.seconds,
         float(np.nanmedian(r2)) if np.isfinite(r2).any() else float("nan"),

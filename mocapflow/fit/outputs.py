@@ -222,6 +222,7 @@ def scales_document(result: FitResult) -> dict[str, Any]:
             "loss_terms": {k: _finite_or_none(v) for k, v in result.loss_terms.items()},
             "keypoint_noise_mm": _finite_or_none(result.noise_mm),
             "smooth_weight": result.smooth_weight,
+            "knots_per_second": _finite_or_none(result.knots_per_second),
             "outlier_reweighting": [asdict(r) for r in result.robust],
             "median_residual_2d_px": _finite_or_none(float(np.nanmedian(result.residual_2d_px)))
             if np.isfinite(result.residual_2d_px).any()

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from mocapflow.fit.fitting import FitOptions, fit_table
 from mocapflow.fit.validate import METRIC_DOFS, angle_errors_deg
+from mocapflow.keypoints import read_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,77 @@ class HumanoidValidationSpec:
             raise ValueError(
                 f"invalid humanoid validation spec {self}: need videos >= 1, seconds > 0, fps > 0"
             )
+
+
+# landmark pairs whose image distance (pose model / truth) shows where the model's landmarks sit relative to the
+# humanoid's joint centres: a ratio far from 1 on every video is a site mismatch, not noise
+SEGMENTS: dict[str, tuple[str, str]] = {
+    "hip_width": ("left_hip", "right_hip"),
+    "shoulder_width": ("left_shoulder", "right_shoulder"),
+    "trunk": ("left_hip", "left_shoulder"),
+    "thigh": ("left_hip", "left_knee"),
+    "shank": ("left_knee", "left_ankle"),
+    "upper_arm": ("left_shoulder", "left_elbow"),
+    "forearm": ("left_elbow", "left_wrist"),
+}
+LIMB_LANDMARKS = tuple(f"{side}_{j}" for j in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle") for side in ("left", "right"))  # fmt: skip
+
+
+def landmark_geometry(
+    names: list[str] | tuple[str, ...],
+    kp2d: NDArray[np.floating],
+    kp3d: NDArray[np.floating],
+    true_names: list[str] | tuple[str, ...],
+    true2d: NDArray[np.floating],
+    true3d: NDArray[np.floating],
+) -> dict[str, Any]:
+    """How a pose model's landmarks differ from the true joint centres, beyond per-frame noise.
+
+    ``segment_ratio_2d``: per :data:`SEGMENTS` pair, the median over frames of the predicted / true image distance
+    (frames where the true distance is at least 60 % of its maximum, so foreshortened views do not dominate).
+    ``rotation_deg`` / ``scale``: the median over frames of the best rotation angle and scale (true / predicted)
+    between the root-relative 3D limb landmarks (:data:`LIMB_LANDMARKS`, Kabsch + scale): the pose model's 3D
+    orientation and size errors, which the fit's root-relative 3D term sees as limb errors.
+    """
+    idx = [list(names).index(n) for n in LIMB_LANDMARKS]
+    tidx = [list(true_names).index(n) for n in LIMB_LANDMARKS]
+    ratios: dict[str, float | None] = {}
+    for key, (a, b) in SEGMENTS.items():
+        lp = np.linalg.norm(kp2d[:, list(names).index(a)] - kp2d[:, list(names).index(b)], axis=-1)
+        lt = np.linalg.norm(
+            true2d[:, list(true_names).index(a)] - true2d[:, list(true_names).index(b)], axis=-1
+        )
+        big = np.isfinite(lp) & (lt >= 0.6 * np.nanmax(lt)) & (lt > 0)
+        ratios[key] = float(np.median(lp[big] / lt[big])) if big.any() else None
+    angles, scales = [], []
+    for p, g in zip(kp3d[:, idx], true3d[:, tidx], strict=True):
+        if not (np.isfinite(p).all() and np.isfinite(g).all()):
+            continue
+        pc, gc = p - p.mean(0), g - g.mean(0)
+        u, sv, vt = np.linalg.svd(pc.T @ gc)
+        d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+        rot = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+        angles.append(np.degrees(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0))))
+        scales.append(np.sqrt((gc**2).sum() / max((pc**2).sum(), 1e-12)))
+    return {
+        "segment_ratio_2d": ratios,
+        "rotation_deg": float(np.median(angles)) if angles else None,
+        "scale": float(np.median(scales)) if scales else None,
+    }
+
+
+def _geometry_summary(per_video: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over videos of :func:`landmark_geometry`'s figures."""
+
+    def med(values: list[float | None]) -> float | None:
+        v = [x for x in values if x is not None]
+        return float(np.median(v)) if v else None
+
+    return {
+        "segment_ratio_2d": {k: med([g["segment_ratio_2d"][k] for g in per_video]) for k in SEGMENTS},
+        "rotation_deg": med([g["rotation_deg"] for g in per_video]),
+        "scale": med([g["scale"] for g in per_video]),
+    }
 
 
 def _median(x: NDArray[np.float64]) -> float | None:
@@ -142,6 +214,15 @@ def validate_humanoid(
         box = np.asarray(table.column("box").combine_chunks().flatten().to_numpy(zero_copy_only=False))
         detected = np.isfinite(box.reshape(-1, 4)).all(axis=1)
         errors_2d = compare_with_truth(table, gt)
+        kp_meta, kp = read_arrays(table)
+        geometry = landmark_geometry(
+            kp_meta.joint_names,
+            kp["kp2d_px"],
+            kp["kp3d_mm"],
+            tuple(gt.joint_names),
+            gt.kp2d_px,
+            gt.kp3d_mm,
+        )
         record: dict[str, Any] = {
             "video": entry.video.name,
             "motion": entry.motion,
@@ -151,6 +232,7 @@ def validate_humanoid(
             "median_3d_mm": _median(errors_2d.err3d_mm),
             "missed_visible_landmarks": errors_2d.missed,
             "pose_seconds": pose_s,
+            "landmark_geometry": geometry,
         }
         if detected.sum() >= 2:
             result = fit_table(table, options)
@@ -201,6 +283,7 @@ def validate_humanoid(
             )
             for joint, prefixes in JOINT_GROUPS.items()
         },
+        "landmark_geometry": _geometry_summary([v["landmark_geometry"] for v in videos]),
         "targets": {"median_deg": TARGET_MEDIAN_DEG, "worst_video_deg": TARGET_WORST_VIDEO_DEG},
         "meets_targets": bool(
             median is not None

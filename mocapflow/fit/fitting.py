@@ -82,7 +82,7 @@ from models.body import BodyModel, default_body_model
 
 logger = logging.getLogger(__name__)
 
-FIT_VERSION = 5
+FIT_VERSION = 6  # 5: swaps undone before the fit (one branch) and knots sized to the motion (another); 6: both
 Method = Literal["bspline", "frames"]
 # half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
 INIT_OUTLIER_WINDOW_S = 0.25

@@ -70,6 +70,7 @@ class LocalRayCluster:
         self.worker_manager_ports: list[int] = []
         self.keep_logs = keep_logs
         self.temp_dir: Path | None = None
+        self.start_seconds: float | None = None  # how long start() took (nodes up and joined)
         self._ray = str(Path(sys.executable).with_name("ray"))
 
     # -- addresses and environments ----------------------------------------------------------------------------
@@ -114,6 +115,7 @@ class LocalRayCluster:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> LocalRayCluster:
+        t0 = time.monotonic()
         self.port = free_port()
         # short: Ray's unix sockets live under it (sun_path has ~107 bytes)
         self.temp_dir = Path(tempfile.mkdtemp(prefix="mfray-", dir="/tmp"))
@@ -142,7 +144,13 @@ class LocalRayCluster:
         except BaseException:
             self.stop()
             raise
-        logger.info("Ray cluster at %s with %d nodes", self.address, 1 + len(self.workers))
+        self.start_seconds = time.monotonic() - t0
+        logger.info(
+            "Ray cluster at %s with %d nodes, up in %.0f s",
+            self.address,
+            1 + len(self.workers),
+            self.start_seconds,
+        )
         return self
 
     def nodes(self) -> list[dict[str, Any]]:

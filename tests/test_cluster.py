@@ -60,6 +60,8 @@ def test_backfill_spreads_over_two_nodes_and_survives_losing_one(
 
     from infra.prefect_server import PrefectServer
 
+    t_test = time.monotonic()
+
     cohort = tmp_path / "cohort"
     generate_cohort(
         cohort, CohortSpec(n_videos=N_VIDEOS, seed=23, seconds=1.5, motions=("squat", "arm_raise"))
@@ -101,6 +103,7 @@ def test_backfill_spreads_over_two_nodes_and_survives_losing_one(
             "print('STATE', state.type.value, json.dumps(state.result(raise_on_failure=False), default=str))\n"
         )
         t0 = time.monotonic()
+        t_setup = t0 - t_test
         proc = subprocess.Popen(
             [sys.executable, "-c", code],
             cwd=Path(__file__).resolve().parents[1],
@@ -174,12 +177,18 @@ def test_backfill_spreads_over_two_nodes_and_survives_losing_one(
                 for n in (head, node2)
             }
 
+        lost = [
+            ln.strip()[-240:]
+            for ln in err.splitlines()
+            if "pose actor" in ln or ("Retry" in ln and "will start" in ln)
+        ]
         print(
-            f"\ntwo-node backfill: {N_VIDEOS} videos in {time.monotonic() - t0:.0f} s (node2 lost at {t_kill:.0f} s, "
-            f"{done_before} videos done by then); pose actors per node {per_node(all_actors)}; "
+            f"\ntwo-node backfill: cluster up in {cluster.start_seconds:.0f} s, cohort + S3 + Prefect server in "
+            f"{t_setup:.0f} s, then {N_VIDEOS} videos in {time.monotonic() - t0:.0f} s; node2 lost at "
+            f"{t_kill:.0f} s with {done_before} videos done; pose actors per node {per_node(all_actors)}; "
             f"fits finished per node {per_node(fits, 'FINISHED')}; fit attempts lost with node2 "
             f"{sum(t.get('node_id') == node2 and t.get('state') != 'FINISHED' for t in fits)}, "
             f"fits run again {sum((t.get('attempt_number') or 0) > 0 for t in fits)}; pose calls "
             f"{summary['pose_calls']} for {N_VIDEOS} videos ({summary['pose_calls'] - N_VIDEOS} retried), "
-            f"fit calls {summary['fit_calls']}"
+            f"fit calls {summary['fit_calls']}; pool and retry log:\n  " + "\n  ".join(lost[:20])
         )

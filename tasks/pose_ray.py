@@ -49,6 +49,7 @@ DEFAULT_MAX_TASK_RETRIES = 0
 # times :meth:`PosePool.map` sends a video again after its actor died under it (a video that kills every actor it
 # runs on fails after this many deaths)
 DEFAULT_VIDEO_RETRIES = 1
+ACTOR_DIED, NODE_LOST = "actor died", "node lost"  # how an actor died under a video (PosePool._collect)
 VideoProgress = Callable[[str, int, int], None]
 Estimator = Callable[[ModelSet, ThreadConfig], PoseEstimator]
 
@@ -292,9 +293,13 @@ class PosePool:
         open_model: Estimator | None = None,
         nodes: list[str | None] | None = None,
         video_retries: int = DEFAULT_VIDEO_RETRIES,
+        reserve_cpus: int | None = None,
     ) -> None:
         self.settings = settings
         self.cpus_per_actor = cpus_per_actor or settings.pose_cpus
+        # CPUs each actor asks Ray for; fewer than it runs threads on only where no node has room for an actor
+        # and a fit (FlowRuntime.pose_pool): sharing CPUs with the fits beats fits that wait for the pose stage
+        self.reserve_cpus = self.cpus_per_actor if reserve_cpus is None else reserve_cpus
         cluster = int(ray.cluster_resources().get("CPU", 0))
         if nodes:
             self.nodes = list(nodes)
@@ -302,7 +307,7 @@ class PosePool:
             n = n_actors or settings.pose_actors or max(1, cluster // self.cpus_per_actor)
             self.nodes = [None] * n
         self.n_actors = len(self.nodes)
-        if self.n_actors * self.cpus_per_actor > cluster:
+        if self.n_actors * self.reserve_cpus > cluster:
             logger.warning(
                 "%d actors x %d CPUs exceed the cluster's %d CPUs; some will wait for CPUs",
                 self.n_actors,
@@ -313,7 +318,7 @@ class PosePool:
         self.video_retries = video_retries
         self._actor_class = ray.remote(PoseWorker)
         self._actor_options = {
-            "num_cpus": self.cpus_per_actor,
+            "num_cpus": self.reserve_cpus,
             "max_restarts": max_restarts,
             "max_task_retries": max_task_retries,
         }
@@ -378,13 +383,17 @@ class PosePool:
                             on_progress(video, n, total)
                 for ref in done:
                     video, slot = pending.pop(ref)
-                    outcome, actor_died = self._collect(ref, video, slot)
+                    outcome, death = self._collect(ref, video, slot)
                     if self.actors[slot] is not None:
                         idle.append(slot)
-                    if actor_died and deaths.get(video, 0) < self.video_retries:
-                        deaths[video] = deaths.get(video, 0) + 1
-                        self.requeued += 1
-                        logger.warning("%s: its pose actor died; sending it to another actor", video)
+                    # a node lost is not the video's fault; an actor that died on a live node may have been
+                    # killed by the video: sent again only ``video_retries`` times
+                    if death == NODE_LOST or (
+                        death == ACTOR_DIED and deaths.get(video, 0) < self.video_retries
+                    ):
+                        if death == ACTOR_DIED:
+                            deaths[video] = deaths.get(video, 0) + 1
+                        self._requeue(video, death)
                         queue.append(video)  # next out
                         continue
                     yield outcome
@@ -397,32 +406,41 @@ class PosePool:
             if board is not None:
                 ray.kill(board)
 
-    def _collect(self, ref: Any, video: str, slot: int) -> tuple[PoseOutcome, bool]:
-        """The outcome of one call, and whether the actor died under it (then it is replaced or retired)."""
+    def _collect(self, ref: Any, video: str, slot: int) -> tuple[PoseOutcome, str | None]:
+        """The outcome of one call, and whether its actor died under it: None, ``ACTOR_DIED`` (its node lives: the
+        actor is replaced there) or ``NODE_LOST`` (its node is gone: the actor is retired)."""
         try:
-            return ray.get(ref), False
+            return ray.get(ref), None
         except (RayActorError, ActorUnschedulableError) as e:  # the latter: bound to a node that is gone
-            self._actor_died(slot, video)
-            return _failure(video, e), True
+            return _failure(video, e), self._actor_died(slot, video)
         except RayError as e:
-            return _failure(video, e), False
+            return _failure(video, e), None
 
-    def _actor_died(self, slot: int, video: str) -> None:
-        """Replace the dead actor of ``slot`` on its node if the node is alive, else retire it (class docstring)."""
+    def _requeue(self, video: str, death: str) -> None:
+        with self._lock:
+            self.requeued += 1
+        why = "its node is gone" if death == NODE_LOST else "its pose actor died"
+        logger.warning("%s: %s; sending it to another pose actor", video, why)
+
+    def _actor_died(self, slot: int, video: str) -> str:
+        """Replace the dead actor of ``slot`` on its node if the node is alive, else retire it (class docstring).
+
+        Returns ``NODE_LOST`` if its node is gone, else ``ACTOR_DIED``. Ray may report the actor dead a few seconds
+        before the node: then its replacement, bound to that node, fails in turn and is retired."""
         with self._lock:
             with contextlib.suppress(RayError, ValueError):
                 ray.kill(self.actors[slot], no_restart=True)
             node = self.nodes[slot]
             last = all(a is None for i, a in enumerate(self.actors) if i != slot)
+            node_alive = node is None or node in {n.node_id for n in live_nodes()}
             if node is not None:
-                alive = node in {n.node_id for n in live_nodes()}
-                replace = alive or last
-                if not alive:
+                replace = node_alive or last
+                if not node_alive:
                     self.nodes[slot] = None  # the last actor: anywhere
-                why = "its node is alive" if alive else "its node is gone and it was the last actor"
+                why = "its node is alive" if node_alive else "its node is gone and it was the last actor"
             else:
-                replace = last or ray.available_resources().get("CPU", 0.0) >= self.cpus_per_actor
-                why = "the cluster has CPUs free for it" if replace else ""
+                replace = last or ray.available_resources().get("CPU", 0.0) >= self.reserve_cpus
+                why = "the cluster has CPUs free for it"
             if replace:
                 logger.warning("pose actor %d died on %s; replacing it (%s)", slot, video, why)
                 self.actors[slot] = self._new_actor(self.nodes[slot])
@@ -433,20 +451,30 @@ class PosePool:
                 logger.warning("pose actor %d died on %s with its node's CPUs; retiring it", slot, video)
                 self.actors[slot] = None
                 self.retired += 1
+            return ACTOR_DIED if node_alive else NODE_LOST
 
     def process_one(
         self, video: str, params: PoseParams, intrinsics: Intrinsics | None = None
     ) -> PoseOutcome:
         """One video on the next idle actor, waiting for one if all are busy. Thread-safe: the flow's task threads
-        each hand one video to the pool (do not mix with a concurrent :meth:`map`). A video whose actor died comes
-        back as a transient :class:`PoseFailure` (the caller's retry sends it to another actor)."""
-        slot = self._idle.get()
-        try:
-            ref = self.actors[slot].process.remote(video, params, intrinsics, None)
-            return self._collect(ref, video, slot)[0]
-        finally:
-            if self.actors[slot] is not None:  # a retired slot never comes back
-                self._idle.put(slot)
+        each hand one video to the pool (do not mix with a concurrent :meth:`map`).
+
+        A video whose actor's node is gone goes to another actor at once (not the video's fault); one whose actor
+        died on a live node comes back as a transient :class:`PoseFailure` (the caller's retry sends it again)."""
+        for _ in range(
+            self.n_actors + 1
+        ):  # each node lost retires one actor, the last one is replaced anywhere
+            slot = self._idle.get()
+            try:
+                ref = self.actors[slot].process.remote(video, params, intrinsics, None)
+                outcome, death = self._collect(ref, video, slot)
+            finally:
+                if self.actors[slot] is not None:  # a retired slot never comes back
+                    self._idle.put(slot)
+            if death != NODE_LOST:
+                break
+            self._requeue(video, death)
+        return outcome
 
     def run(self, videos: Iterable[str], params: PoseParams, **kwargs: Any) -> list[PoseOutcome]:
         """:meth:`map`, collected into a list (in finishing order)."""

@@ -82,14 +82,22 @@ class FlowRuntime:
                 else:
                     nodes = live_nodes()
                     plan = plan_pose_actors(nodes, s.pose_cpus, s.fit_cpus)
-                    if not plan:
+                    if plan:
+                        self._pool = PosePool(s, nodes=list(plan))
+                    else:
+                        # no node has CPUs for a pose actor AND a fit: a full-size actor would keep every fit
+                        # waiting until the pose stage ends (and the flow waits for fits before it sends more
+                        # videos to the pose stage); one actor asks Ray for what a fit leaves and shares CPUs
+                        room = max((n.cpus for n in nodes), default=0) - s.fit_cpus
                         logger.warning(
-                            "no node has %d CPUs for a pose actor and %d for a fit; one pose actor may keep the "
-                            "fits waiting until the pose stage ends",
+                            "no node has %d CPUs for a pose actor and %d for a fit: one pose actor with %d threads "
+                            "reserving %d CPUs, sharing CPUs with the fits",
                             s.pose_cpus,
                             s.fit_cpus,
+                            s.pose_cpus,
+                            max(0, room),
                         )
-                    self._pool = PosePool(s, n_actors=1, nodes=list(plan) or None)
+                        self._pool = PosePool(s, n_actors=1, reserve_cpus=max(0, room))
                     logger.info(
                         "pose actors per node: %s",
                         {n.node_id[:8]: plan.count(n.node_id) for n in nodes},

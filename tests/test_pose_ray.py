@@ -283,3 +283,38 @@ def test_pose_actors_are_planned_per_node_leaving_cpus_for_fits() -> None:
     assert plan_pose_actors([NodeCpus("a", 4)], 1, 0) == ["a"] * 4
     with pytest.raises(ValueError):
         plan_pose_actors(two, 0, 1)
+
+
+class TinyPool(PosePool):
+    """The flow's pool with the tiny estimator (FlowRuntime starts the pool itself)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, open_model=TinyEstimator, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_flow_pool_always_leaves_a_cpu_for_a_fit(
+    ray_cluster: None, s3_server: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.runtime import FlowRuntime
+
+    monkeypatch.setattr("tasks.pose_ray.PosePool", TinyPool)
+    model_set = make_model_set(tmp_path / "tiny")
+    local = ray.get_runtime_context().get_node_id()
+
+    @ray.remote(num_cpus=1)
+    def a_fit_sized_task() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    # pose_cpus=1: one actor bound to the node (2 CPUs - 1 for fits); pose_cpus=2: no node has room for an actor
+    # and a fit, so one 2-thread actor reserves only the CPU a fit leaves
+    for pose_cpus, nodes, reserved in ((1, [local], 1), (2, [None], 1)):
+        settings = settings_for(s3_server, s3_bucket, model_set.root, pose_cpus=pose_cpus)
+        rt = FlowRuntime(settings, model_set, Store.from_settings(settings))
+        try:
+            pool = rt.pose_pool()
+            assert (pool.nodes, pool.reserve_cpus, pool.cpus_per_actor) == (nodes, reserved, pose_cpus)
+            (info,) = pool.info()  # the actor is up and holds its CPUs...
+            assert info["cpus"] == pose_cpus
+            assert ray.get(a_fit_sized_task.remote(), timeout=120) == local  # ...and a fit still runs
+        finally:
+            rt.close()

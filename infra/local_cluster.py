@@ -38,6 +38,8 @@ from infra.s3server import free_port
 
 logger = logging.getLogger(__name__)
 
+SLOW_START = "timed out during startup"  # Ray's message when a node's raylet did not register within 30 s
+
 
 @dataclass(frozen=True)
 class WorkerNode:
@@ -109,6 +111,11 @@ class LocalRayCluster:
             stdin=subprocess.DEVNULL,
         )
         if proc.returncode != 0:
+            if SLOW_START in proc.stdout + proc.stderr:
+                # `ray start` waits a fixed 30 s (not configurable) for its raylet to register; on a loaded host
+                # the raylet often registers later (its own waits are lengthened in _env): start() waits for it
+                logger.warning("`ray %s`: the node was slow to register; waiting for it to join", args[1])
+                return
             raise RuntimeError(
                 f"`ray {' '.join(args[:2])}` failed ({proc.returncode}): {proc.stderr[-2000:]}"
             )

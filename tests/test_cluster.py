@@ -51,7 +51,10 @@ def _median(summary: dict, key: str) -> float:
 def two_nodes() -> Iterator[LocalRayCluster]:
     """Head (2 CPUs) + a worker node (2 CPUs, resource ``node2``); stopped whatever happens to the test (failure,
     Ctrl-C, pytest-timeout's signal): only this cluster's processes, and its temp folder with Ray's pointer to it."""
-    cluster = LocalRayCluster(head_cpus=2, workers=[WorkerNode(cpus=2, resources={"node2": 1})])
+    # nodes may take minutes to join on a loaded 2-core host (180 s was not always enough)
+    cluster = LocalRayCluster(
+        head_cpus=2, workers=[WorkerNode(cpus=2, resources={"node2": 1})], timeout_s=360
+    )
     try:
         yield cluster.start()
     finally:

@@ -35,7 +35,7 @@ test: setup realdata
 test-slow: setup
 	.venv/bin/python -m pytest -m slow
 
-# a two-node Ray cluster on loopback (head + worker node), moto S3 and a real Prefect server; ~10 min on 2 cores
+# a two-node Ray cluster on loopback (head + worker node), moto S3 and a real Prefect server; 8-18 min on 2 shared cores
 test-cluster: setup
 	.venv/bin/python -m pytest -m cluster -s
 

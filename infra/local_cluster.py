@@ -9,15 +9,21 @@ started with ``ray start --address`` on loopback, each with its own CPU count an
 Token authentication (Ray >= 2.59 enables it for local clusters): every node and every driver gets the same
 ``RAY_AUTH_MODE=token`` / ``RAY_AUTH_TOKEN``; a node started without it fails to join with ``InvalidAuthToken``.
 On exit every process of this cluster, and only of this cluster, is stopped.
+
+Every node of the cluster uses its own Ray temp folder (``--temp-dir``, removed on stop): `ray start` writes its
+"current cluster" pointer there, not in /tmp/ray, so a local ``ray.init()`` elsewhere on the host (another test,
+another user) never tries to join this cluster, nor a dead one if this process is killed before it can stop it.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +37,8 @@ from typing import Any
 from infra.s3server import free_port
 
 logger = logging.getLogger(__name__)
+
+SLOW_START = "timed out during startup"  # Ray's message when a node's raylet did not register within 30 s
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class LocalRayCluster:
         dashboard: bool = True,
         env: dict[str, str] | None = None,
         timeout_s: float = 180.0,
+        keep_logs: bool = False,
     ) -> None:
         self.head_cpus = head_cpus
         self.workers = list(workers or [WorkerNode()])
@@ -61,6 +70,9 @@ class LocalRayCluster:
         self.port: int | None = None
         self.dashboard_port: int | None = None
         self.worker_manager_ports: list[int] = []
+        self.keep_logs = keep_logs
+        self.temp_dir: Path | None = None
+        self.start_seconds: float | None = None  # how long start() took (nodes up and joined)
         self._ray = str(Path(sys.executable).with_name("ray"))
 
     # -- addresses and environments ----------------------------------------------------------------------------
@@ -99,14 +111,24 @@ class LocalRayCluster:
             stdin=subprocess.DEVNULL,
         )
         if proc.returncode != 0:
+            if SLOW_START in proc.stdout + proc.stderr:
+                # `ray start` waits a fixed 30 s (not configurable) for its raylet to register; on a loaded host
+                # the raylet often registers later (its own waits are lengthened in _env): start() waits for it
+                logger.warning("`ray %s`: the node was slow to register; waiting for it to join", args[1])
+                return
             raise RuntimeError(
                 f"`ray {' '.join(args[:2])}` failed ({proc.returncode}): {proc.stderr[-2000:]}"
             )
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> LocalRayCluster:
+        t0 = time.monotonic()
         self.port = free_port()
+        # short: Ray's unix sockets live under it (sun_path has ~107 bytes)
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="mfray-", dir="/tmp"))
+        atexit.register(self.stop)  # a driver that exits without stopping the cluster still stops it
         head = ["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port)]
+        head += ["--temp-dir", str(self.temp_dir)]
         head += ["--num-cpus", str(self.head_cpus), "--disable-usage-stats"]
         if self.dashboard:
             self.dashboard_port = free_port()
@@ -120,6 +142,7 @@ class LocalRayCluster:
                 nm_port = free_port()
                 self.worker_manager_ports.append(nm_port)
                 args = ["start", "--address", self.address, "--node-ip-address", "127.0.0.1"]
+                args += ["--temp-dir", str(self.temp_dir)]
                 args += ["--num-cpus", str(w.cpus), "--node-manager-port", str(nm_port)]
                 if w.resources:
                     args += ["--resources", json.dumps(w.resources)]
@@ -128,7 +151,13 @@ class LocalRayCluster:
         except BaseException:
             self.stop()
             raise
-        logger.info("Ray cluster at %s with %d nodes", self.address, 1 + len(self.workers))
+        self.start_seconds = time.monotonic() - t0
+        logger.info(
+            "Ray cluster at %s with %d nodes, up in %.0f s",
+            self.address,
+            1 + len(self.workers),
+            self.start_seconds,
+        )
         return self
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -148,14 +177,15 @@ class LocalRayCluster:
 
     def state(self, kind: str) -> list[dict[str, Any]]:
         """Actors or tasks (``kind``) as Ray's state API lists them (the dashboard's), via a short-lived process with
-        this cluster's token: [{"name", "class_name", "node_id", "state"}]."""
+        this cluster's token: [{"name", "class_name", "node_id", "state", "attempt_number", "actor_id"}] (a task
+        run again has one row per attempt)."""
         if kind not in ("actors", "tasks"):
             raise ValueError(f"kind must be 'actors' or 'tasks', got {kind!r}")
         code = (
             "import json\n"
             f"from ray.util.state import list_{kind}\n"
             f"rows = list_{kind}(address={self.dashboard_url!r}, limit=10000, raise_on_missing_output=False)\n"
-            "keys = ('name', 'class_name', 'node_id', 'state')\n"
+            "keys = ('name', 'class_name', 'node_id', 'state', 'attempt_number', 'actor_id')\n"
             "print(json.dumps([{k: getattr(r, k, None) for k in keys} for r in rows]))\n"
         )
         proc = subprocess.run(
@@ -219,14 +249,18 @@ class LocalRayCluster:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(alive, timeout=10)
-        # `ray start --head` leaves a pointer to this cluster for later `ray.init()` calls on the host; a dead
-        # cluster's pointer would make every later local ray.init() try to join it
+        # `ray start` leaves a pointer to this cluster for later `ray.init()` calls; it is in this cluster's own temp
+        # folder, but a pointer in the host's /tmp/ray (a cluster started without --temp-dir) would make every later
+        # local ray.init() on the host try to join a dead cluster
         pointer = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         with contextlib.suppress(OSError):
             if pointer.read_text().strip().endswith(f":{self.port}"):
                 pointer.unlink()
+        if self.temp_dir is not None and not self.keep_logs:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
         logger.info("stopped the Ray cluster at %s (%d processes)", self.address, len(procs))
         self.port = None
+        atexit.unregister(self.stop)
 
     def __enter__(self) -> LocalRayCluster:
         return self.start()

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     )
     pose_cpus: int = Field(1, ge=1, description="CPUs each pose actor asks Ray for (= its ORT/TF threads).")
     pose_actors: int | None = Field(
-        None, ge=1, description="Pose actors in the pool; None sizes it to the cluster's CPUs // pose_cpus."
+        None,
+        ge=1,
+        description="Pose actors in the pool, placed anywhere; None: on each node (node CPUs - fit_cpus) // pose_cpus.",
     )
     fit_cpus: int = Field(1, ge=1, description="CPUs each fitting task asks Ray for (its pinned CPU set).")
     batch_size: int = Field(32, ge=1, description="Frames decoded and inferred per batch.")

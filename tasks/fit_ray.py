@@ -74,17 +74,24 @@ def fit_task(
         lease.release()
 
 
-fit_remote = ray.remote(num_cpus=1)(fit_task)
+# a fit whose worker or node died is run again by Ray (a system failure, not the fit's own error: those are raised
+# at once); its outputs go to the same content key, so a fit that ran twice is still written once
+FIT_SYSTEM_RETRIES = 3
+fit_remote = ray.remote(num_cpus=1, max_retries=FIT_SYSTEM_RETRIES)(fit_task)
 FIT_THREADS_ENV = "MOCAPFLOW_FIT_WORKER_THREADS"  # only tells Ray's worker pool apart by thread count
 
 
 def submit_fit(
     keypoints_uri: str, settings: Settings, out_root: str | None = None, max_iters: int | None = None
 ) -> ray.ObjectRef:
-    """Submit one fit asking Ray for ``settings.fit_cpus`` CPUs (Ray must be initialised)."""
+    """Submit one fit asking Ray for ``settings.fit_cpus`` CPUs (Ray must be initialised).
+
+    Fits are spread over the nodes (Ray's ``SPREAD`` strategy): independent CPU-bound tasks gain nothing from
+    packing onto the driver's node."""
     return fit_remote.options(
         num_cpus=settings.fit_cpus,
         name="fit",
+        scheduling_strategy="SPREAD",
         # merged with the job's env_vars by Ray; a worker is reused only by fits with the same thread count
         runtime_env={"env_vars": {FIT_THREADS_ENV: str(settings.fit_cpus)}},
     ).remote(keypoints_uri, settings, out_root, max_iters)

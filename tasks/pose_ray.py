@@ -3,7 +3,13 @@
 Each :class:`PoseWorker` leases and pins k CPUs, sizes ONNX Runtime and TensorFlow to k intra-op threads and one
 inter-op thread, and opens its estimator once; every video it processes reuses it. :class:`PosePool` sends videos to
 idle actors and yields results as they finish; a video that fails becomes a :class:`PoseFailure` naming the video
-and the cause, and the other videos go on. An actor that dies is replaced.
+and the cause, and the other videos go on.
+
+Placement: each actor can be bound to a node (:func:`plan_pose_actors` leaves every node CPUs for the fits, so that
+pose actors, which hold their CPUs for their whole life, never starve the fits). Ray never restarts a pose actor
+(``max_restarts=0``): the pool decides. An actor that dies on a live node (a crash, out of memory) is replaced on the
+same node; an actor whose node died is retired (the pool shrinks; a replacement would wait for CPUs that are gone
+and, elsewhere, take the CPUs the fits need), unless it was the last one.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import queue
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -21,7 +28,8 @@ from functools import partial
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorUnschedulableError, RayActorError, RayError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mocapflow.camera import Intrinsics
 from mocapflow.cpus import current_affinity, lease_cpus
@@ -34,8 +42,14 @@ from models.runtime import PoseEstimator, ThreadConfig, configure_tensorflow, op
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_RESTARTS = 2
-DEFAULT_MAX_TASK_RETRIES = 1
+# the pool replaces dead actors itself, where there is room (class docstring); Ray's own restart would wait for the
+# dead actor's CPUs on any node, for ever if its node is gone
+DEFAULT_MAX_RESTARTS = 0
+DEFAULT_MAX_TASK_RETRIES = 0
+# times :meth:`PosePool.map` sends a video again after its actor died under it (a video that kills every actor it
+# runs on fails after this many deaths)
+DEFAULT_VIDEO_RETRIES = 1
+ACTOR_DIED, NODE_LOST = "actor died", "node lost"  # how an actor died under a video (PosePool._collect)
 VideoProgress = Callable[[str, int, int], None]
 Estimator = Callable[[ModelSet, ThreadConfig], PoseEstimator]
 
@@ -57,6 +71,39 @@ class PoseFailure:
 
 
 PoseOutcome = PoseResult | PoseFailure
+
+
+@dataclass(frozen=True)
+class NodeCpus:
+    """A live Ray node and its logical CPUs."""
+
+    node_id: str
+    cpus: int
+
+
+def plan_pose_actors(nodes: Iterable[NodeCpus], cpus_per_actor: int, fit_cpus: int) -> list[str]:
+    """One node id per pose actor: on each node as many actors as fit once ``fit_cpus`` are left for the fits.
+
+    Pose actors hold their CPUs for their whole life and fits are Ray tasks that need ``fit_cpus`` CPUs on ONE node;
+    a node full of pose actors runs no fit, and when the other nodes are lost the fits would wait for the pose stage
+    to end. Nodes too small for an actor and a fit get none; an empty plan means no node can spare the CPUs (the
+    caller then starts one unplaced actor).
+    """
+    if cpus_per_actor < 1 or fit_cpus < 0:
+        raise ValueError(f"cpus_per_actor must be >= 1 and fit_cpus >= 0, got {cpus_per_actor}, {fit_cpus}")
+    plan: list[str] = []
+    for node in sorted(nodes, key=lambda n: n.node_id):
+        plan += [node.node_id] * max(0, (node.cpus - fit_cpus) // cpus_per_actor)
+    return plan
+
+
+def live_nodes() -> list[NodeCpus]:
+    """The cluster's live nodes with CPUs, from Ray's node table (Ray must be initialised)."""
+    return [
+        NodeCpus(n["NodeID"], int(n.get("Resources", {}).get("CPU", 0)))
+        for n in ray.nodes()
+        if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1
+    ]
 
 
 def _uses_tensorflow(model_set: ModelSet) -> bool:
@@ -224,15 +271,19 @@ def _failure(video: str, e: BaseException) -> PoseFailure:
         message = str(cause) if cause is not e else str(e).splitlines()[-1]
         return PoseFailure(video, type(cause).__name__, message, is_transient(cause))
     if isinstance(e, RayActorError):
-        message = f"{video}: the pose actor died while processing it (crash or out of memory)"
+        message = f"{video}: the pose actor died while processing it (crash, out of memory or its node lost)"
+        return PoseFailure(video, type(e).__name__, message, transient=True)
+    if isinstance(e, ActorUnschedulableError):
+        message = f"{video}: the pose actor could not start: its node is gone"
         return PoseFailure(video, type(e).__name__, message, transient=True)
     return PoseFailure(video, type(e).__name__, f"{video}: {e}", transient=True)
 
 
 class PosePool:
-    """``n_actors`` PoseWorkers with ``cpus_per_actor`` CPUs each (defaults from settings and the cluster size).
+    """Pose actors with ``cpus_per_actor`` CPUs each; ``nodes`` binds actor i to node ``nodes[i]`` (None: anywhere).
 
-    Ray must be running (:func:`infra.ray_cluster.ensure_ray`).
+    Without ``nodes``, ``n_actors`` unplaced actors (default: ``settings.pose_actors`` or the cluster's CPUs //
+    ``cpus_per_actor``). Ray must be running (:func:`infra.ray_cluster.ensure_ray`).
     """
 
     def __init__(
@@ -243,12 +294,23 @@ class PosePool:
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
         open_model: Estimator | None = None,
+        nodes: list[str | None] | None = None,
+        video_retries: int = DEFAULT_VIDEO_RETRIES,
+        reserve_cpus: int | None = None,
     ) -> None:
         self.settings = settings
         self.cpus_per_actor = cpus_per_actor or settings.pose_cpus
+        # CPUs each actor asks Ray for; fewer than it runs threads on only where no node has room for an actor
+        # and a fit (FlowRuntime.pose_pool): sharing CPUs with the fits beats fits that wait for the pose stage
+        self.reserve_cpus = self.cpus_per_actor if reserve_cpus is None else reserve_cpus
         cluster = int(ray.cluster_resources().get("CPU", 0))
-        self.n_actors = n_actors or settings.pose_actors or max(1, cluster // self.cpus_per_actor)
-        if self.n_actors * self.cpus_per_actor > cluster:
+        if nodes:
+            self.nodes = list(nodes)
+        else:
+            n = n_actors or settings.pose_actors or max(1, cluster // self.cpus_per_actor)
+            self.nodes = [None] * n
+        self.n_actors = len(self.nodes)
+        if self.n_actors * self.reserve_cpus > cluster:
             logger.warning(
                 "%d actors x %d CPUs exceed the cluster's %d CPUs; some will wait for CPUs",
                 self.n_actors,
@@ -256,18 +318,35 @@ class PosePool:
                 cluster,
             )
         self._open_model = open_model
-        self._actor_class = ray.remote(PoseWorker).options(
-            num_cpus=self.cpus_per_actor, max_restarts=max_restarts, max_task_retries=max_task_retries
-        )
-        self.actors: list[Any] = [self._new_actor() for _ in range(self.n_actors)]
+        self.video_retries = video_retries
+        self._actor_class = ray.remote(PoseWorker)
+        self._actor_options = {
+            "num_cpus": self.reserve_cpus,
+            "max_restarts": max_restarts,
+            "max_task_retries": max_task_retries,
+        }
+        self.actors: list[Any] = [self._new_actor(node) for node in self.nodes]
         self.replaced = 0
         self.retired = 0
+        self.requeued = 0
+        self._lock = threading.Lock()
         self._idle: queue.Queue[int] = queue.Queue()
         for slot in range(self.n_actors):
             self._idle.put(slot)
 
-    def _new_actor(self) -> Any:
-        return self._actor_class.remote(self.settings, self.cpus_per_actor, self._open_model)
+    def _new_actor(self, node: str | None) -> Any:
+        options: dict[str, Any] = dict(self._actor_options)
+        if node is not None:
+            # hard affinity: the actor runs on this node or, if the node is gone, fails (the pool then retires it)
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+        return self._actor_class.options(**options).remote(
+            self.settings, self.cpus_per_actor, self._open_model
+        )
+
+    @property
+    def alive(self) -> int:
+        """Actors in service (not retired)."""
+        return sum(a is not None for a in self.actors)
 
     def info(self) -> list[dict[str, Any]]:
         """Each actor's :meth:`PoseWorker.info`."""
@@ -281,13 +360,16 @@ class PosePool:
         on_progress: VideoProgress | None = None,
         poll_s: float = 0.5,
     ) -> Iterator[PoseOutcome]:
-        """Process every video on the pool; yield a PoseResult or PoseFailure for each, as they finish."""
+        """Process every video on the pool; yield a PoseResult or PoseFailure for each, as they finish.
+
+        A video whose actor died under it is sent again (up to ``video_retries`` times) to another actor."""
         queue = list(videos)
         queue.reverse()
         board = ray.remote(ProgressBoard).options(num_cpus=0).remote() if on_progress else None
-        idle = list(range(len(self.actors)))
+        idle = [slot for slot, a in enumerate(self.actors) if a is not None]
         pending: dict[Any, tuple[str, int]] = {}
         seen: dict[str, tuple[int, int]] = {}
+        deaths: dict[str, int] = {}
         try:
             while queue or pending:
                 while queue and idle:
@@ -304,9 +386,19 @@ class PosePool:
                             on_progress(video, n, total)
                 for ref in done:
                     video, slot = pending.pop(ref)
-                    outcome = self._collect(ref, video, slot)
+                    outcome, death = self._collect(ref, video, slot)
                     if self.actors[slot] is not None:
                         idle.append(slot)
+                    # a node lost is not the video's fault; an actor that died on a live node may have been
+                    # killed by the video: sent again only ``video_retries`` times
+                    if death == NODE_LOST or (
+                        death == ACTOR_DIED and deaths.get(video, 0) < self.video_retries
+                    ):
+                        if death == ACTOR_DIED:
+                            deaths[video] = deaths.get(video, 0) + 1
+                        self._requeue(video, death)
+                        queue.append(video)  # next out
+                        continue
                     yield outcome
         finally:
             for ref in pending:
@@ -317,31 +409,52 @@ class PosePool:
             if board is not None:
                 ray.kill(board)
 
-    def _collect(self, ref: Any, video: str, slot: int) -> PoseOutcome:
+    def _collect(self, ref: Any, video: str, slot: int) -> tuple[PoseOutcome, str | None]:
+        """The outcome of one call, and whether its actor died under it: None, ``ACTOR_DIED`` (its node lives: the
+        actor is replaced there) or ``NODE_LOST`` (its node is gone: the actor is retired)."""
         try:
-            return ray.get(ref)
-        except RayActorError as e:
-            ray.kill(self.actors[slot], no_restart=True)
-            if self._room_for_a_new_actor(slot):
-                logger.warning("pose actor %d died on %s; replacing it", slot, video)
-                self.actors[slot] = self._new_actor()
+            return ray.get(ref), None
+        except (RayActorError, ActorUnschedulableError) as e:  # the latter: bound to a node that is gone
+            return _failure(video, e), self._actor_died(slot, video)
+        except RayError as e:
+            return _failure(video, e), None
+
+    def _requeue(self, video: str, death: str) -> None:
+        with self._lock:
+            self.requeued += 1
+        why = "its node is gone" if death == NODE_LOST else "its pose actor died"
+        logger.warning("%s: %s; sending it to another pose actor", video, why)
+
+    def _actor_died(self, slot: int, video: str) -> str:
+        """Replace the dead actor of ``slot`` on its node if the node is alive, else retire it (class docstring).
+
+        Returns ``NODE_LOST`` if its node is gone, else ``ACTOR_DIED``. Ray may report the actor dead a few seconds
+        before the node: then its replacement, bound to that node, fails in turn and is retired."""
+        with self._lock:
+            with contextlib.suppress(RayError, ValueError):
+                ray.kill(self.actors[slot], no_restart=True)
+            node = self.nodes[slot]
+            last = all(a is None for i, a in enumerate(self.actors) if i != slot)
+            node_alive = node is None or node in {n.node_id for n in live_nodes()}
+            if node is not None:
+                replace = node_alive or last
+                if not node_alive:
+                    self.nodes[slot] = None  # the last actor: anywhere
+                why = "its node is alive" if node_alive else "its node is gone and it was the last actor"
+            else:
+                replace = last or ray.available_resources().get("CPU", 0.0) >= self.reserve_cpus
+                why = "the cluster has CPUs free for it"
+            if replace:
+                logger.warning("pose actor %d died on %s; replacing it (%s)", slot, video, why)
+                self.actors[slot] = self._new_actor(self.nodes[slot])
                 self.replaced += 1
             else:
-                # the cluster lost the CPUs (a node died): a replacement would wait for them for ever and the
-                # actors left would keep the fits from the CPUs they hold; the pool shrinks instead
-                logger.warning(
-                    "pose actor %d died on %s; the cluster has no CPUs for another: retiring it", slot, video
-                )
+                # its node died (or the cluster lost the CPUs): a replacement would wait for them for ever, or
+                # take the CPUs the fits need; the pool shrinks instead
+                logger.warning("pose actor %d died on %s with its node's CPUs; retiring it", slot, video)
                 self.actors[slot] = None
                 self.retired += 1
-            return _failure(video, e)
-        except RayError as e:
-            return _failure(video, e)
-
-    def _room_for_a_new_actor(self, slot: int) -> bool:
-        """A dead actor is replaced when the cluster has CPUs free for it now, or when no other actor is left."""
-        others = sum(a is not None for i, a in enumerate(self.actors) if i != slot)
-        return others == 0 or ray.available_resources().get("CPU", 0.0) >= self.cpus_per_actor
+            return ACTOR_DIED if node_alive else NODE_LOST
 
     def process_one(
         self,
@@ -351,14 +464,23 @@ class PosePool:
         subject_id: str | None = None,
     ) -> PoseOutcome:
         """One video on the next idle actor, waiting for one if all are busy. Thread-safe: the flow's task threads
-        each hand one video to the pool (do not mix with a concurrent :meth:`map`)."""
-        slot = self._idle.get()
-        try:
-            ref = self.actors[slot].process.remote(video, params, intrinsics, None, subject_id)
-            return self._collect(ref, video, slot)
-        finally:
-            if self.actors[slot] is not None:  # a retired slot never comes back
-                self._idle.put(slot)
+        each hand one video to the pool (do not mix with a concurrent :meth:`map`).
+
+        A video whose actor's node is gone goes to another actor at once (not the video's fault); one whose actor
+        died on a live node comes back as a transient :class:`PoseFailure` (the caller's retry sends it again)."""
+        # each node lost retires one actor, the last one is replaced anywhere
+        for _ in range(self.n_actors + 1):
+            slot = self._idle.get()
+            try:
+                ref = self.actors[slot].process.remote(video, params, intrinsics, None, subject_id)
+                outcome, death = self._collect(ref, video, slot)
+            finally:
+                if self.actors[slot] is not None:  # a retired slot never comes back
+                    self._idle.put(slot)
+            if death != NODE_LOST:
+                break
+            self._requeue(video, death)
+        return outcome
 
     def run(self, videos: Iterable[str], params: PoseParams, **kwargs: Any) -> list[PoseOutcome]:
         """:meth:`map`, collected into a list (in finishing order)."""
@@ -367,7 +489,8 @@ class PosePool:
     def shutdown(self) -> None:
         for a in self.actors:
             if a is not None:
-                ray.kill(a, no_restart=True)
+                with contextlib.suppress(RayError, ValueError):  # an actor whose node is gone
+                    ray.kill(a, no_restart=True)
         self.actors = []
 
     def __enter__(self) -> PosePool:

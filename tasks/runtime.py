@@ -69,17 +69,39 @@ class FlowRuntime:
         ensure_ray(self.settings, prefect_api_url=current_prefect_api_url())
 
     def pose_pool(self) -> Any:
-        """The PosePool, started on first use."""
+        """The PosePool, started on first use: ``settings.pose_actors`` actors anywhere, or by default on each
+        live node as many as leave ``fit_cpus`` for the fits there (:func:`tasks.pose_ray.plan_pose_actors`)."""
         with self._lock:
             if self._pool is None:
-                from infra.ray_cluster import cluster_cpus
-                from tasks.pose_ray import PosePool
+                from tasks.pose_ray import PosePool, live_nodes, plan_pose_actors
 
                 self.ensure_ray()
-                # leave room for at least one fit: pose actors hold their CPUs for their whole life
-                free = cluster_cpus() - self.settings.fit_cpus
-                n = self.settings.pose_actors or max(1, free // self.settings.pose_cpus)
-                self._pool = PosePool(self.settings, n_actors=n)
+                s = self.settings
+                if s.pose_actors:
+                    self._pool = PosePool(s, n_actors=s.pose_actors)
+                else:
+                    nodes = live_nodes()
+                    plan = plan_pose_actors(nodes, s.pose_cpus, s.fit_cpus)
+                    if plan:
+                        self._pool = PosePool(s, nodes=list(plan))
+                    else:
+                        # no node has CPUs for a pose actor AND a fit: a full-size actor would keep every fit
+                        # waiting until the pose stage ends (and the flow waits for fits before it sends more
+                        # videos to the pose stage); one actor asks Ray for what a fit leaves and shares CPUs
+                        room = max((n.cpus for n in nodes), default=0) - s.fit_cpus
+                        logger.warning(
+                            "no node has %d CPUs for a pose actor and %d for a fit: one pose actor with %d threads "
+                            "reserving %d CPUs, sharing CPUs with the fits",
+                            s.pose_cpus,
+                            s.fit_cpus,
+                            s.pose_cpus,
+                            max(0, room),
+                        )
+                        self._pool = PosePool(s, n_actors=1, reserve_cpus=max(0, room))
+                    logger.info(
+                        "pose actors per node: %s",
+                        {n.node_id[:8]: plan.count(n.node_id) for n in nodes},
+                    )
                 logger.info(
                     "started %d pose actors x %d CPUs", self._pool.n_actors, self._pool.cpus_per_actor
                 )

@@ -239,12 +239,82 @@ def test_a_crashing_video_fails_alone_and_its_actor_is_replaced(
     make_model_set(tmp_path / "tiny")
     settings = settings_for(s3_server, s3_bucket, tmp_path / "tiny", pose_cpus=1)
     order = [str(videos["crash"]), *(str(videos[f"ok{i}"]) for i in range(3))]
-    with PosePool(settings, n_actors=1, max_restarts=0, max_task_retries=0, open_model=TinyEstimator) as pool:
+    local = ray.get_runtime_context().get_node_id()
+    # bound to this (live) node, as the flow's pools are: a dead actor is replaced there
+    with PosePool(settings, nodes=[local], open_model=TinyEstimator) as pool:
         outcomes = pool.run(order, PoseParams())
-        assert pool.replaced == 1
+        # the crashing video is sent once more (an actor may die of something else), then fails
+        assert (pool.replaced, pool.requeued, pool.retired) == (2, 1, 0)
         (info,) = pool.info()
     (failure,) = [o for o in outcomes if isinstance(o, PoseFailure)]
     assert failure.video == order[0] and "died" in failure.message and order[0] in str(failure)
     assert failure.transient
     assert sorted(o.video for o in outcomes if isinstance(o, PoseResult)) == sorted(order[1:])
     assert (info["loads"], info["videos"]) == (1, 3)
+
+
+def test_an_actor_whose_node_is_gone_is_retired_and_its_video_goes_to_another(
+    ray_cluster: None, videos: dict[str, Path], s3_server: S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    make_model_set(tmp_path / "tiny")
+    settings = settings_for(s3_server, s3_bucket, tmp_path / "tiny", pose_cpus=1)
+    local = ray.get_runtime_context().get_node_id()
+    # a node id no live node has: Ray refuses to schedule an actor bound to it (hard affinity)
+    gone = "ab" * (len(local) // 2)
+    good = [str(videos[f"ok{i}"]) for i in range(3)]
+    with PosePool(settings, nodes=[gone, local], open_model=TinyEstimator) as pool:
+        outcomes = pool.run(good, PoseParams())
+        assert (pool.retired, pool.replaced, pool.alive) == (1, 0, 1)
+        assert pool.requeued >= 1  # the video sent to the failed actor went to the live one
+        (info,) = pool.info()
+    assert sorted(o.video for o in outcomes if isinstance(o, PoseResult)) == sorted(good), outcomes
+    assert info["videos"] == len(good)
+
+
+def test_pose_actors_are_planned_per_node_leaving_cpus_for_fits() -> None:
+    from tasks.pose_ray import NodeCpus, plan_pose_actors
+
+    two = [NodeCpus("b", 2), NodeCpus("a", 2)]
+    assert plan_pose_actors(two, cpus_per_actor=1, fit_cpus=1) == ["a", "b"]
+    assert plan_pose_actors([NodeCpus("a", 8)], cpus_per_actor=2, fit_cpus=1) == ["a"] * 3
+    # a node too small for an actor and a fit gets no actor; none anywhere gives an empty plan
+    assert plan_pose_actors([NodeCpus("a", 1), NodeCpus("b", 4)], 1, 1) == ["b"] * 3
+    assert plan_pose_actors([NodeCpus("a", 1)], 1, 1) == []
+    assert plan_pose_actors([NodeCpus("a", 4)], 1, 0) == ["a"] * 4
+    with pytest.raises(ValueError):
+        plan_pose_actors(two, 0, 1)
+
+
+class TinyPool(PosePool):
+    """The flow's pool with the tiny estimator (FlowRuntime starts the pool itself)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, open_model=TinyEstimator, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_flow_pool_always_leaves_a_cpu_for_a_fit(
+    ray_cluster: None, s3_server: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.runtime import FlowRuntime
+
+    monkeypatch.setattr("tasks.pose_ray.PosePool", TinyPool)
+    model_set = make_model_set(tmp_path / "tiny")
+    local = ray.get_runtime_context().get_node_id()
+
+    @ray.remote(num_cpus=1)
+    def a_fit_sized_task() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    # pose_cpus=1: one actor bound to the node (2 CPUs - 1 for fits); pose_cpus=2: no node has room for an actor
+    # and a fit, so one 2-thread actor reserves only the CPU a fit leaves
+    for pose_cpus, nodes, reserved in ((1, [local], 1), (2, [None], 1)):
+        settings = settings_for(s3_server, s3_bucket, model_set.root, pose_cpus=pose_cpus)
+        rt = FlowRuntime(settings, model_set, Store.from_settings(settings))
+        try:
+            pool = rt.pose_pool()
+            assert (pool.nodes, pool.reserve_cpus, pool.cpus_per_actor) == (nodes, reserved, pose_cpus)
+            (info,) = pool.info()  # the actor is up and holds its CPUs...
+            assert info["cpus"] == pose_cpus
+            assert ray.get(a_fit_sized_task.remote(), timeout=120) == local  # ...and a fit still runs
+        finally:
+            rt.close()

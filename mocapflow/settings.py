@@ -113,7 +113,9 @@ class Settings(BaseSettings):
 
     # -- fitting -----------------------------------------------------------------------------------------
     fit_max_iters: int = Field(
-        1500, ge=1, description="Most optimiser steps per fit (it stops earlier once converged, see fit_rtol)."
+        1500,
+        ge=1,
+        description="Most optimiser steps per fit (it stops earlier once converged, see fit_rtol).",
     )
     fit_learning_rate: float = Field(3e-2, gt=0, description="Peak Adam learning rate.")
     fit_knots_per_second: float = Field(
@@ -155,6 +157,17 @@ class Settings(BaseSettings):
         None, description="Storage prefix (with glob) the nightly deployment scans for videos."
     )
     max_videos_in_flight: int = Field(8, ge=1, description="Backfill: videos submitted at once.")
+    lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="Concurrent runs of one cohort: a run computing a video's keypoints or fit holds a lease object "
+        "in the store (leases/...) that lives this long unless renewed (the holder renews it every lease_s / 3); "
+        "another run waits for the holder's result, and takes over a lease that expired (its run died). "
+        "Keep it well above the clock skew between machines.",
+    )
+    lease_poll_s: float = Field(
+        2.0, gt=0, description="How often a run waiting for another run's lease looks at the store again."
+    )
     verbose: bool = Field(
         False,
         description="Show framework start-up output: TensorFlow/absl/oneDNN/XNNPACK lines of each pose worker and "

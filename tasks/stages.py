@@ -11,7 +11,9 @@ on s3:// alike.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import task
@@ -21,6 +23,7 @@ from prefect.tasks import exponential_backoff
 
 from mocapflow.discovery import VideoSpec
 from mocapflow.errors import is_transient, one_line
+from mocapflow.leases import Leases, LeaseStats
 from mocapflow.store import SUCCESS, KeyNotFoundError, keypoints_key, keypoints_prefix
 from mocapflow.video import check_duration, probe
 from tasks.runtime import FlowRuntime
@@ -57,6 +60,34 @@ _io_retries = {
 
 def _cached(record: dict[str, Any], what: str) -> Completed:
     return Completed(name="Cached", message=f"{what} already in the store", data={**record, "cached": True})
+
+
+def _leased(
+    rt: FlowRuntime,
+    prefix: str,
+    committed: Callable[[], dict[str, Any] | None],
+    compute: Callable[[], dict[str, Any]],
+    what: str,
+    kind: str,
+) -> Any:
+    """The stage's output under ``prefix``: committed already (a ``Cached`` state), else computed under this run's
+    lease, or, while another live run holds the lease, that run's result once it lands (:mod:`mocapflow.leases`)."""
+    from prefect.runtime import flow_run
+
+    owner = str(flow_run.get_id() or f"pid-{os.getpid()}")
+    stats = LeaseStats()
+    result = Leases.from_settings(rt.store, owner, rt.settings).run_once(
+        prefix, committed, compute, what, stats
+    )
+    if stats.outcome == "cached":
+        if stats.waited_for is not None:
+            return Completed(
+                name="Cached",
+                message=f"{kind} computed by run {stats.waited_for} (waited {stats.waited_s:.0f} s)",
+                data={**result, "cached": True, "waited_for": stats.waited_for},
+            )
+        return _cached(result, kind)
+    return result
 
 
 def _committed(rt: FlowRuntime, prefix: str) -> dict[str, Any] | None:
@@ -103,22 +134,27 @@ def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> d
         "key": key,
         "uri": rt.store.uri(key),
     }
-    if (done := _committed(rt, keypoints_prefix(info["sha256"], rt.model_set.id, key_params))) is not None:
-        return _cached(
-            {
-                **record,
-                "rows": done.get("rows"),
-                "bytes": done.get("bytes"),
-                "seconds": 0.0,
-                "frames": done.get("rows"),
-            },
-            "keypoints",
-        )
-    rt.count("pose")
-    outcome = rt.pose_pool().process_one(video.uri, params, intr)
-    if isinstance(outcome, PoseFailure):
-        raise StageError(str(outcome), transient=outcome.transient)
-    return {**outcome.to_dict(), "cached": False}
+    prefix = keypoints_prefix(info["sha256"], rt.model_set.id, key_params)
+
+    def committed() -> dict[str, Any] | None:
+        if (done := _committed(rt, prefix)) is None:
+            return None
+        return {
+            **record,
+            "rows": done.get("rows"),
+            "bytes": done.get("bytes"),
+            "seconds": 0.0,
+            "frames": done.get("rows"),
+        }
+
+    def compute() -> dict[str, Any]:
+        rt.count("pose")
+        outcome = rt.pose_pool().process_one(video.uri, params, intr)
+        if isinstance(outcome, PoseFailure):
+            raise StageError(str(outcome), transient=outcome.transient)
+        return {**outcome.to_dict(), "cached": False}
+
+    return _leased(rt, prefix, committed, compute, f"pose {video.uri}", "keypoints")
 
 
 ROM_DOFS = (("hip", "hip_flexion"), ("knee", "knee_angle"), ("ankle", "ankle_angle"), ("elbow", "elbow_flex"))
@@ -171,21 +207,28 @@ def fit_video(pose: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
         "uri": rt.store.uri(prefix),
         "plot_uri": rt.store.uri(f"{prefix}/angles.png"),
     }
-    if rt.store.is_committed(prefix):
+
+    def committed() -> dict[str, Any] | None:
+        if not rt.store.is_committed(prefix):
+            return None
         figures = rt.store.get_json(f"{prefix}/scales.json").get("fit", {})
-        return _cached(
-            {
-                **record,
-                "residual_2d_px": figures.get("median_residual_2d_px"),
-                "residual_3d_mm": figures.get("median_residual_3d_mm"),
-                "converged": figures.get("converged"),
-                "rel_loss_change": figures.get("rel_loss_change"),
-                "observed_fraction": figures.get("observed_fraction"),
-                "seconds": 0.0,
-                "angles_summary": angles_summary(rt, prefix),
-            },
-            "fit",
-        )
+        return {
+            **record,
+            "residual_2d_px": figures.get("median_residual_2d_px"),
+            "residual_3d_mm": figures.get("median_residual_3d_mm"),
+            "converged": figures.get("converged"),
+            "rel_loss_change": figures.get("rel_loss_change"),
+            "observed_fraction": figures.get("observed_fraction"),
+            "seconds": 0.0,
+            "angles_summary": angles_summary(rt, prefix),
+        }
+
+    return _leased(
+        rt, prefix, committed, lambda: _fit(rt, pose, prefix, record), f"fit {pose['video']}", "fit"
+    )
+
+
+def _fit(rt: FlowRuntime, pose: dict[str, Any], prefix: str, record: dict[str, Any]) -> dict[str, Any]:
     import ray
     from ray.exceptions import RayError
 

@@ -107,6 +107,13 @@ class Settings(BaseSettings):
         description="blazepose: frames between detector scans for new people while people are tracked "
         "(a person who walks in is found at most this many frames late).",
     )
+    max_frame_side: int | None = Field(
+        1920,
+        ge=64,
+        description="Frames whose longer side is longer than this (px) are downscaled to it as they are decoded, "
+        "before the models see them (keypoints and boxes are reported in the original frame's pixels, the models "
+        "get the scaled intrinsics of the same camera): bounds a pose actor's memory on 4K video. None: never.",
+    )
     min_video_s: float = Field(
         0.5, ge=0, description="Videos shorter than this (seconds) fail at probe: too short to fit a motion."
     )

@@ -242,7 +242,9 @@ def test_two_concurrent_runs_compute_each_video_once(
         s3: S3Server = request.getfixturevalue("s3_server")
         root = f"s3://{request.getfixturevalue('s3_bucket')}/store"
         env.update(
-            MOCAPFLOW_S3_ENDPOINT_URL=s3.endpoint_url, MOCAPFLOW_S3_KEY="testing", MOCAPFLOW_S3_SECRET="testing"
+            MOCAPFLOW_S3_ENDPOINT_URL=s3.endpoint_url,
+            MOCAPFLOW_S3_KEY="testing",
+            MOCAPFLOW_S3_SECRET="testing",
         )
     handler = _Lines()
     lease_log = logging.getLogger("mocapflow.leases")
@@ -257,7 +259,9 @@ def test_two_concurrent_runs_compute_each_video_once(
         # a crashed run left a lease on the first video's keypoints, expired 5 s ago: it is taken over
         videos = sorted(str(p) for p in cohort.glob("*.mp4"))
         stale_key = lease_key(_keypoints_prefix(videos[0], settings))
-        store.put_bytes(stale_key, Lease(stale_key, "crashed-run", "t", "h", 1, 0.0, time.time() - 5).to_json())
+        store.put_bytes(
+            stale_key, Lease(stale_key, "crashed-run", "t", "h", 1, 0.0, time.time() - 5).to_json()
+        )
 
         source = CohortSource(manifest=str(cohort / "cohort.csv"))
         lease_log.addHandler(handler)

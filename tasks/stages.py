@@ -22,7 +22,7 @@ from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
 from mocapflow.discovery import VideoSpec
-from mocapflow.errors import is_transient, one_line
+from mocapflow.errors import is_transient, one_line, retry_transient
 from mocapflow.leases import Leases, LeaseStats
 from mocapflow.store import SUCCESS, KeyNotFoundError, keypoints_key, keypoints_prefix
 from mocapflow.video import check_duration, probe
@@ -168,8 +168,11 @@ def fit_prefix_for(rt: FlowRuntime, keypoints_key: str) -> str:
     from mocapflow.fit.outputs import fit_key_prefix
     from mocapflow.keypoints import KeypointsMeta
 
-    with rt.store.fs.open(rt.store.path(keypoints_key), "rb") as f:
-        meta = KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
+    def read_meta() -> KeypointsMeta:
+        with rt.store.fs.open(rt.store.path(keypoints_key), "rb") as f:
+            return KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
+
+    meta = retry_transient(read_meta, f"read the schema of {rt.store.uri(keypoints_key)}")
     return fit_key_prefix(meta, FitOptions.from_settings(rt.settings), fit_body_model().name)
 
 

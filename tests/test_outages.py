@@ -36,9 +36,13 @@ def prefect_api() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    from infra.ray_cluster import ensure_ray, shutdown_ray
+    from mocapflow.settings import Settings
+
     with prefect_test_harness(server_startup_timeout=180):
-        yield str(PREFECT_API_URL.value())
-    from infra.ray_cluster import shutdown_ray
+        url = str(PREFECT_API_URL.value())
+        ensure_ray(Settings(), prefect_api_url=url)  # from the main thread, once for every run of the module
+        yield url
 
     shutdown_ray()
 

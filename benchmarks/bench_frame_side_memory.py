@@ -29,7 +29,9 @@ def make_video(folder: Path) -> Path:
     from mocapflow.synth import CohortSpec, generate_cohort
     from mocapflow.video import iter_batches, probe
 
-    generate_cohort(folder, CohortSpec(n_videos=1, seed=1, seconds=2.0, width=960, height=540, style="humanoid"))
+    generate_cohort(
+        folder, CohortSpec(n_videos=1, seed=1, seconds=2.0, width=960, height=540, style="humanoid")
+    )
     (small,) = sorted(folder.glob("*.mp4"))
     out = folder / "uhd.mp4"
     writer = imageio.get_writer(
@@ -86,9 +88,15 @@ def main() -> None:
                     text=True,
                     check=True,
                 )
-                row = {"model": model, "max_frame_side": side, **json.loads(out.stdout.strip().splitlines()[-1])}
+                row = {
+                    "model": model,
+                    "max_frame_side": side,
+                    **json.loads(out.stdout.strip().splitlines()[-1]),
+                }
                 rows.append(row)
-                print(f"{model:10s} max_frame_side={side:5s} peak RSS {row['peak_rss_gb']:.2f} GB", flush=True)
+                print(
+                    f"{model:10s} max_frame_side={side:5s} peak RSS {row['peak_rss_gb']:.2f} GB", flush=True
+                )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         description="blazepose: frames between detector scans for new people while people are tracked "
         "(a person who walks in is found at most this many frames late).",
     )
+    max_frame_side: int | None = Field(
+        1920,
+        ge=64,
+        description="Frames whose longer side is longer than this (px) are downscaled to it as they are decoded, "
+        "before the models see them (keypoints and boxes are reported in the original frame's pixels, the models "
+        "get the scaled intrinsics of the same camera): bounds a pose actor's memory on 4K video. None: never.",
+    )
     min_video_s: float = Field(
         0.5, ge=0, description="Videos shorter than this (seconds) fail at probe: too short to fit a motion."
     )
@@ -170,6 +177,17 @@ class Settings(BaseSettings):
         ge=1,
         description="Runs of one deployment at a time (more wait in the queue): with a local Ray each run starts its "
         "own on the same CPUs; raise it when ray_address names a cluster the runs share.",
+    )
+    lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="Concurrent runs of one cohort: a run computing a video's keypoints or fit holds a lease object "
+        "in the store (leases/...) that lives this long unless renewed (the holder renews it every lease_s / 3); "
+        "another run waits for the holder's result, and takes over a lease that expired (its run died). "
+        "Keep it well above the clock skew between machines.",
+    )
+    lease_poll_s: float = Field(
+        2.0, gt=0, description="How often a run waiting for another run's lease looks at the store again."
     )
     verbose: bool = Field(
         False,

@@ -12,6 +12,7 @@ what still fails raises :class:`StoreError` (``transient`` says whether a later 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import re
 import tempfile
 import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
@@ -383,6 +385,114 @@ class Store:
         except Exception as e:
             raise self._error("delete", key, e) from e
 
+    # -- conditional writes (leases) -----------------------------------------------------------------------
+    #
+    # Small objects that several runs race for (mocapflow.leases) are written with a condition: create only if no
+    # object is there, replace or delete only if the object is still the version read. On S3 these are conditional
+    # requests (PutObject with ``If-None-Match: *`` / ``If-Match: <ETag>``, DeleteObject with ``If-Match``), which
+    # S3 and moto evaluate atomically; on a local folder a hard link (create) and an exclusive ``flock`` on a
+    # hidden lock file (replace, delete) do the same between processes of one machine. A version ``tag`` is the
+    # ETag on S3 and the sha256 of the content locally.
+
+    def create_bytes(self, key: str, data: bytes) -> str | None:
+        """Write ``data`` to ``key`` only if no object is there; its version tag, or None if one was there."""
+        path = self.path(key)
+
+        def put() -> str | None:
+            if self._local:
+                return _create_local(path, data)
+            return self._put_conditional(path, data, {"IfNoneMatch": "*"})
+
+        try:
+            return self._retried(put, "create", key)
+        except Exception as e:
+            raise self._error("write", key, e) from e
+
+    def get_bytes_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The bytes at ``key`` and their version tag, or None if there is no object."""
+        path = self.path(key)
+
+        def get() -> tuple[bytes, str] | None:
+            try:
+                if self._local:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                    return data, hashlib.sha256(data).hexdigest()
+                # the tag first: if the object changes between the two calls, a write conditional on this tag fails
+                self.fs.invalidate_cache(path)
+                tag = str(self.fs.info(path)["ETag"])
+                return self.fs.cat_file(path), tag
+            except FileNotFoundError:
+                return None
+
+        try:
+            return self._retried(get, "read", key)
+        except Exception as e:
+            raise self._error("read", key, e) from e
+
+    def replace_bytes(self, key: str, data: bytes, tag: str) -> str | None:
+        """Replace the object at ``key`` only if it is still version ``tag``; the new tag, or None if it changed."""
+        path = self.path(key)
+
+        def put() -> str | None:
+            if self._local:
+                with _local_lock(path):
+                    if _local_tag(path) != tag:
+                        return None
+                    _atomic_write_local(path, data)
+                    return hashlib.sha256(data).hexdigest()
+            return self._put_conditional(path, data, {"IfMatch": tag})
+
+        try:
+            return self._retried(put, "replace", key)
+        except Exception as e:
+            raise self._error("write", key, e) from e
+
+    def delete_if(self, key: str, tag: str) -> bool:
+        """Delete the object at ``key`` only if it is still version ``tag``; False if it changed or is gone."""
+        path = self.path(key)
+
+        def rm() -> bool:
+            if self._local:
+                with _local_lock(path):
+                    if _local_tag(path) != tag:
+                        return False
+                    os.unlink(path)
+                    return True
+            bucket, obj, _ = self.fs.split_path(path)
+            try:
+                self.fs.call_s3("delete_object", Bucket=bucket, Key=obj, IfMatch=tag)
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                if _precondition_failed(e):
+                    return False
+                raise
+            finally:
+                self.fs.invalidate_cache(path)
+            return True
+
+        try:
+            return self._retried(rm, "delete", key)
+        except Exception as e:
+            raise self._error("delete", key, e) from e
+
+    def _put_conditional(self, path: str, data: bytes, condition: dict[str, str]) -> str | None:
+        bucket, obj, _ = self.fs.split_path(path)
+        try:
+            out = self.fs.call_s3("put_object", Bucket=bucket, Key=obj, Body=data, **condition)
+        except FileNotFoundError:
+            if "IfMatch" in condition:
+                return None  # the object is gone: it is not the version we read
+            raise
+        except OSError as e:
+            if _precondition_failed(e):
+                return None
+            raise
+        finally:
+            self.fs.invalidate_cache(path)
+        return str(out["ETag"])
+
     # -- tables and JSON ----------------------------------------------------------------------------------
 
     def write_table(self, key: str, table: pa.Table, compression: str = "zstd") -> WriteReport:
@@ -459,6 +569,74 @@ class Store:
         transient = is_transient(e)
         hint = "a retry may succeed" if transient else "check the storage root and settings"
         return StoreError(f"cannot {op} {uri}: {type(e).__name__}: {e} ({hint})", transient=transient)
+
+
+def _precondition_failed(e: BaseException) -> bool:
+    """An S3 conditional request was refused: 412 PreconditionFailed, or 409 ConditionalRequestConflict (another
+    conditional write of the same key was in progress; it won)."""
+    if isinstance(e, FileExistsError):
+        return True
+    seen: BaseException | None = e
+    for _ in range(5):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            err = response.get("Error", {})
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if err.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or status in (
+                409,
+                412,
+            ):
+                return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(e)
+    return (
+        "PreconditionFailed" in text or "Precondition Failed" in text or "ConditionalRequestConflict" in text
+    )
+
+
+def _local_tag(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def _local_lock(path: str) -> Iterator[None]:
+    """An exclusive flock on ``.<name>.lock`` beside ``path`` (hidden: never listed), for one read-check-write."""
+    import fcntl
+
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(os.path.join(folder, "." + os.path.basename(path) + ".lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _create_local(path: str, data: bytes) -> str | None:
+    """Write a complete temp file, then hard-link it to ``path``: atomic, and it fails if ``path`` exists."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return None
+        return hashlib.sha256(data).hexdigest()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _atomic_write_local(path: str, data: bytes) -> None:

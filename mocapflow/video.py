@@ -187,15 +187,27 @@ def check_duration(info: VideoInfo, min_video_s: float) -> None:
         )
 
 
+def downscaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled so that the longer side is at most ``max_side`` (aspect kept, sizes rounded; None or a
+    small enough frame: unchanged). Example: ``downscaled_size(3840, 2160, 1920) == (1920, 1080)``."""
+    if max_side is None or max(width, height) <= max_side:
+        return int(width), int(height)
+    s = max_side / max(width, height)
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
 def iter_batches(
     uri: str,
     batch_size: int,
     storage_options: dict[str, Any] | None = None,
     threads: int | None = None,
+    frame_size: tuple[int, int] | None = None,
 ) -> Iterator[NDArray[np.uint8]]:
     """Decode ``uri`` into batches of RGB frames, uint8 ``[n, H, W, 3]`` with ``n <= batch_size`` (last may be short).
 
-    ``threads`` caps FFmpeg's decoder threads (None: FFmpeg's default). Each yielded array is new (safe to keep).
+    ``threads`` caps FFmpeg's decoder threads (None: FFmpeg's default). ``frame_size`` = (width, height) resizes each frame
+    as it is decoded (area interpolation; see :func:`downscaled_size`), so a batch never holds full-size frames of a
+    huge video. Each yielded array is new (safe to keep).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -205,6 +217,7 @@ def iter_batches(
             total = 0
             buf: NDArray[np.uint8] | None = None
             shape: tuple[int, ...] = ()
+            out_shape: tuple[int, ...] = ()
             k = 0
             while True:
                 ok, bgr = cap.read()
@@ -216,18 +229,21 @@ def iter_batches(
                         raise VideoError(
                             f"video {uri}: decoded frames have shape {shape}, expected H x W x 3"
                         )
-                    buf = np.empty((batch_size, *shape), np.uint8)
+                    out_shape = shape if frame_size is None else (int(frame_size[1]), int(frame_size[0]), 3)
+                    buf = np.empty((batch_size, *out_shape), np.uint8)
                 elif bgr.shape != shape:
                     raise VideoError(
                         f"video {uri}: frame {total} has size {bgr.shape[:2]}, earlier frames {shape[:2]}; "
                         "the frame size must not change"
                     )
+                if out_shape != shape:
+                    bgr = cv2.resize(bgr, (out_shape[1], out_shape[0]), interpolation=cv2.INTER_AREA)
                 cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=buf[k])
                 k += 1
                 total += 1
                 if k == batch_size:
                     yield buf
-                    buf = np.empty((batch_size, *shape), np.uint8)
+                    buf = np.empty((batch_size, *out_shape), np.uint8)
                     k = 0
             if total == 0:
                 raise VideoError(f"video {uri}: no frames (the container opens but no frame decodes)")

@@ -11,8 +11,10 @@ on s3:// alike.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -21,7 +23,8 @@ from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
 from mocapflow.discovery import VideoSpec
-from mocapflow.errors import is_transient, one_line
+from mocapflow.errors import is_transient, one_line, retry_transient
+from mocapflow.leases import Leases, LeaseStats
 from mocapflow.probeindex import probe_indexed
 from mocapflow.store import SUCCESS, KeyNotFoundError, keypoints_key, keypoints_prefix
 from mocapflow.video import check_duration
@@ -86,6 +89,34 @@ def _cached(record: dict[str, Any], what: str) -> Completed:
     return Completed(name="Cached", message=f"{what} already in the store", data={**record, "cached": True})
 
 
+def _leased(
+    rt: FlowRuntime,
+    prefix: str,
+    committed: Callable[[], dict[str, Any] | None],
+    compute: Callable[[], dict[str, Any]],
+    what: str,
+    kind: str,
+) -> Any:
+    """The stage's output under ``prefix``: committed already (a ``Cached`` state), else computed under this run's
+    lease, or, while another live run holds the lease, that run's result once it lands (:mod:`mocapflow.leases`)."""
+    from prefect.runtime import flow_run
+
+    owner = str(flow_run.get_id() or f"pid-{os.getpid()}")
+    stats = LeaseStats()
+    result = Leases.from_settings(rt.store, owner, rt.settings).run_once(
+        prefix, committed, compute, what, stats
+    )
+    if stats.outcome == "cached":
+        if stats.waited_for is not None:
+            return Completed(
+                name="Cached",
+                message=f"{kind} computed by run {stats.waited_for} (waited {stats.waited_s:.0f} s)",
+                data={**result, "cached": True, "waited_for": stats.waited_for},
+            )
+        return _cached(result, kind)
+    return result
+
+
 def _committed(rt: FlowRuntime, prefix: str) -> dict[str, Any] | None:
     try:
         return rt.store.get_json(f"{prefix}/{SUCCESS}")
@@ -132,23 +163,30 @@ def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> d
         "key": key,
         "uri": rt.store.uri(key),
     }
-    if (done := _committed(rt, keypoints_prefix(info["sha256"], rt.model_set.id, key_params))) is not None:
-        return _cached(
-            {
-                **record,
-                "rows": done.get("rows"),
-                "bytes": done.get("bytes"),
-                "seconds": 0.0,
-                "frames": done.get("rows"),
-            },
-            "keypoints",
+    prefix = keypoints_prefix(info["sha256"], rt.model_set.id, key_params)
+
+    def committed() -> dict[str, Any] | None:
+        if (done := _committed(rt, prefix)) is None:
+            return None
+        return {
+            **record,
+            "rows": done.get("rows"),
+            "bytes": done.get("bytes"),
+            "seconds": 0.0,
+            "frames": done.get("rows"),
+        }
+
+    def compute() -> dict[str, Any]:
+        rt.count("pose")
+        _started(
+            "pose", video.uri, f" (model set {rt.model_set.manifest.name}; pose actors start on first use)"
         )
-    rt.count("pose")
-    _started("pose", video.uri, f" (model set {rt.model_set.manifest.name}; pose actors start on first use)")
-    outcome = rt.pose_pool().process_one(video.uri, params, intr, video.subject_id)
-    if isinstance(outcome, PoseFailure):
-        raise StageError(str(outcome), transient=outcome.transient)
-    return {**outcome.to_dict(), "cached": False}
+        outcome = rt.pose_pool().process_one(video.uri, params, intr, video.subject_id)
+        if isinstance(outcome, PoseFailure):
+            raise StageError(str(outcome), transient=outcome.transient)
+        return {**outcome.to_dict(), "cached": False}
+
+    return _leased(rt, prefix, committed, compute, f"pose {video.uri}", "keypoints")
 
 
 ROM_DOFS = (("hip", "hip_flexion"), ("knee", "knee_angle"), ("ankle", "ankle_angle"), ("elbow", "elbow_flex"))
@@ -162,8 +200,11 @@ def fit_prefix_for(rt: FlowRuntime, keypoints_key: str) -> str:
     from mocapflow.fit.outputs import fit_key_prefix
     from mocapflow.keypoints import KeypointsMeta
 
-    with rt.store.fs.open(rt.store.path(keypoints_key), "rb") as f:
-        meta = KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
+    def read_meta() -> KeypointsMeta:
+        with rt.store.fs.open(rt.store.path(keypoints_key), "rb") as f:
+            return KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
+
+    meta = retry_transient(read_meta, f"read the schema of {rt.store.uri(keypoints_key)}")
     return fit_key_prefix(meta, FitOptions.from_settings(rt.settings), fit_body_model().name)
 
 
@@ -208,21 +249,28 @@ def fit_video(pose: dict[str, Any], rt: FlowRuntime, video: str | None = None) -
         "plot_uri": rt.store.uri(fit_key(prefix, "angles.png")),
         "outputs": output_uris(rt.store, prefix),
     }
-    if rt.store.is_committed(prefix):
+
+    def committed() -> dict[str, Any] | None:
+        if not rt.store.is_committed(prefix):
+            return None
         figures = rt.store.get_json(fit_key(prefix, "scales.json")).get("fit", {})
-        return _cached(
-            {
-                **record,
-                "residual_2d_px": figures.get("median_residual_2d_px"),
-                "residual_3d_mm": figures.get("median_residual_3d_mm"),
-                "converged": figures.get("converged"),
-                "rel_loss_change": figures.get("rel_loss_change"),
-                "observed_fraction": figures.get("observed_fraction"),
-                "seconds": 0.0,
-                "angles_summary": angles_summary(rt, prefix),
-            },
-            "fit",
-        )
+        return {
+            **record,
+            "residual_2d_px": figures.get("median_residual_2d_px"),
+            "residual_3d_mm": figures.get("median_residual_3d_mm"),
+            "converged": figures.get("converged"),
+            "rel_loss_change": figures.get("rel_loss_change"),
+            "observed_fraction": figures.get("observed_fraction"),
+            "seconds": 0.0,
+            "angles_summary": angles_summary(rt, prefix),
+        }
+
+    return _leased(
+        rt, prefix, committed, lambda: _fit(rt, pose, prefix, record), f"fit {pose['video']}", "fit"
+    )
+
+
+def _fit(rt: FlowRuntime, pose: dict[str, Any], prefix: str, record: dict[str, Any]) -> dict[str, Any]:
     import ray
     from ray.exceptions import RayError
 

@@ -40,7 +40,7 @@ from mocapflow.pose.tracking import (
     track_people,
 )
 from mocapflow.store import KeyNotFoundError, keypoints_key, keypoints_prefix
-from mocapflow.video import VideoError, VideoInfo, iter_batches, local_copy, probe
+from mocapflow.video import VideoError, VideoInfo, downscaled_size, iter_batches, local_copy, probe
 
 if TYPE_CHECKING:
     from mocapflow.settings import Settings
@@ -69,6 +69,9 @@ class PoseParams:
     test_time_augmentation: int = 1  # crops per detection where the model set supports it (metrabs)
     max_people: int | None = None  # tracking policy of model sets that track people (blazepose)
     scan_interval_frames: int = 10
+    max_frame_side: int | None = (
+        1920  # longer frames are downscaled before inference (results in original px)
+    )
 
     def __post_init__(self) -> None:
         if self.test_time_augmentation < 1:
@@ -77,6 +80,8 @@ class PoseParams:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 1.0 < self.default_fov_deg < 179.0:
             raise ValueError(f"default_fov_deg must be in (1, 179), got {self.default_fov_deg}")
+        if self.max_frame_side is not None and self.max_frame_side < 64:
+            raise ValueError(f"max_frame_side must be >= 64 px (or None), got {self.max_frame_side}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PoseParams:
@@ -87,6 +92,7 @@ class PoseParams:
             test_time_augmentation=settings.test_time_augmentation,
             max_people=settings.max_people,
             scan_interval_frames=settings.scan_interval_frames,
+            max_frame_side=settings.max_frame_side,
         )
 
     def key_params(self, intrinsics: Intrinsics) -> dict[str, Any]:
@@ -104,6 +110,10 @@ class PoseParams:
             params["max_people"] = self.max_people
         if self.scan_interval_frames != 10:
             params["scan_interval_frames"] = self.scan_interval_frames
+        if self.max_frame_side is not None and max(intrinsics.width, intrinsics.height) > self.max_frame_side:
+            params["max_frame_side"] = (
+                self.max_frame_side
+            )  # only videos it downscales: the others keep their keys
         return params
 
 
@@ -190,6 +200,35 @@ def resolve_intrinsics(
 # -- estimation ---------------------------------------------------------------------------------------------
 
 
+def scale_intrinsics(intrinsics: Intrinsics, width: int, height: int) -> Intrinsics:
+    """The intrinsics of the same camera for its frames resized to ``width`` x ``height``.
+
+    Pixel centres sit at integer coordinates (``Intrinsics.from_fov``: cx = (W - 1) / 2), and a resize maps pixel
+    edges onto pixel edges, so a point moves as x' = (x + 0.5) * sx - 0.5 with sx = width / W; focal lengths
+    scale by sx, sy. :func:`detections_to_original` is the inverse for the model's outputs.
+    """
+    sx, sy = width / intrinsics.width, height / intrinsics.height
+    return Intrinsics(
+        fx=intrinsics.fx * sx,
+        fy=intrinsics.fy * sy,
+        cx=(intrinsics.cx + 0.5) * sx - 0.5,
+        cy=(intrinsics.cy + 0.5) * sy - 0.5,
+        width=int(width),
+        height=int(height),
+    )
+
+
+def detections_to_original(found: FrameDetections, sx: float, sy: float) -> FrameDetections:
+    """Detections made on frames resized by (sx, sy), in the original frames' pixels (3D in camera mm unchanged:
+    the resized frames were given the scaled intrinsics of the same camera)."""
+    import numpy as np
+
+    scale = np.array([sx, sy], np.float32)
+    kp2d = (found.kp2d + 0.5) / scale - 0.5
+    boxes = ((found.boxes.reshape(-1, 2, 2) + 0.5) / scale - 0.5).reshape(-1, 4)
+    return dataclasses.replace(found, kp2d=kp2d.astype(np.float32), boxes=boxes.astype(np.float32))
+
+
 def detect_all(
     video_path: str,
     estimator: PoseEstimator,
@@ -198,13 +237,35 @@ def detect_all(
     total_frames: int = 0,
     decode_threads: int | None = None,
     on_progress: ProgressCallback | None = None,
+    max_frame_side: int | None = None,
 ) -> list[FrameDetections]:
-    """Run the estimator over every frame, batch by batch; one FrameDetections per decoded frame."""
+    """Run the estimator over every frame, batch by batch; one FrameDetections per decoded frame.
+
+    Frames whose longer side exceeds ``max_frame_side`` are downscaled as they are decoded (the model sees the scaled
+    intrinsics); the detections come back in the original frames' pixels, so memory per batch is bounded by
+    ``batch_size x max_frame_side^2``-ish whatever the video's size.
+    """
     detections: list[FrameDetections] = []
-    session = estimator.video_session(intrinsics)
-    for batch in iter_batches(video_path, batch_size, threads=decode_threads):
+    size = downscaled_size(intrinsics.width, intrinsics.height, max_frame_side)
+    resized = size != (intrinsics.width, intrinsics.height)
+    sx, sy = size[0] / intrinsics.width, size[1] / intrinsics.height
+    if resized:
+        logger.info(
+            "%s: %dx%d frames downscaled to %dx%d for inference (max_frame_side %d)",
+            video_path,
+            intrinsics.width,
+            intrinsics.height,
+            *size,
+            max_frame_side,
+        )
+    session = estimator.video_session(scale_intrinsics(intrinsics, *size) if resized else intrinsics)
+    for batch in iter_batches(
+        video_path, batch_size, threads=decode_threads, frame_size=size if resized else None
+    ):
         t0 = time.perf_counter()
         found = session(batch)
+        if resized:
+            found = [detections_to_original(f, sx, sy) for f in found]
         if len(found) != len(batch):
             raise RuntimeError(
                 f"model set {estimator.model_set.manifest.name!r} returned {len(found)} results for a batch of "
@@ -275,7 +336,14 @@ def estimate_people(
     """The subject's keypoints table and every person's tracks table of a local video (probed unless ``info``)."""
     info = info or probe(video_path)
     detections = detect_all(
-        video_path, estimator, intrinsics, params.batch_size, info.n_frames, decode_threads, on_progress
+        video_path,
+        estimator,
+        intrinsics,
+        params.batch_size,
+        info.n_frames,
+        decode_threads,
+        on_progress,
+        params.max_frame_side,
     )
     if len(detections) != info.n_frames:
         logger.info(

@@ -29,7 +29,17 @@ demo: setup
 realdata: setup
 	.venv/bin/mocapflow realdata
 
-test: setup realdata
+# A second S3 implementation (s3rver, on disk) for the reliability tests, from the npm registry (cached; the test
+# that needs it skips where npm is missing)
+S3RVER := $(HOME)/.cache/mocapflow/s3rver/node_modules/.bin/s3rver
+$(S3RVER):
+	@if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(HOME)/.cache/mocapflow/s3rver s3rver@3.7.1; \
+	else echo "npm not found: the s3rver reliability test will skip"; fi
+
+.PHONY: s3rver
+s3rver: $(S3RVER)
+
+test: setup realdata s3rver
 	.venv/bin/python -m pytest
 
 test-slow: setup

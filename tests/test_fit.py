@@ -339,7 +339,7 @@ def test_reweighting_finds_gross_depth_errors(model, clip, clean_fit):
     bad = rng.random(arrays["conf"].shape) < 0.1
     arrays["kp3d_mm"][bad, 2] += 400.0
     prep = prepare(meta, arrays, model, FitOptions(max_iters=CLIP_ITERS))
-    params = clean_fit_params(clean_fit)
+    params = clean_fit_params(clean_fit, np.asarray(prep.data.basis))
     n = len(prep.frames)
     once, _ = reweight(params, prep.data, model, RobustOptions())
     w_once = np.asarray(once.robust3d)[:n]
@@ -354,15 +354,15 @@ def test_reweighting_finds_gross_depth_errors(model, clip, clean_fit):
     assert np.median(w2) > 0.9  # the 2D keypoints were not touched: they are inliers
 
 
-def clean_fit_params(result: FitResult):
-    """The parameters of a finished fit, rebuilt from its result (per-frame joint values as a B-spline)."""
+def clean_fit_params(result: FitResult, basis: np.ndarray):
+    """The parameters of a finished fit, rebuilt from its result (per-frame joint values as a B-spline on ``basis``,
+    the one the fit being tested prepared: its knots are sized to its keypoints' motion)."""
     from mocapflow.fit.params import FitParams, init_bspline
 
     n = len(result.frames)
     nb = bucket_frames(n)
     x = q_to_x(result.q, result.model)
     x = np.concatenate([x, np.repeat(x[-1:], nb - n, axis=0)])
-    basis = bspline_basis(nb, result.meta.fps, result.options.knots_per_second)
     return FitParams(
         trajectory=init_bspline(x, basis, np.concatenate([np.ones(n), np.full(nb - n, 1e-3)])),
         log_scale=jnp.log(jnp.asarray(result.group_scale, jnp.float32)),

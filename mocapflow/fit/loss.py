@@ -185,11 +185,12 @@ def loss_2d(pred_m: Float[Array, "T J 3"], data: FitData) -> Float[Array, ""]:
 
 
 def trajectory_cutoff_hz(knots_per_second: float) -> float:
-    """The cut-off (Hz) of the fitted joint trajectories: half the knot rate (half amplitude there, -6 dB).
+    """The cut-off (Hz) of the fitted joint trajectories: half the knot rate (amplitude x0.64 there, -4 dB).
 
     A least-squares cubic B-spline with uniform knots passes a sinusoid below half its knot rate and removes one
-    above it, with a steep transition (measured on :func:`~mocapflow.fit.basis.bspline_basis` at 30 fps: gain 0.5
-    at 1, 2, 4 Hz for 2, 4, 8 knots/s; > 0.97 at half that, < 0.2 at twice). At the default 8 knots/s the fit keeps
+    above it, with a steep transition (measured on :func:`~mocapflow.fit.basis.bspline_basis` at 30 fps, averaged
+    over the sinusoid's phase against the knots: gain 0.64 at 1, 2, 4 Hz for 2, 4, 8 knots/s; > 0.99 at half
+    that, < 0.01 at twice). At the default 8 knots/s the fit keeps
     motion up to ~4 Hz (gait kinematics are commonly low-passed at 6 Hz); the :func:`smoothness` term lowers it
     further in proportion to the measured keypoint noise. On a still photo everything above 0 Hz is noise: there
     2 knots/s gave a median SD of 3.9 deg against 7.5 at 8 knots/s (before the limb initialisation;

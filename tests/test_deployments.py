@@ -278,3 +278,52 @@ def test_enter_project_makes_entrypoints_resolve(tmp_path: Path, monkeypatch: py
     assert Path(out["directory"]) == Path(os.getcwd())
     for d in _prefect_yaml()["deployments"]:
         assert Path(d["entrypoint"].split(":")[0]).is_file()
+
+
+def test_prefect_deploy_and_serve_give_the_same_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parameter schema `prefect deploy` stores (Prefect's ``parameter_schema`` of the entrypoint's flow, made
+    after loading it) equals `serve`'s for every prefect.yaml deployment: the settings read at deploy time as the
+    options' defaults, the model set a choice of the installed sets (one installed only in this test's
+    ``modelsets_dir``) or a free path, and the source inline as tabs Videos | Manifest | Prefix."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.deployments import build_deployments
+    from mocapflow.settings import load_settings
+    from models.modelset import MANIFEST
+
+    (tmp_path / "lab-set").mkdir()
+    (tmp_path / "lab-set" / MANIFEST).write_text("{}")
+    monkeypatch.setenv("MOCAPFLOW_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("MOCAPFLOW_MODEL_SET", "lab-set")
+    monkeypatch.setenv("MOCAPFLOW_FIT_MAX_ITERS", "77")
+    monkeypatch.chdir(ROOT)
+    served = {
+        d.name: d._parameter_openapi_schema.model_dump_for_openapi()
+        for d in build_deployments(load_settings())
+    }
+    for d in _prefect_yaml()["deployments"]:
+        deployed = parameter_schema(load_flow_from_entrypoint(d["entrypoint"])).model_dump_for_openapi()
+        assert deployed == served[d["name"]], d["name"]
+        options = deployed["definitions"]["RunOptions"]["properties"]
+        assert options["fit_max_iters"]["default"] == 77 and options["model_set"]["default"] == "lab-set"
+        installed, free = options["model_set"]["anyOf"]
+        assert installed["enum"] == ["blazepose", "lab-set", "markers"]
+        assert free == {"title": "Model-set folder or s3:// prefix", "type": "string"}
+        if "source" in deployed["properties"]:
+            source = deployed["properties"]["source"]
+            assert "$ref" not in source
+            assert [v["$ref"].rsplit("/", 1)[1] for v in source["anyOf"]] == [
+                "VideosSource",
+                "ManifestSource",
+                "PrefixSource",
+            ]
+
+    monkeypatch.setenv("MOCAPFLOW_FIT_MAX_ITERS", "not a number")  # an invalid setting: the built-in defaults
+    schema = parameter_schema(
+        load_flow_from_entrypoint("flows/cohort.py:process_video")
+    ).model_dump_for_openapi()
+    assert (
+        schema["definitions"]["RunOptions"]["properties"]["fit_max_iters"]["default"]
+        == Settings.model_fields["fit_max_iters"].default
+    )

@@ -206,6 +206,15 @@ def _prefect_yaml() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "prefect.yaml").read_text())
 
 
+def test_prefect_yaml_passes_prefect_deploys_validation() -> None:
+    """`prefect deploy` validates prefect.yaml before any step runs and skips every deployment if it fails (a
+    templated concurrency_limit did)."""
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(_prefect_yaml())
+    assert len(model.deployments) == 4
+
+
 def test_every_prefect_yaml_entrypoint_resolves() -> None:
     """Each deployment's entrypoint loads as a flow with Prefect's own loader, from the project root."""
     from prefect.flows import load_flow_from_entrypoint
@@ -241,9 +250,9 @@ def test_prefect_yaml_nightly_follows_the_settings(monkeypatch: pytest.MonkeyPat
         "source": {"prefix": "{{ mocapflow.prefix }}"},
         "options": "{{ mocapflow.options }}",
     }
-    for d in spec["deployments"]:  # the form's options and the concurrency limit come from the settings
+    for d in spec["deployments"]:  # the form's options come from the settings
         assert d["parameters"]["options"] == "{{ mocapflow.options }}"
-        assert d["concurrency_limit"] == "{{ mocapflow.concurrency_limit }}"
+        assert d["concurrency_limit"] == Settings().deployment_concurrency_limit  # a number: see prefect.yaml
     assert spec["pull"] == [{"flows.deployments.enter_project": {}}]
     assert "MOCAPFLOW_HOME" not in (ROOT / "prefect.yaml").read_text()
 

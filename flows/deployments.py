@@ -46,6 +46,9 @@ def nightly_spec(settings: Settings) -> dict[str, Any]:
         "active": active,
         "paused": not active,
         "prefix": settings.nightly_prefix,
+        **(
+            {"source": {"prefix": settings.nightly_prefix}} if active else {}
+        ),  # no source until a prefix is set
         "options": options,
         "concurrency_limit": settings.deployment_concurrency_limit,
         "parameters": {"source": {"prefix": settings.nightly_prefix}, "options": options}

@@ -246,10 +246,7 @@ def test_prefect_yaml_nightly_follows_the_settings(monkeypatch: pytest.MonkeyPat
             "active": "{{ mocapflow.active }}",
         }
     ]
-    assert nightly["parameters"] == {
-        "source": {"prefix": "{{ mocapflow.prefix }}"},
-        "options": "{{ mocapflow.options }}",
-    }
+    assert nightly["parameters"] == {"source": "{{ mocapflow.source }}", "options": "{{ mocapflow.options }}"}
     for d in spec["deployments"]:  # the form's options come from the settings
         assert d["parameters"]["options"] == "{{ mocapflow.options }}"
         assert d["concurrency_limit"] == Settings().deployment_concurrency_limit  # a number: see prefect.yaml
@@ -266,6 +263,9 @@ def test_prefect_yaml_nightly_follows_the_settings(monkeypatch: pytest.MonkeyPat
         False,
         None,
     )
+    assert (
+        "source" not in idle
+    )  # the placeholder stays unset: no source parameter (None would fail the schema)
     monkeypatch.setenv("MOCAPFLOW_NIGHTLY_CRON", "30 3 * * 1-5")
     monkeypatch.setenv("MOCAPFLOW_TIMEZONE", "Europe/Zurich")
     monkeypatch.setenv("MOCAPFLOW_NIGHTLY_PREFIX", "s3://lab/in")
@@ -276,6 +276,7 @@ def test_prefect_yaml_nightly_follows_the_settings(monkeypatch: pytest.MonkeyPat
         True,
         "s3://lab/in",
     )
+    assert live["source"] == {"prefix": "s3://lab/in"}
     assert live == nightly_spec(Settings())
 
 

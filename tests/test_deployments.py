@@ -179,6 +179,14 @@ def test_served_cron_deployment_creates_and_runs_scheduled_runs(tmp_path: Path) 
     assert nightly["parameters"]["source"] == {"prefix": "s3://lab/in"}
     assert nightly["parameters"]["options"]["model_set"] == Settings().model_set
     assert nightly["global_concurrency_limit"]["limit"] == 1
+    # serve's form (tabs, installed-set choice) from prefect deploy too
+    form = nightly["parameter_openapi_schema"]
+    assert [v["$ref"].rsplit("/", 1)[1] for v in form["properties"]["source"]["anyOf"]] == [
+        "VideosSource",
+        "ManifestSource",
+        "PrefixSource",
+    ]
+    assert "markers" in form["definitions"]["RunOptions"]["properties"]["model_set"]["anyOf"][0]["enum"]
     assert nightly_runs, f"the nightly got no scheduled runs\n{log}"
     assert all(r["auto_scheduled"] and r["parameters"] == nightly["parameters"] for r in nightly_runs)
 

@@ -28,7 +28,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from flows.params import CohortSource, RunOptions
+from flows.params import CohortSource, RunOptions, Source
 from mocapflow import report
 from mocapflow.discovery import VideoSpec, discover
 from mocapflow.report import FAILED, LOW_COVERAGE, OK, RunFailed, coverage_status, video_name
@@ -282,14 +282,14 @@ def process_video(video: str, options: RunOptions = RunOptions()) -> State:  # n
 
 
 @flow(name="process-cohort", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=16))
-def process_cohort(source: CohortSource, options: RunOptions = RunOptions()) -> State:  # noqa: B008
+def process_cohort(source: Source, options: RunOptions = RunOptions()) -> State:  # noqa: B008
     """Every video of a cohort; unchanged videos (same content, model and parameters) cost nothing."""
     return _cohort(source, options.settings(), "cohort", _scope("cohort"))
 
 
 @flow(name="backfill", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=16))
 def backfill(
-    source: CohortSource,
+    source: Source,
     options: RunOptions = RunOptions(),  # noqa: B008
     name: str = "default",
     only_failed: bool = False,

@@ -9,17 +9,17 @@
 it as a build step (:func:`nightly_step`) so its schedule, timezone, prefix and paused state come from the settings
 (``MOCAPFLOW_NIGHTLY_CRON``, ``MOCAPFLOW_TIMEZONE``, ``MOCAPFLOW_NIGHTLY_PREFIX``) read when deploying.
 
-What the UI's form shows: every option with the deploy-time settings as its value (the deployments' default
-``options``), the model set as a choice of the sets installed under ``modelsets_dir`` plus the built-in ones (built on
-first use), or a free folder / s3:// prefix (:func:`model_set_choices`, `serve` only: prefect.yaml's schema is
-Prefect's own from the flow signature), and the source as one of videos / manifest / prefix. Each deployment runs at
-most ``deployment_concurrency_limit`` runs at once (the rest wait): with a local Ray each run would start its own on
-the same CPUs; with ``ray_address`` set every run joins that one cluster.
+What the UI's form shows comes from the flows' parameter types (flows/params.py), so `serve` and `prefect deploy`
+give the same schema, generated when they deploy: every option with the deploy-time settings as its value (the
+deployments' default ``options``) and as its default, the model set as a choice of the sets installed under
+``modelsets_dir`` plus the built-in ones (built on first use) or a free folder / s3:// prefix, and the source inline
+as one of videos / manifest / prefix (tabs). Each deployment runs at most ``deployment_concurrency_limit`` runs at
+once (the rest wait): with a local Ray each run would start its own on the same CPUs; with ``ray_address`` set every
+run joins that one cluster.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,9 @@ def nightly_spec(settings: Settings) -> dict[str, Any]:
         "active": active,
         "paused": not active,
         "prefix": settings.nightly_prefix,
+        **(
+            {"source": {"prefix": settings.nightly_prefix}} if active else {}
+        ),  # no source until a prefix is set
         "options": options,
         "concurrency_limit": settings.deployment_concurrency_limit,
         "parameters": {"source": {"prefix": settings.nightly_prefix}, "options": options}
@@ -69,50 +72,6 @@ def enter_project() -> dict[str, str]:
     root = str(Path(flows.__file__).resolve().parents[1])
     os.chdir(root)
     return {"directory": root}
-
-
-def installed_model_sets(settings: Settings) -> list[str]:
-    """Model-set names a run can take by name: folders with a manifest under ``modelsets_dir``, and the built-in
-    sets (built on first use)."""
-    from models.modelset import MANIFEST
-    from tasks.runtime import BUILT_IN
-
-    root = settings.modelsets_dir
-    found = {p.parent.name for p in root.glob(f"*/{MANIFEST}")} if root.is_dir() else set()
-    return sorted(found | set(BUILT_IN))
-
-
-def model_set_choices(schema: dict[str, Any], settings: Settings) -> None:
-    """In a flow's parameter schema (``definitions`` of RunOptions): the model set as one of the installed sets or
-    a free folder / s3:// prefix, with the settings' model set as default."""
-    prop = schema.get("definitions", {}).get("RunOptions", {}).get("properties", {}).get("model_set")
-    if prop is None:
-        return
-    names = installed_model_sets(settings)
-    default = settings.model_set
-    prop.pop("type", None)
-    prop.update(
-        default=default,
-        anyOf=[
-            {"title": "Installed model set", "type": "string", "enum": names},
-            {"title": "Model-set folder or s3:// prefix", "type": "string"},
-        ],
-    )
-
-
-def _with_form(deployment: Any, settings: Settings) -> Any:
-    """Model-set choices and deploy-time defaults in the deployment's parameter schema."""
-    schema = deployment._parameter_openapi_schema
-    model_set_choices({"definitions": schema.definitions}, settings)
-    if "options" in schema.properties:
-        schema.properties["options"]["default"] = options_defaults(settings)
-    source = schema.properties.get("source")
-    if (
-        source is not None and "$ref" in source
-    ):  # inline: the form shows an inline anyOf as tabs, a $ref as JSON
-        inline = copy.deepcopy(schema.definitions[source["$ref"].rsplit("/", 1)[1]])
-        schema.properties["source"] = {**inline, **{k: v for k, v in source.items() if k != "$ref"}}
-    return deployment
 
 
 def build_deployments(settings: Settings) -> list[Any]:
@@ -156,4 +115,4 @@ def build_deployments(settings: Settings) -> list[Any]:
             **common,
         ),
     ]
-    return [_with_form(d, settings) for d in deployments]
+    return deployments

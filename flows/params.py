@@ -137,14 +137,65 @@ class CohortSource(RootModel[SourceVariant]):
         return f"{len(self.videos)} videos"
 
 
+class _Inline:
+    """JSON-schema marker: the annotated model's schema in place, not a ``$ref`` to it (Prefect's form shows an
+    inline anyOf as tabs, a $ref to one as raw JSON)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return dict(handler.resolve_ref_schema(handler(core_schema)))
+
+
+Source = Annotated[CohortSource, _Inline()]
+"""The flows' ``source`` parameter: a :class:`CohortSource`, inline in their parameter schema (tabs Videos | Manifest
+| Prefix in the form, for `serve` and `prefect deploy` alike)."""
+
+
 def _default(name: str) -> Any:
     return Settings.model_fields[name].default
+
+
+def installed_model_sets(settings: Settings) -> list[str]:
+    """Model-set names a run can take by name: folders with a manifest under ``modelsets_dir``, and the built-in
+    sets (built on first use)."""
+    from models.modelset import MANIFEST
+    from tasks.runtime import BUILT_IN
+
+    root = settings.modelsets_dir
+    found = {p.parent.name for p in root.glob(f"*/{MANIFEST}")} if root.is_dir() else set()
+    return sorted(found | set(BUILT_IN))
+
+
+def _run_options_form(schema: dict[str, Any]) -> None:
+    """RunOptions' JSON schema as the Prefect form shows it: each field's default is the settings read now, and the
+    model set is a choice of the installed sets or a free folder / s3:// prefix.
+
+    Pydantic calls this whenever the schema is generated: by `prefect deploy` and by `serve` (``to_deployment``) for
+    a deployment's parameter schema, so both give the same form with their deploy-time settings. Prefect also
+    generates a flow's schema when the flow is defined (module import); settings that do not validate there leave
+    the built-in defaults (the run itself reports them when it starts)."""
+    from pydantic import ValidationError
+
+    try:
+        settings = load_settings()
+        defaults = RunOptions.from_settings(settings).model_dump(mode="json")
+    except ValidationError:
+        settings = Settings.model_construct()  # the built-in defaults
+        defaults = {}
+    props = schema.get("properties", {})
+    for name, value in defaults.items():
+        props[name]["default"] = value
+    if (prop := props.get("model_set")) is not None:
+        prop.pop("type", None)
+        prop["anyOf"] = [
+            {"title": "Installed model set", "type": "string", "enum": installed_model_sets(settings)},
+            {"title": "Model-set folder or s3:// prefix", "type": "string"},
+        ]
 
 
 class RunOptions(BaseModel):
     """Model and fitting options of a run. A field not given comes from the settings read when the run starts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_run_options_form)
 
     model_set: str = Field(
         _default("model_set"),

@@ -179,6 +179,14 @@ def test_served_cron_deployment_creates_and_runs_scheduled_runs(tmp_path: Path) 
     assert nightly["parameters"]["source"] == {"prefix": "s3://lab/in"}
     assert nightly["parameters"]["options"]["model_set"] == Settings().model_set
     assert nightly["global_concurrency_limit"]["limit"] == 1
+    # serve's form (tabs, installed-set choice) from prefect deploy too
+    form = nightly["parameter_openapi_schema"]
+    assert [v["$ref"].rsplit("/", 1)[1] for v in form["properties"]["source"]["anyOf"]] == [
+        "VideosSource",
+        "ManifestSource",
+        "PrefixSource",
+    ]
+    assert "markers" in form["definitions"]["RunOptions"]["properties"]["model_set"]["anyOf"][0]["enum"]
     assert nightly_runs, f"the nightly got no scheduled runs\n{log}"
     assert all(r["auto_scheduled"] and r["parameters"] == nightly["parameters"] for r in nightly_runs)
 
@@ -204,6 +212,15 @@ def test_nightly_from_settings_paused_until_a_prefix_is_set() -> None:
 
 def _prefect_yaml() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "prefect.yaml").read_text())
+
+
+def test_prefect_yaml_passes_prefect_deploys_validation() -> None:
+    """`prefect deploy` validates prefect.yaml before any step runs and skips every deployment if it fails (a
+    templated concurrency_limit did)."""
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(_prefect_yaml())
+    assert len(model.deployments) == 4
 
 
 def test_every_prefect_yaml_entrypoint_resolves() -> None:
@@ -237,13 +254,10 @@ def test_prefect_yaml_nightly_follows_the_settings(monkeypatch: pytest.MonkeyPat
             "active": "{{ mocapflow.active }}",
         }
     ]
-    assert nightly["parameters"] == {
-        "source": {"prefix": "{{ mocapflow.prefix }}"},
-        "options": "{{ mocapflow.options }}",
-    }
-    for d in spec["deployments"]:  # the form's options and the concurrency limit come from the settings
+    assert nightly["parameters"] == {"source": "{{ mocapflow.source }}", "options": "{{ mocapflow.options }}"}
+    for d in spec["deployments"]:  # the form's options come from the settings
         assert d["parameters"]["options"] == "{{ mocapflow.options }}"
-        assert d["concurrency_limit"] == "{{ mocapflow.concurrency_limit }}"
+        assert d["concurrency_limit"] == Settings().deployment_concurrency_limit  # a number: see prefect.yaml
     assert spec["pull"] == [{"flows.deployments.enter_project": {}}]
     assert "MOCAPFLOW_HOME" not in (ROOT / "prefect.yaml").read_text()
 
@@ -257,6 +271,9 @@ def test_prefect_yaml_nightly_follows_the_settings(monkeypatch: pytest.MonkeyPat
         False,
         None,
     )
+    assert (
+        "source" not in idle
+    )  # the placeholder stays unset: no source parameter (None would fail the schema)
     monkeypatch.setenv("MOCAPFLOW_NIGHTLY_CRON", "30 3 * * 1-5")
     monkeypatch.setenv("MOCAPFLOW_TIMEZONE", "Europe/Zurich")
     monkeypatch.setenv("MOCAPFLOW_NIGHTLY_PREFIX", "s3://lab/in")
@@ -267,6 +284,7 @@ def test_prefect_yaml_nightly_follows_the_settings(monkeypatch: pytest.MonkeyPat
         True,
         "s3://lab/in",
     )
+    assert live["source"] == {"prefix": "s3://lab/in"}
     assert live == nightly_spec(Settings())
 
 
@@ -278,3 +296,52 @@ def test_enter_project_makes_entrypoints_resolve(tmp_path: Path, monkeypatch: py
     assert Path(out["directory"]) == Path(os.getcwd())
     for d in _prefect_yaml()["deployments"]:
         assert Path(d["entrypoint"].split(":")[0]).is_file()
+
+
+def test_prefect_deploy_and_serve_give_the_same_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parameter schema `prefect deploy` stores (Prefect's ``parameter_schema`` of the entrypoint's flow, made
+    after loading it) equals `serve`'s for every prefect.yaml deployment: the settings read at deploy time as the
+    options' defaults, the model set a choice of the installed sets (one installed only in this test's
+    ``modelsets_dir``) or a free path, and the source inline as tabs Videos | Manifest | Prefix."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.deployments import build_deployments
+    from mocapflow.settings import load_settings
+    from models.modelset import MANIFEST
+
+    (tmp_path / "lab-set").mkdir()
+    (tmp_path / "lab-set" / MANIFEST).write_text("{}")
+    monkeypatch.setenv("MOCAPFLOW_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("MOCAPFLOW_MODEL_SET", "lab-set")
+    monkeypatch.setenv("MOCAPFLOW_FIT_MAX_ITERS", "77")
+    monkeypatch.chdir(ROOT)
+    served = {
+        d.name: d._parameter_openapi_schema.model_dump_for_openapi()
+        for d in build_deployments(load_settings())
+    }
+    for d in _prefect_yaml()["deployments"]:
+        deployed = parameter_schema(load_flow_from_entrypoint(d["entrypoint"])).model_dump_for_openapi()
+        assert deployed == served[d["name"]], d["name"]
+        options = deployed["definitions"]["RunOptions"]["properties"]
+        assert options["fit_max_iters"]["default"] == 77 and options["model_set"]["default"] == "lab-set"
+        installed, free = options["model_set"]["anyOf"]
+        assert installed["enum"] == ["blazepose", "lab-set", "markers"]
+        assert free == {"title": "Model-set folder or s3:// prefix", "type": "string"}
+        if "source" in deployed["properties"]:
+            source = deployed["properties"]["source"]
+            assert "$ref" not in source
+            assert [v["$ref"].rsplit("/", 1)[1] for v in source["anyOf"]] == [
+                "VideosSource",
+                "ManifestSource",
+                "PrefixSource",
+            ]
+
+    monkeypatch.setenv("MOCAPFLOW_FIT_MAX_ITERS", "not a number")  # an invalid setting: the built-in defaults
+    schema = parameter_schema(
+        load_flow_from_entrypoint("flows/cohort.py:process_video")
+    ).model_dump_for_openapi()
+    assert (
+        schema["definitions"]["RunOptions"]["properties"]["fit_max_iters"]["default"]
+        == Settings.model_fields["fit_max_iters"].default
+    )

@@ -28,7 +28,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from flows.params import CohortSource, RunOptions, Source
+from flows.params import CohortSource, RunOptions, Source, forms_from_settings
 from mocapflow import report
 from mocapflow.discovery import VideoSpec, discover
 from mocapflow.report import FAILED, LOW_COVERAGE, OK, RunFailed, coverage_status, video_name
@@ -329,3 +329,8 @@ def backfill(
         )
 
     return _cohort(source, settings, "backfill", _scope("backfill", name), max_in_flight, select, record)
+
+
+# the flows are defined (their import-time schemas keep the built-in defaults): schemas made from now on, for a
+# deployment by `serve` or `prefect deploy`, show the settings read then
+forms_from_settings()

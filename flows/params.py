@@ -154,15 +154,27 @@ def _default(name: str) -> Any:
     return Settings.model_fields[name].default
 
 
-def installed_model_sets(settings: Settings) -> list[str]:
+def installed_model_sets(settings: Settings | None) -> list[str]:
     """Model-set names a run can take by name: folders with a manifest under ``modelsets_dir``, and the built-in
-    sets (built on first use)."""
+    sets (built on first use); without settings, the built-in sets."""
     from models.modelset import MANIFEST
     from tasks.runtime import BUILT_IN
 
-    root = settings.modelsets_dir
-    found = {p.parent.name for p in root.glob(f"*/{MANIFEST}")} if root.is_dir() else set()
+    root = settings.modelsets_dir if settings is not None else None
+    found = (
+        {p.parent.name for p in root.glob(f"*/{MANIFEST}")} if root is not None and root.is_dir() else set()
+    )
     return sorted(found | set(BUILT_IN))
+
+
+_form = {"from_settings": False}  # see forms_from_settings
+
+
+def forms_from_settings() -> None:
+    """From now on a parameter schema made for a deployment reads the settings (flows/cohort.py calls this once its
+    flows are defined: Prefect makes each flow's schema when the flow is defined, at import, where nothing may read
+    the environment; those schemas keep the built-in defaults)."""
+    _form["from_settings"] = True
 
 
 def _run_options_form(schema: dict[str, Any]) -> None:
@@ -170,24 +182,26 @@ def _run_options_form(schema: dict[str, Any]) -> None:
     model set is a choice of the installed sets or a free folder / s3:// prefix.
 
     Pydantic calls this whenever the schema is generated: by `prefect deploy` and by `serve` (``to_deployment``) for
-    a deployment's parameter schema, so both give the same form with their deploy-time settings. Prefect also
-    generates a flow's schema when the flow is defined (module import); settings that do not validate there leave
-    the built-in defaults (the run itself reports them when it starts)."""
+    a deployment's parameter schema, so both give the same form with their deploy-time settings. Settings that do not
+    validate leave the built-in defaults (the run itself reports them when it starts)."""
     from pydantic import ValidationError
 
-    try:
-        settings = load_settings()
-        defaults = RunOptions.from_settings(settings).model_dump(mode="json")
-    except ValidationError:
-        settings = Settings.model_construct()  # the built-in defaults
-        defaults = {}
+    settings, defaults = Settings.model_construct(), {}  # the built-in defaults
+    if _form["from_settings"]:
+        try:
+            settings = load_settings()
+            defaults = RunOptions.from_settings(settings).model_dump(mode="json")
+        except ValidationError:
+            pass
+    # at import: the built-in sets only (no look at the disk)
+    choices = installed_model_sets(settings) if _form["from_settings"] else installed_model_sets(None)
     props = schema.get("properties", {})
     for name, value in defaults.items():
         props[name]["default"] = value
     if (prop := props.get("model_set")) is not None:
         prop.pop("type", None)
         prop["anyOf"] = [
-            {"title": "Installed model set", "type": "string", "enum": installed_model_sets(settings)},
+            {"title": "Installed model set", "type": "string", "enum": choices},
             {"title": "Model-set folder or s3:// prefix", "type": "string"},
         ]
 

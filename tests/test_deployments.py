@@ -345,3 +345,36 @@ def test_prefect_deploy_and_serve_give_the_same_form(tmp_path: Path, monkeypatch
         schema["definitions"]["RunOptions"]["properties"]["fit_max_iters"]["default"]
         == Settings.model_fields["fit_max_iters"].default
     )
+
+
+def test_importing_the_flows_reads_no_settings() -> None:
+    """Prefect makes each flow's parameter schema when the flow is defined (at import); that schema keeps the built-in
+    defaults and choices, with settings in the environment that would change them (and one that does not even
+    validate): nothing reads the environment at import. A schema made after the import shows the settings."""
+    code = textwrap.dedent(
+        """
+        import json
+        from prefect.utilities.callables import parameter_schema
+        from flows.cohort import process_cohort
+        at_import = process_cohort.parameters.model_dump_for_openapi()["definitions"]["RunOptions"]["properties"]
+        after = parameter_schema(process_cohort).model_dump_for_openapi()["definitions"]["RunOptions"]["properties"]
+        print(json.dumps([at_import["fit_max_iters"]["default"], at_import["model_set"]["anyOf"][0]["enum"],
+                          after["fit_max_iters"]["default"]]))
+        """
+    )
+    env = {**os.environ, "MOCAPFLOW_FIT_MAX_ITERS": "77", "MOCAPFLOW_MODELS_DIR": "/nonexistent/models"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    import json
+
+    at_import_iters, at_import_sets, after_iters = json.loads(out.stdout.strip().splitlines()[-1])
+    assert at_import_iters == Settings.model_fields["fit_max_iters"].default
+    assert at_import_sets == ["blazepose", "markers"]
+    assert after_iters == 77

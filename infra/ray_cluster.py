@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -109,13 +111,49 @@ def ensure_ray(
     else:
         cpus = num_cpus or local_cpus()
         logger.info("starting a local Ray with %d CPUs", cpus)
-        with warnings.catch_warnings():
-            # Ray starts its GCS and raylet with subprocess (fork + exec: no Python runs in the child), which JAX's
-            # fork hook reports as a deadlock risk when JAX is already loaded in this driver (the demo's synthesis).
-            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-            ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+
+        def start() -> None:
+            with warnings.catch_warnings():
+                # Ray starts its GCS and raylet with subprocess (fork + exec: no Python runs in the child), which
+                # JAX's fork hook reports as a deadlock risk when JAX is already loaded in this driver (the demo's
+                # synthesis).
+                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+                ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+
+        _from_a_thread_that_lives(start)
         _restore_excepthook()
     return dict(ray.cluster_resources())
+
+
+def _from_a_thread_that_lives(start: Callable[[], None]) -> None:
+    """Run ``start`` (a local ``ray.init``) in a thread that lives as long as this process.
+
+    Ray starts its GCS and raylet with ``PR_SET_PDEATHSIG`` = SIGKILL (ray._private.services), which Linux sends when
+    the *thread* that started them exits. A flow starts Ray on first use, inside one of Prefect's task-runner threads;
+    when the run ended and that thread pool closed, the local cluster was killed, and the next run in the same
+    process (a served deployment, a test session) hung for 60 s on the dead GCS, then Ray ended the whole process.
+    From the main thread it runs in place; from any other, in a daemon thread that then waits for ever.
+    """
+    if threading.current_thread() is threading.main_thread():
+        start()
+        return
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def owner() -> None:
+        try:
+            start()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            failure.append(e)
+        finally:
+            done.set()
+        if not failure:
+            threading.Event().wait()  # the cluster's processes die with this thread
+
+    threading.Thread(target=owner, name="mocapflow-ray-owner", daemon=True).start()
+    done.wait()
+    if failure:
+        raise failure[0]
 
 
 def _restore_excepthook() -> None:

@@ -130,6 +130,43 @@ def test_worker_env_carries_prefect_api_url() -> None:
     assert worker_env("http://127.0.0.1:4200/api")["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
 
 
+def test_a_local_ray_started_in_a_thread_outlives_the_thread() -> None:
+    """A flow starts Ray on first use inside a task-runner thread; Ray's GCS and raylet die with the thread that
+    started them (PR_SET_PDEATHSIG), so a second run in the same process (a served deployment) found a dead cluster
+    and Ray ended the process. Started from a short-lived thread, the cluster must still run tasks afterwards."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import threading, time
+        import ray
+        from infra.ray_cluster import ensure_ray
+        from mocapflow.settings import Settings
+
+        t = threading.Thread(target=ensure_ray, args=(Settings(),), kwargs={"num_cpus": 1})
+        t.start(); t.join()
+        time.sleep(3)  # the raylet is SIGKILLed as the thread ends, if it was started from it
+
+        @ray.remote(num_cpus=1)
+        def two():
+            return 2
+
+        print("result", ray.get(two.remote(), timeout=45))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert "result 2" in out.stdout, out.stderr[-2000:]
+
+
 def test_ensure_ray_is_idempotent_and_workers_get_the_environment(ray_cluster: None) -> None:
     assert ensure_ray(Settings(), prefect_api_url=PREFECT_URL)["CPU"] == 2
 

@@ -130,8 +130,10 @@ def test_a_4k_video_gives_the_1080p_keypoints_in_its_own_pixels(
         2160,
     ) and meta_4k.intrinsics == k_4k  # the video's own camera
     assert meta_4k.params["max_frame_side"] == 1920 and "max_frame_side" not in meta_hd.params
-    seen = a_hd["conf"] > 0
-    assert seen.mean() > 0.5 and np.array_equal(seen, a_4k["conf"] > 0)
+    # the same markers found: the 4K file is its own H.264 encoding, so a marker at the detection threshold may flip
+    seen_hd, seen_4k = a_hd["conf"] > 0, a_4k["conf"] > 0
+    assert seen_hd.mean() > 0.5 and (seen_hd == seen_4k).mean() > 0.97, (seen_hd == seen_4k).mean()
+    seen = seen_hd & seen_4k
     expected = (a_hd["kp2d_px"] + 0.5) * 2.0 - 0.5  # the 1080p keypoints scaled to 4K pixels
     err = np.linalg.norm(a_4k["kp2d_px"] - expected, axis=-1)[seen]
     assert np.median(err) < 0.5 and err.max() < 3.0, (np.median(err), err.max())

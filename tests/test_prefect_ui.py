@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,22 @@ def _artifacts(server: PrefectServer, flow_run_id: str) -> list[dict[str, Any]]:
 
 
 def _logs(server: PrefectServer, flow_run_id: str) -> list[str]:
-    logs = server.api(
-        "POST",
-        "/logs/filter",
-        {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200},
-    )
-    return [f"{log['level']} {log['message']}" for log in logs]
+    """Every log line of a run, oldest first (the API returns at most 200 a call: paged)."""
+    out: list[dict] = []
+    while True:
+        page = server.api(
+            "POST",
+            "/logs/filter",
+            {
+                "logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                "sort": "TIMESTAMP_ASC",
+                "limit": 200,
+                "offset": len(out),
+            },
+        )
+        out += page
+        if len(page) < 200:
+            return [f"{log['level']} {log['message']}" for log in out]
 
 
 def test_cohort_run_in_the_ui_names_logs_and_artifacts(server, ui_env, ui_cohort: Path) -> None:
@@ -166,7 +177,12 @@ def test_cohort_run_in_the_ui_names_logs_and_artifacts(server, ui_env, ui_cohort
     assert re.fullmatch(r"process-cohort · cohort\.csv · \d{4}-\d\d-\d\d \d\d:\d\d", run.name), run.name
     assert {f"probe {good}", f"pose {good}", f"fit {good}", f"probe {bad}"} <= task_names
 
+    # the run's last lines reach the server in the log worker's next batch
+    deadline = time.monotonic() + 30
     logs = _logs(server, run_id)
+    while sum(bool(re.search(r"\[[12]/2\] ", m)) for m in logs) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+        logs = _logs(server, run_id)
     # the first line after Prefect's own says what is being prepared, before the model set loads
     assert logs[0].startswith("20 Beginning flow run") and "preparing model set 'markers'" in logs[1], logs[
         :3

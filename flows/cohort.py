@@ -267,6 +267,7 @@ def _finish(kind: str, scope: str, rt: FlowRuntime, rows: list[dict[str, Any]], 
         "low_coverage": sum(r["status"] == LOW_COVERAGE for r in rows),
         "pose_calls": rt.pose_calls,
         "fit_calls": rt.fit_calls,
+        "pose_pool_reused": rt.pose_pool_reused,  # None: no pose work; False: this run started the actors
         "rows": rows,
     }
     end = report.outcome(rows, min_cov)

@@ -454,11 +454,13 @@ def run(
     from mocapflow.cli_render import render_run
     from mocapflow.report import VideoLine, video_name, write_qc_videos
     from mocapflow.store import Store
+    from tasks.pose_pools import one_run_per_process
 
     try:
         cohort = CohortSource(**source, glob=glob)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    one_run_per_process()  # the pose actors stop once the run's pose work is done: their CPUs go to its fits
     columns = (TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     rows: list[dict] = []
     bars = Progress(

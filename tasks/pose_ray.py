@@ -213,9 +213,13 @@ class PoseWorker:
         intrinsics: Intrinsics | None = None,
         progress: Any | None = None,
         subject_id: str | None = None,
+        store: Store | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> PoseResult:
         """Run the pose stage on one video; ``progress`` is an optional progress-board actor handle;
-        ``subject_id`` (a cohort manifest's) goes into the tables' metadata."""
+        ``subject_id`` (a cohort manifest's) goes into the tables' metadata. ``store`` and ``storage_options``
+        (reading the video): the calling run's, where the actor serves runs with other stores (default: the store
+        and options of the settings the actor was started with)."""
 
         def report(done: int, total: int) -> None:
             if progress is not None:
@@ -224,16 +228,20 @@ class PoseWorker:
         result = run_pose(
             video_uri,
             self.estimator,
-            self.store,
+            store or self.store,
             params,
             intrinsics=intrinsics,
-            storage_options=self.settings.storage_options(),
+            storage_options=self.settings.storage_options() if storage_options is None else storage_options,
             decode_threads=self.threads.threads,
             on_progress=report,
             subject_id=subject_id,
         )
         self.videos += 1
         return result
+
+    def ping(self) -> int:
+        """This actor's pid: answers at once when the actor is idle (a pool checks an idle actor is alive)."""
+        return os.getpid()
 
     def info(self) -> dict[str, Any]:
         """Who this actor is and how its threads are set (for tests and diagnostics)."""
@@ -462,9 +470,13 @@ class PosePool:
         params: PoseParams,
         intrinsics: Intrinsics | None = None,
         subject_id: str | None = None,
+        store: Store | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> PoseOutcome:
         """One video on the next idle actor, waiting for one if all are busy. Thread-safe: the flow's task threads
-        each hand one video to the pool (do not mix with a concurrent :meth:`map`).
+        (of one run or of several runs sharing the pool, :mod:`tasks.pose_pools`) each hand one video to the pool
+        (do not mix with a concurrent :meth:`map`). ``store``, ``storage_options``: the calling run's
+        (:meth:`PoseWorker.process`).
 
         A video whose actor's node is gone goes to another actor at once (not the video's fault); one whose actor
         died on a live node comes back as a transient :class:`PoseFailure` (the caller's retry sends it again)."""
@@ -472,7 +484,9 @@ class PosePool:
         for _ in range(self.n_actors + 1):
             slot = self._idle.get()
             try:
-                ref = self.actors[slot].process.remote(video, params, intrinsics, None, subject_id)
+                ref = self.actors[slot].process.remote(
+                    video, params, intrinsics, None, subject_id, store, storage_options
+                )
                 outcome, death = self._collect(ref, video, slot)
             finally:
                 if self.actors[slot] is not None:  # a retired slot never comes back

@@ -1,7 +1,8 @@
 """What one flow run shares between its tasks: settings, the store, the model set, and (lazily) Ray and the pose pool.
 
 Ray and the pose actors start only when a task first needs them, so a rerun whose every stage is already in the
-store starts no actor and loads no model.
+store starts no actor and loads no model; a run in a process that served an earlier run may find that run's pose
+actors still up, models loaded (:mod:`tasks.pose_pools`).
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ class FlowRuntime:
     settings: Settings
     model_set: ModelSet
     store: Store
-    _pool: Any = field(default=None, repr=False)
+    _lease: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     pose_calls: int = 0
     fit_calls: int = 0
+    pose_pool_reused: bool | None = None  # None: this run needed no pose actor
 
     @classmethod
     def start(cls, settings: Settings) -> FlowRuntime:
@@ -69,51 +71,25 @@ class FlowRuntime:
         ensure_ray(self.settings, prefect_api_url=current_prefect_api_url())
 
     def pose_pool(self) -> Any:
-        """The PosePool, started on first use: ``settings.pose_actors`` actors anywhere, or by default on each
-        live node as many as leave ``fit_cpus`` for the fits there (:func:`tasks.pose_ray.plan_pose_actors`)."""
+        """The run's PosePool, on first use: the process's live pool for this model set and actor settings (left by
+        an earlier run, models loaded), else a new one (:mod:`tasks.pose_pools`: ``settings.pose_actors`` actors
+        anywhere, or by default on each live node as many as leave ``fit_cpus`` for the fits there)."""
         with self._lock:
-            if self._pool is None:
-                from tasks.pose_ray import PosePool, live_nodes, plan_pose_actors
+            if self._lease is None:
+                from tasks import pose_pools
 
                 self.ensure_ray()
-                s = self.settings
-                if s.pose_actors:
-                    self._pool = PosePool(s, n_actors=s.pose_actors)
-                else:
-                    nodes = live_nodes()
-                    plan = plan_pose_actors(nodes, s.pose_cpus, s.fit_cpus)
-                    if plan:
-                        self._pool = PosePool(s, nodes=list(plan))
-                    else:
-                        # no node has CPUs for a pose actor AND a fit: a full-size actor would keep every fit
-                        # waiting until the pose stage ends (and the flow waits for fits before it sends more
-                        # videos to the pose stage); one actor asks Ray for what a fit leaves and shares CPUs
-                        room = max((n.cpus for n in nodes), default=0) - s.fit_cpus
-                        logger.warning(
-                            "no node has %d CPUs for a pose actor and %d for a fit: one pose actor with %d threads "
-                            "reserving %d CPUs, sharing CPUs with the fits",
-                            s.pose_cpus,
-                            s.fit_cpus,
-                            s.pose_cpus,
-                            max(0, room),
-                        )
-                        self._pool = PosePool(s, n_actors=1, reserve_cpus=max(0, room))
-                    logger.info(
-                        "pose actors per node: %s",
-                        {n.node_id[:8]: plan.count(n.node_id) for n in nodes},
-                    )
-                logger.info(
-                    "started %d pose actors x %d CPUs", self._pool.n_actors, self._pool.cpus_per_actor
-                )
-            return self._pool
+                self._lease = pose_pools.acquire(self.settings, self.model_set)
+                self.pose_pool_reused = self._lease.reused
+            return self._lease.pool
 
     def release_pose_pool(self) -> None:
-        """Stop the pose actors (their CPUs go to the fits) once no pose work is left."""
+        """This run's pose work is done: the pool stays up ``settings.pose_pool_idle_s`` for the next run (0: its
+        actors stop now and their CPUs go to the fits)."""
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
-                logger.info("pose work done; pose actors stopped")
+            if self._lease is not None:
+                self._lease.release(self.settings.pose_pool_idle_s)
+                self._lease = None
 
     def count(self, stage: str) -> None:
         with self._lock:

@@ -179,9 +179,13 @@ def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> d
     def compute() -> dict[str, Any]:
         rt.count("pose")
         _started(
-            "pose", video.uri, f" (model set {rt.model_set.manifest.name}; pose actors start on first use)"
+            "pose",
+            video.uri,
+            f" (model set {rt.model_set.manifest.name}; pose actors start on first use or are reused)",
         )
-        outcome = rt.pose_pool().process_one(video.uri, params, intr, video.subject_id)
+        outcome = rt.pose_pool().process_one(
+            video.uri, params, intr, video.subject_id, rt.store, rt.settings.storage_options()
+        )
         if isinstance(outcome, PoseFailure):
             raise StageError(str(outcome), transient=outcome.transient)
         return {**outcome.to_dict(), "cached": False}

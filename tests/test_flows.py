@@ -254,6 +254,29 @@ def test_backfill_resumes_after_interruption_and_reruns_only_failed(
     assert status["status"] == "failed" and status["failed_stage"] == "probe"
 
 
+def test_a_second_run_in_the_process_reuses_the_pose_actors(cohort: Path, env, tmp_path: Path) -> None:
+    """A served deployment runs many flows in one process: the second run's pose stage runs on the actors the first
+    left (same actor ids, models loaded once), writing to its own store."""
+    from flows.cohort import process_video
+    from flows.params import RunOptions
+    from tasks.pose_pools import registry
+
+    video = str(sorted(cohort.glob("v*.mp4"))[0])
+    summaries, actor_ids = [], []
+    for store in ("first", "second"):  # two stores: the second run computes everything again
+        state = process_video(
+            video, RunOptions(storage_root=str(tmp_path / store), fit_max_iters=20), return_state=True
+        )
+        summaries.append(_summary(state))
+        assert state.is_completed(), state.message
+        (pool,) = registry().live()  # idle between runs (pose_pool_idle_s), not stopped
+        actor_ids.append([a._actor_id.hex() for a in pool.actors])
+    assert [s["pose_calls"] for s in summaries] == [1, 1]
+    assert summaries[1]["pose_pool_reused"] is True and actor_ids[1] == actor_ids[0]
+    assert summaries[1]["rows"][0]["keypoints_uri"].startswith(str(tmp_path / "second"))
+    assert all(i["loads"] == 1 for i in pool.info())  # the models were not loaded again
+
+
 def test_one_video_on_s3_with_a_plot_link_a_browser_opens(
     cohort: Path, env, s3_server, s3_bucket: str
 ) -> None:

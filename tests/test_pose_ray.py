@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class TinyEstimator(PoseEstimator):
         return out
 
 
-def make_model_set(root: Path) -> ModelSet:
+def make_model_set(root: Path, name: str = "tiny") -> ModelSet:
     import onnx
     from onnx import TensorProto, helper
 
@@ -79,7 +80,7 @@ def make_model_set(root: Path) -> ModelSet:
     files = {"backbone": {"path": "backbone.onnx"}}
     write_manifest(
         root,
-        name="tiny",
+        name=name,
         kind="markers",
         version="1",
         joint_names=["head", "hip", "feet"],
@@ -326,12 +327,13 @@ class TinyPool(PosePool):
     """The flow's pool with the tiny estimator (FlowRuntime starts the pool itself)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, open_model=TinyEstimator, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **{**kwargs, "open_model": TinyEstimator})  # type: ignore[arg-type]
 
 
 def test_the_flow_pool_always_leaves_a_cpu_for_a_fit(
     ray_cluster: None, s3_server: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tasks.pose_pools import registry
     from tasks.runtime import FlowRuntime
 
     monkeypatch.setattr("tasks.pose_ray.PosePool", TinyPool)
@@ -355,3 +357,118 @@ def test_the_flow_pool_always_leaves_a_cpu_for_a_fit(
             assert ray.get(a_fit_sized_task.remote(), timeout=120) == local  # ...and a fit still runs
         finally:
             rt.close()
+    registry().shutdown_all()  # the last pool idles in the process's registry (pose_pool_idle_s)
+
+
+# -- pools that outlive a run (tasks/pose_pools.py) -------------------------------------------------------------
+
+
+def _actor_ids(pool: PosePool) -> list[str]:
+    return [a._actor_id.hex() for a in pool.actors if a is not None]
+
+
+def _dead(pool_actors: list[object]) -> bool:
+    from ray.exceptions import RayActorError
+
+    try:
+        ray.get([a.ping.remote() for a in pool_actors], timeout=60)  # type: ignore[attr-defined]
+    except RayActorError:
+        return True
+    return False
+
+
+@pytest.fixture
+def registry() -> Iterator[object]:
+    from tasks.pose_pools import PoolRegistry
+
+    reg = PoolRegistry()
+    yield reg
+    reg.shutdown_all()
+
+
+def test_a_second_run_reuses_the_live_pool_and_an_idle_pool_is_stopped(
+    ray_cluster: None,
+    videos: dict[str, Path],
+    s3_server: S3Server,
+    s3_bucket: str,
+    tmp_path: Path,
+    registry,
+) -> None:
+    model_set = make_model_set(tmp_path / "tiny")
+    settings = settings_for(s3_server, s3_bucket, model_set.root, pose_cpus=1)
+    first = registry.acquire(settings, model_set, TinyEstimator)
+    assert not first.reused
+    r1 = first.pool.process_one(str(videos["ok0"]), PoseParams())
+    ids = _actor_ids(first.pool)
+    first.release(idle_s=60)
+    assert registry.live() == [first.pool]  # idle, not stopped
+
+    # the next run writes elsewhere: the store travels with each call, not with the actor
+    elsewhere = settings.model_copy(update={"storage_root": f"s3://{s3_bucket}/second-run"})
+    other = Store.from_settings(elsewhere)
+    second = registry.acquire(elsewhere, model_set, TinyEstimator)
+    assert second.reused and second.pool is first.pool and _actor_ids(second.pool) == ids
+    r2 = second.pool.process_one(
+        str(videos["ok1"]), PoseParams(), store=other, storage_options=elsewhere.storage_options()
+    )
+    assert isinstance(r1, PoseResult) and isinstance(r2, PoseResult), (r1, r2)
+    assert r2.uri.startswith(f"s3://{s3_bucket}/second-run/") and other.is_committed(r2.key.rsplit("/", 1)[0])
+    infos = second.pool.info()
+    assert [i["loads"] for i in infos] == [1] and sum(i["videos"] for i in infos) == 2  # models loaded once
+    assert registry.started == 1
+
+    # released with a short idle time: the reaper stops the actors
+    actors = list(second.pool.actors)
+    second.release(idle_s=0.5)
+    deadline = time.monotonic() + 30
+    while registry.live() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert registry.live() == []
+    assert _dead(actors)
+
+
+def test_a_changed_model_set_or_a_dead_actor_gets_a_new_pool(
+    ray_cluster: None, videos: dict[str, Path], s3_server: S3Server, s3_bucket: str, tmp_path: Path, registry
+) -> None:
+    tiny = make_model_set(tmp_path / "tiny")
+    settings = settings_for(s3_server, s3_bucket, tiny.root, pose_cpus=1)
+    lease = registry.acquire(settings, tiny, TinyEstimator)
+    old = list(lease.pool.actors)
+    lease.release(idle_s=60)
+
+    # another model set (another content id): a new pool; the idle one is stopped (its CPUs)
+    other = make_model_set(tmp_path / "tiny2", name="tiny2")
+    other_settings = settings_for(s3_server, s3_bucket, other.root, pose_cpus=1)
+    lease2 = registry.acquire(other_settings, other, TinyEstimator)
+    assert not lease2.reused and registry.live() == [lease2.pool] and _dead(old)
+    (info,) = lease2.pool.info()
+    assert info["model_id"] == other.id != tiny.id
+    lease2.release(idle_s=60)
+
+    # an actor of the idle pool died (killed, out of memory): the next run gets a pool whose actors all live
+    ray.kill(lease2.pool.actors[0], no_restart=True)
+    lease3 = registry.acquire(other_settings, other, TinyEstimator)
+    assert not lease3.reused and lease3.pool is not lease2.pool
+    assert isinstance(lease3.pool.process_one(str(videos["ok0"]), PoseParams()), PoseResult)
+    lease3.release(idle_s=0)  # 0: stopped at once, as a run that owned its pool did
+    assert registry.live() == []
+
+
+def test_concurrent_runs_share_one_pool(
+    ray_cluster: None, videos: dict[str, Path], s3_server: S3Server, s3_bucket: str, tmp_path: Path, registry
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    model_set = make_model_set(tmp_path / "tiny")
+    settings = settings_for(s3_server, s3_bucket, model_set.root, pose_cpus=1)
+    a = registry.acquire(settings, model_set, TinyEstimator)
+    b = registry.acquire(settings, model_set, TinyEstimator)
+    assert b.pool is a.pool and b.reused
+    work = [(lease, str(videos[f"ok{i}"])) for i, lease in enumerate([a, b, a, b])]
+    with ThreadPoolExecutor(4) as ex:
+        outcomes = list(ex.map(lambda lv: lv[0].pool.process_one(lv[1], PoseParams()), work))
+    assert all(isinstance(o, PoseResult) for o in outcomes), outcomes
+    a.release(idle_s=0)
+    assert registry.live() == [b.pool]  # still held by the other run
+    b.release(idle_s=0)
+    assert registry.live() == []

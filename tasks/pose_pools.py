@@ -124,6 +124,7 @@ class _Entry:
     idle_since: float | None = None
     idle_s: float = 0.0
     runs: int = 0  # leases handed out so far (1: started for the first run)
+    serial: int = 0  # order of creation in the registry
 
 
 @dataclass
@@ -182,8 +183,8 @@ class PoolRegistry:
                     reserve_cpus=key.reserve_cpus,
                     open_model=open_model,
                 )
-                entry = self._entries[key] = _Entry(key, pool)
                 self.started += 1
+                entry = self._entries[key] = _Entry(key, pool, serial=self.started)
                 logger.info(
                     "started %d pose actors x %d CPUs (model set %s)",
                     pool.n_actors,
@@ -226,7 +227,10 @@ class PoolRegistry:
             entry.users -= 1
             if entry.users > 0 or self._entries.get(entry.key) is not entry:
                 return
-            if idle_s <= 0 or not self.keep_idle:
+            # a pool started after this one (another model set, or the nodes changed) may be waiting for the CPUs
+            # this one holds, and is the one the next run of its kind gets
+            superseded = any(e.serial > entry.serial for e in self._entries.values())
+            if idle_s <= 0 or not self.keep_idle or superseded:
                 self._stop(entry)
                 logger.info("pose work done; pose actors stopped")
                 return

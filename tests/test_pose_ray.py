@@ -468,7 +468,16 @@ def test_concurrent_runs_share_one_pool(
     with ThreadPoolExecutor(4) as ex:
         outcomes = list(ex.map(lambda lv: lv[0].pool.process_one(lv[1], PoseParams()), work))
     assert all(isinstance(o, PoseResult) for o in outcomes), outcomes
-    a.release(idle_s=0)
+    a.release(idle_s=60)
     assert registry.live() == [b.pool]  # still held by the other run
-    b.release(idle_s=0)
+
+    # a third run with another model set while the pool is held: a pool of its own; the first pool, once released,
+    # stops at once (the newer pool may be waiting for its CPUs)
+    other = make_model_set(tmp_path / "tiny2", name="tiny2")
+    c = registry.acquire(settings_for(s3_server, s3_bucket, other.root, pose_cpus=1), other, TinyEstimator)
+    assert not c.reused and c.pool is not b.pool
+    b.release(idle_s=60)
+    assert registry.live() == [c.pool]
+    assert isinstance(c.pool.process_one(str(videos["ok4"]), PoseParams()), PoseResult)
+    c.release(idle_s=0)
     assert registry.live() == []

@@ -377,6 +377,12 @@ def _dead(pool_actors: list[object]) -> bool:
     return False
 
 
+def _tiny(s3: S3Server, bucket: str, root: Path, name: str = "tiny") -> tuple[ModelSet, Settings]:
+    """A tiny model set under ``root`` and settings for one 1-CPU actor per pool that use it."""
+    model_set = make_model_set(root, name=name)
+    return model_set, settings_for(s3, bucket, model_set.root, pose_cpus=1)
+
+
 @pytest.fixture
 def registry() -> Iterator[object]:
     from tasks.pose_pools import PoolRegistry
@@ -394,8 +400,7 @@ def test_a_second_run_reuses_the_live_pool_and_an_idle_pool_is_stopped(
     tmp_path: Path,
     registry,
 ) -> None:
-    model_set = make_model_set(tmp_path / "tiny")
-    settings = settings_for(s3_server, s3_bucket, model_set.root, pose_cpus=1)
+    model_set, settings = _tiny(s3_server, s3_bucket, tmp_path / "tiny")
     first = registry.acquire(settings, model_set, TinyEstimator)
     assert not first.reused
     r1 = first.pool.process_one(str(videos["ok0"]), PoseParams())
@@ -430,15 +435,13 @@ def test_a_second_run_reuses_the_live_pool_and_an_idle_pool_is_stopped(
 def test_a_changed_model_set_or_a_dead_actor_gets_a_new_pool(
     ray_cluster: None, videos: dict[str, Path], s3_server: S3Server, s3_bucket: str, tmp_path: Path, registry
 ) -> None:
-    tiny = make_model_set(tmp_path / "tiny")
-    settings = settings_for(s3_server, s3_bucket, tiny.root, pose_cpus=1)
+    tiny, settings = _tiny(s3_server, s3_bucket, tmp_path / "tiny")
     lease = registry.acquire(settings, tiny, TinyEstimator)
     old = list(lease.pool.actors)
     lease.release(idle_s=60)
 
     # another model set (another content id): a new pool; the idle one is stopped (its CPUs)
-    other = make_model_set(tmp_path / "tiny2", name="tiny2")
-    other_settings = settings_for(s3_server, s3_bucket, other.root, pose_cpus=1)
+    other, other_settings = _tiny(s3_server, s3_bucket, tmp_path / "tiny2", name="tiny2")
     lease2 = registry.acquire(other_settings, other, TinyEstimator)
     assert not lease2.reused and registry.live() == [lease2.pool] and _dead(old)
     (info,) = lease2.pool.info()
@@ -459,8 +462,7 @@ def test_concurrent_runs_share_one_pool(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    model_set = make_model_set(tmp_path / "tiny")
-    settings = settings_for(s3_server, s3_bucket, model_set.root, pose_cpus=1)
+    model_set, settings = _tiny(s3_server, s3_bucket, tmp_path / "tiny")
     a = registry.acquire(settings, model_set, TinyEstimator)
     b = registry.acquire(settings, model_set, TinyEstimator)
     assert b.pool is a.pool and b.reused
@@ -473,8 +475,8 @@ def test_concurrent_runs_share_one_pool(
 
     # a third run with another model set while the pool is held: a pool of its own; the first pool, once released,
     # stops at once (the newer pool may be waiting for its CPUs)
-    other = make_model_set(tmp_path / "tiny2", name="tiny2")
-    c = registry.acquire(settings_for(s3_server, s3_bucket, other.root, pose_cpus=1), other, TinyEstimator)
+    other, other_settings = _tiny(s3_server, s3_bucket, tmp_path / "tiny2", name="tiny2")
+    c = registry.acquire(other_settings, other, TinyEstimator)
     assert not c.reused and c.pool is not b.pool
     b.release(idle_s=60)
     assert registry.live() == [c.pool]

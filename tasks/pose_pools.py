@@ -154,9 +154,8 @@ class PoolRegistry:
         self._reaper: threading.Thread | None = None
         self._closed = False
         self.started = 0  # pools started by this registry (tests, diagnostics)
-        self.keep_idle = (
-            True  # False: a released pool stops at once, whatever its idle time (one_run_per_process)
-        )
+        # False: a released pool stops at once, whatever its idle time (one_run_per_process)
+        self.keep_idle = True
 
     # -- public -------------------------------------------------------------------------------------------------
 

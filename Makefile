@@ -5,11 +5,6 @@ PYTHON ?= python3
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 export UV_PROJECT_ENVIRONMENT := .venv
-# bytecode compiled once at install (as docker/Dockerfile does): where PYTHONDONTWRITEBYTECODE=1 is set, every process
-# (each Ray worker, Ray's dashboard agent, TensorFlow's import in each pose actor) otherwise compiles its imports from
-# source on every start; on a loaded 2-core machine Ray's agent then missed the raylet's fixed 15 s start-up window
-# and `ray.init` failed ("The current node timed out during startup", ray-project/ray#65983)
-export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: setup demo test test-slow test-cluster lint clean

@@ -91,13 +91,16 @@ def test_batches_are_independent_arrays(videos: dict[str, Path]) -> None:
         ("frameless", "no frames"),
     ],
 )
-def test_bad_videos_fail_clearly(videos: dict[str, Path], name: str, message: str) -> None:
+def test_bad_videos_fail_clearly(
+    videos: dict[str, Path], name: str, message: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     path = str(videos[name])
     with pytest.raises(VideoError, match=message) as info:
         probe(path)
     assert path in str(info.value)
     with pytest.raises(VideoError, match=message):
         next(iter_batches(path, 4))
+    assert "[ WARN" not in capfd.readouterr().err  # OpenCV's own warnings stay out of the user's terminal
 
 
 def test_missing_file(tmp_path: Path) -> None:

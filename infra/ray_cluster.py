@@ -150,10 +150,29 @@ def _from_a_thread_that_lives(start: Callable[[], None]) -> None:
         if not failure:
             threading.Event().wait()  # the cluster's processes die with this thread
 
-    threading.Thread(target=owner, name="mocapflow-ray-owner", daemon=True).start()
-    done.wait()
+    # Ray warns that it set no SIGTERM handler off the main thread: here that is by design (the process's own
+    # handlers stay), so the warning is kept out of the user's terminal
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    quiet = _DropMessage("SIGTERM handler is not set")
+    ray_worker_log.addFilter(quiet)
+    try:
+        threading.Thread(target=owner, name="mocapflow-ray-owner", daemon=True).start()
+        done.wait()
+    finally:
+        ray_worker_log.removeFilter(quiet)
     if failure:
         raise failure[0]
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 def _restore_excepthook() -> None:

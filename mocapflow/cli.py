@@ -118,6 +118,7 @@ def models_build(
 from typing import TYPE_CHECKING  # noqa: E402 - appended section
 
 if TYPE_CHECKING:
+    from flows.params import CohortSource
     from mocapflow.settings import Settings
 
 
@@ -409,6 +410,19 @@ def demo(
     render_demo(report, out, time.perf_counter() - t_start)
 
 
+def run_source(sources: list[str], glob: str) -> CohortSource:
+    """``mocapflow run``'s arguments as the flow's ``CohortSource`` (``glob`` applies to a folder / prefix);
+    typer.BadParameter with the reason for arguments that do not make one source."""
+    from flows.params import CohortSource
+    from mocapflow.report import split_sources
+
+    try:
+        source = split_sources(sources)
+        return CohortSource(**source, **({"glob": glob} if "prefix" in source else {}))
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        raise typer.BadParameter(str(e)) from None
+
+
 @app.command()
 def run(
     sources: Annotated[
@@ -434,13 +448,9 @@ def run(
     import time
 
     t_start = time.perf_counter()
-    from mocapflow.report import split_sources
     from mocapflow.settings import load_settings
 
-    try:
-        source = split_sources(sources)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    cohort = run_source(sources, glob)  # a bad argument fails here, before any model set, Prefect or Ray
     settings = load_settings(model_set=model, storage_root=out)
     _quiet_frameworks(settings.verbose)
     # before Prefect and Ray start: a missing set fails in seconds, a missing built-in one is built first
@@ -450,16 +460,12 @@ def run(
 
     from flows.cohort import process_cohort, run_summary
     from flows.demo import _RowEvents
-    from flows.params import CohortSource, RunOptions
+    from flows.params import RunOptions
     from mocapflow.cli_render import render_run
     from mocapflow.report import VideoLine, video_name, write_qc_videos
     from mocapflow.store import Store
     from tasks.pose_pools import one_run_per_process
 
-    try:
-        cohort = CohortSource(**source, glob=glob)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
     one_run_per_process()  # the pose actors stop once the run's pose work is done: their CPUs go to its fits
     columns = (TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     rows: list[dict] = []

@@ -80,7 +80,7 @@ def lease_cpus(k: int, pin: bool = True, lock_dir: Path | None = None) -> CpuLea
         # process). The OS balances such a node better: run unpinned, threads still sized to k.
         for f in files:
             f.close()
-        logger.warning(
+        logger.info(  # the planned fallback of a small or shared node, not a fault (and not for the terminal)
             "only %d of %d CPUs free on this node; running unpinned with %d threads", len(chosen), k_eff, k
         )
         with contextlib.suppress(OSError):  # a reused worker may still be pinned by its previous lease

@@ -355,7 +355,8 @@ MANIFEST_SUFFIXES = (".csv", ".parquet")
 
 
 def split_sources(args: list[str]) -> dict[str, Any]:
-    """``mocapflow run``'s arguments as a cohort source: ``{"videos": [...], "manifest": ..., "prefix": ...}``.
+    """``mocapflow run``'s arguments as cohort-source fields: those of ``videos`` (a list), ``manifest``, ``prefix``
+    that were given (more than one kind is refused by the flow's ``CohortSource``).
 
     A ``.csv`` / ``.parquet`` argument is the manifest, a local folder or an ``s3://`` URI ending in ``/`` (or
     without a video suffix) is the prefix, anything else a video. At most one manifest and one prefix.
@@ -384,11 +385,12 @@ def split_sources(args: list[str]) -> dict[str, Any]:
             f"give at most one manifest and one folder/prefix (got {len(manifests)} manifests, "
             f"{len(prefixes)} folders); list videos one by one or put them in a manifest"
         )
-    return {
-        "videos": videos,
-        "manifest": manifests[0] if manifests else None,
-        "prefix": prefixes[0] if prefixes else None,
-    }
+    given: dict[str, Any] = {"videos": videos} if videos else {}
+    if manifests:
+        given["manifest"] = manifests[0]
+    if prefixes:
+        given["prefix"] = prefixes[0]
+    return given
 
 
 def write_qc_videos(

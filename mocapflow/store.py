@@ -21,10 +21,10 @@ import re
 import tempfile
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
 import numpy as np
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from mocapflow.settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SUCCESS = "_SUCCESS.json"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -401,7 +402,8 @@ class Store:
         def put() -> str | None:
             if self._local:
                 return _create_local(path, data)
-            return self._put_conditional(path, data, {"IfNoneMatch": "*"})
+            out = self._s3_conditional(path, "put_object", Body=data, IfNoneMatch="*")
+            return None if out is None else str(out["ETag"])
 
         try:
             return self._retried(put, "create", key)
@@ -434,14 +436,15 @@ class Store:
         """Replace the object at ``key`` only if it is still version ``tag``; the new tag, or None if it changed."""
         path = self.path(key)
 
+        def write_local() -> str:
+            _atomic_write_local(path, data)
+            return hashlib.sha256(data).hexdigest()
+
         def put() -> str | None:
             if self._local:
-                with _local_lock(path):
-                    if _local_tag(path) != tag:
-                        return None
-                    _atomic_write_local(path, data)
-                    return hashlib.sha256(data).hexdigest()
-            return self._put_conditional(path, data, {"IfMatch": tag})
+                return _if_local_tag(path, tag, write_local)
+            out = self._s3_conditional(path, "put_object", Body=data, IfMatch=tag)
+            return None if out is None else str(out["ETag"])
 
         try:
             return self._retried(put, "replace", key)
@@ -454,36 +457,23 @@ class Store:
 
         def rm() -> bool:
             if self._local:
-                with _local_lock(path):
-                    if _local_tag(path) != tag:
-                        return False
-                    os.unlink(path)
-                    return True
-            bucket, obj, _ = self.fs.split_path(path)
-            try:
-                self.fs.call_s3("delete_object", Bucket=bucket, Key=obj, IfMatch=tag)
-            except FileNotFoundError:
-                return False
-            except OSError as e:
-                if _precondition_failed(e):
-                    return False
-                raise
-            finally:
-                self.fs.invalidate_cache(path)
-            return True
+                return _if_local_tag(path, tag, lambda: os.unlink(path) or True) is not None
+            return self._s3_conditional(path, "delete_object", IfMatch=tag) is not None
 
         try:
             return self._retried(rm, "delete", key)
         except Exception as e:
             raise self._error("delete", key, e) from e
 
-    def _put_conditional(self, path: str, data: bytes, condition: dict[str, str]) -> str | None:
+    def _s3_conditional(self, path: str, method: str, **kwargs: Any) -> dict[str, Any] | None:
+        """S3 ``method`` on ``path`` with a condition (``IfNoneMatch`` / ``IfMatch``): its response, or None if the
+        condition failed (with ``IfMatch``, also if the object is gone: it is not the version read)."""
         bucket, obj, _ = self.fs.split_path(path)
         try:
-            out = self.fs.call_s3("put_object", Bucket=bucket, Key=obj, Body=data, **condition)
+            return dict(self.fs.call_s3(method, Bucket=bucket, Key=obj, **kwargs))
         except FileNotFoundError:
-            if "IfMatch" in condition:
-                return None  # the object is gone: it is not the version we read
+            if "IfMatch" in kwargs:
+                return None
             raise
         except OSError as e:
             if _precondition_failed(e):
@@ -491,7 +481,6 @@ class Store:
             raise
         finally:
             self.fs.invalidate_cache(path)
-        return str(out["ETag"])
 
     # -- tables and JSON ----------------------------------------------------------------------------------
 
@@ -617,6 +606,12 @@ def _local_lock(path: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _if_local_tag(path: str, tag: str, action: Callable[[], T]) -> T | None:
+    """``action()`` under the file's lock if ``path`` is still version ``tag`` (else None: it changed or is gone)."""
+    with _local_lock(path):
+        return action() if _local_tag(path) == tag else None
 
 
 def _create_local(path: str, data: bytes) -> str | None:

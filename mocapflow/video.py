@@ -132,6 +132,8 @@ def _open(path: str, uri: str, size: int, threads: int | None) -> cv2.VideoCaptu
     params: list[int] = []
     if threads is not None:
         params = [cv2.CAP_PROP_N_THREADS, int(threads)]
+    # OpenCV's own warnings about a file it cannot open repeat, in its words, the VideoError raised below
+    cv2.utils.logging.setLogLevel(min(cv2.utils.logging.getLogLevel(), cv2.utils.logging.LOG_LEVEL_ERROR))
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
     if not cap.isOpened():
         cap.release()

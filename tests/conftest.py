@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,26 +38,51 @@ def markers_model_set(tmp_path_factory: pytest.TempPathFactory) -> ModelSet:
     return build(tmp_path_factory.mktemp("modelsets") / "markers")
 
 
+def write_lossless_h264(path: Path, frames: Iterable[Any], fps: float, extra: Sequence[str] = ()) -> None:
+    """Lossless H.264 (``-qp 0``) from RGB uint8 frames; ``extra``: more ffmpeg output options."""
+    import imageio.v2 as imageio
+
+    writer = imageio.get_writer(
+        str(path),
+        fps=fps,
+        codec="libx264",
+        macro_block_size=16,
+        ffmpeg_log_level="error",
+        output_params=["-qp", "0", *extra],
+    )
+    try:
+        for f in frames:
+            writer.append_data(f)
+    finally:
+        writer.close()
+
+
+@pytest.fixture(scope="session")
+def write_h264():
+    """:func:`write_lossless_h264`, for test modules (conftest is not imported by name)."""
+    return write_lossless_h264
+
+
 @pytest.fixture(scope="session")
 def write_flat_video():
     """A writer of lossless H.264 test videos: frame i is a flat grey of ``levels[i]`` (96x64 px, 10 fps)."""
 
     def write(path: Path, levels: list[int], width: int = 96, height: int = 64, fps: float = 10.0) -> None:
-        import imageio.v2 as imageio
         import numpy as np
 
-        writer = imageio.get_writer(
-            str(path),
-            fps=fps,
-            codec="libx264",
-            macro_block_size=16,
-            ffmpeg_log_level="error",
-            output_params=["-qp", "0"],
-        )
-        try:
-            for level in levels:
-                writer.append_data(np.full((height, width, 3), level, np.uint8))
-        finally:
-            writer.close()
+        write_lossless_h264(path, (np.full((height, width, 3), level, np.uint8) for level in levels), fps)
 
     return write
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    """Prefect's temporary test server for one test module; its API URL (set for the module's flow runs)."""
+    from infra.prefect_env import prepare_prefect_env
+
+    prepare_prefect_env()
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(PREFECT_API_URL.value())

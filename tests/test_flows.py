@@ -34,18 +34,6 @@ FIT_ITERS = 300
 
 
 @pytest.fixture(scope="module")
-def prefect_api() -> Iterator[str]:
-    from infra.prefect_env import prepare_prefect_env
-
-    prepare_prefect_env()
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield str(PREFECT_API_URL.value())
-
-
-@pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cohort")
     generate_cohort(

@@ -77,26 +77,8 @@ def test_key_params_name_the_limit_only_for_videos_it_downscales() -> None:
         PoseParams(max_frame_side=10)
 
 
-def _write(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    import imageio.v2 as imageio
-
-    writer = imageio.get_writer(
-        str(path),
-        fps=fps,
-        codec="libx264",
-        macro_block_size=16,
-        ffmpeg_log_level="error",
-        output_params=["-qp", "0"],
-    )
-    try:
-        for f in frames:
-            writer.append_data(f)
-    finally:
-        writer.close()
-
-
 @pytest.fixture(scope="module")
-def hd_and_4k(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def hd_and_4k(tmp_path_factory: pytest.TempPathFactory, write_h264: Any) -> tuple[Path, Path]:
     """A synthetic marker video at 1920x1080 and the same frames upscaled to 3840x2160 (one pixel -> 2x2)."""
     from mocapflow.synth import CohortSpec, generate_cohort
 
@@ -108,7 +90,7 @@ def hd_and_4k(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     frames = np.concatenate(list(iter_batches(str(hd), 16)))
     big = [np.repeat(np.repeat(f, 2, axis=0), 2, axis=1) for f in frames]
     uhd = out / "uhd.mp4"
-    _write(uhd, big, probe(str(hd)).fps)
+    write_h264(uhd, big, probe(str(hd)).fps)
     return hd, uhd
 
 

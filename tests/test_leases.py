@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -174,18 +173,6 @@ def test_a_failed_holder_releases_and_the_waiter_computes(store: Store) -> None:
 
 
 # -- two concurrent cohort runs -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[str]:
-    from infra.prefect_env import prepare_prefect_env
-
-    prepare_prefect_env()
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield str(PREFECT_API_URL.value())
 
 
 @pytest.fixture(scope="module")

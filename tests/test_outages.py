@@ -29,21 +29,13 @@ STAGES = ("discovery", "probe", "pose", "fit", "summary")
 
 
 @pytest.fixture(scope="module")
-def prefect_api() -> Iterator[str]:
-    from infra.prefect_env import prepare_prefect_env
-
-    prepare_prefect_env()
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
+def outage_api(prefect_api: str) -> Iterator[str]:
+    """The module's Prefect server, with Ray started from the main thread once for every run of the module."""
     from infra.ray_cluster import ensure_ray, shutdown_ray
     from mocapflow.settings import Settings
 
-    with prefect_test_harness(server_startup_timeout=180):
-        url = str(PREFECT_API_URL.value())
-        ensure_ray(Settings(), prefect_api_url=url)  # from the main thread, once for every run of the module
-        yield url
-
+    ensure_ray(Settings(), prefect_api_url=prefect_api)
+    yield prefect_api
     shutdown_ray()
 
 
@@ -117,7 +109,7 @@ def test_an_outage_at_each_stage_loses_nothing(
     stage: str,
     cohort: list[Path],
     markers_model_set: Any,
-    prefect_api: str,
+    outage_api: str,
     s3_server: S3Server,
     s3_bucket: str,
 ) -> None:
@@ -138,7 +130,7 @@ def test_an_outage_at_each_stage_loses_nothing(
             "MOCAPFLOW_S3_ENDPOINT_URL": gate.url,  # every client of the run, Ray's workers included, goes through it
             "MOCAPFLOW_S3_KEY": "testing",
             "MOCAPFLOW_S3_SECRET": "testing",
-            "PREFECT_API_URL": prefect_api,
+            "PREFECT_API_URL": outage_api,
         }
         for k, v in env.items():
             mp.setenv(k, v)

@@ -27,12 +27,34 @@ def test_arguments_become_videos_a_manifest_and_a_prefix(tmp_path: Path) -> None
         "manifest": str(Path("cohort.csv").resolve()),
         "prefix": str(folder),
     }
+    assert split_sources(["a.mp4"]) == {"videos": [str(Path("a.mp4").resolve())]}
+    assert split_sources(["cohort.parquet"]) == {"manifest": str(Path("cohort.parquet").resolve())}
     assert split_sources(["s3://bucket/day1"])["prefix"] == "s3://bucket/day1"
     assert split_sources(["s3://bucket/day1/"])["prefix"] == "s3://bucket/day1/"
     with pytest.raises(ValueError, match="at most one manifest"):
         split_sources(["a.csv", "b.parquet"])
     with pytest.raises(ValueError, match="2 folders"):
         split_sources([str(folder), "s3://bucket/day1/"])
+
+
+def test_run_arguments_of_each_kind_make_the_flows_cohort_source(tmp_path: Path) -> None:
+    import typer
+
+    from mocapflow.cli import run_source
+
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    videos = run_source(["a.mp4", "s3://bucket/b.MOV"], "**/*.mp4")
+    assert (videos.kind, videos.videos) == ("videos", [str(Path("a.mp4").resolve()), "s3://bucket/b.MOV"])
+    manifest = run_source(["cohort.csv"], "**/*.mp4")
+    assert (manifest.kind, manifest.manifest) == ("manifest", str(Path("cohort.csv").resolve()))
+    prefix = run_source([str(folder)], "**/*.MOV")
+    assert (prefix.kind, prefix.prefix, prefix.glob) == ("prefix", str(folder), "**/*.MOV")
+    assert run_source(["s3://bucket/day1/"], "*.mp4").prefix == "s3://bucket/day1/"
+    with pytest.raises(typer.BadParameter, match="exactly one source"):
+        run_source(["a.mp4", str(folder)], "**/*.mp4")  # the flow takes one kind of source per run
+    with pytest.raises(typer.BadParameter, match="at most one manifest"):
+        run_source(["a.csv", "b.csv"], "**/*.mp4")
 
 
 def test_a_summary_row_becomes_one_line_by_name_with_its_outputs() -> None:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpy.typing import NDArray
+from scipy.ndimage import convolve1d
 
 from mocapflow.fit.basis import bucket_frames
 from mocapflow.fit.kinematics import site_positions
@@ -169,12 +170,11 @@ def _gaussian_smooth(values: NDArray[np.float64], ok: NDArray[np.bool_], sigma: 
         return values
     radius = int(np.ceil(3 * sigma))
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    w = ok.astype(float)
+    # zero outside the video, and one output per frame even where the kernel is longer than the video
+    norm = convolve1d(ok.astype(float), kernel, mode="constant", cval=0.0)
+    num = convolve1d(np.where(ok[:, None], values, 0.0), kernel, axis=0, mode="constant", cval=0.0)
     out = values.copy()
-    norm = np.convolve(w, kernel, mode="same")
-    for col in range(values.shape[1]):
-        num = np.convolve(np.where(ok, values[:, col], 0.0), kernel, mode="same")
-        out[ok, col] = num[ok] / norm[ok]
+    out[ok] = num[ok] / norm[ok, None]
     return out
 
 
@@ -350,7 +350,9 @@ _LIMBS = (
     ("humerus_l", "ulna_l", ("lsho", "lelb", "lwri")),
 )
 LIMIT_MARGIN = 0.03  # fraction of a DOF's range an initial limb angle keeps from its limits
-FLIP_CONSISTENCY_RAD = np.deg2rad(20.0)  # how far from its track's running median a flipped limb may be preferred
+FLIP_CONSISTENCY_RAD = np.deg2rad(
+    20.0
+)  # how far from its track's running median a flipped limb may be preferred
 
 
 def _axis_rotation(axis: NDArray[np.float64], angle: float) -> NDArray[np.float64]:
@@ -416,7 +418,9 @@ def initial_limbs(
     keep ``q``'s values (filled from neighbours). Returns the new ``q``.
     """
     q = q.copy()
-    zero_sites = np.asarray(forward_kinematics(model, jnp.asarray(model.zero_pose(), jnp.float32)), np.float64)
+    zero_sites = np.asarray(
+        forward_kinematics(model, jnp.asarray(model.zero_pose(), jnp.float32)), np.float64
+    )
     names = [model.sites[s].name for s in site_index]
     body_names = model.body_names
     tilt_list_rot = [model.dof_index(n) for n in _PELVIS_DOFS[3:]]
@@ -438,7 +442,9 @@ def initial_limbs(
             and abs(model.dofs[dofs[2]].axis[1]) == 1.0
             and abs(model.dofs[hinge].axis[2]) == 1.0
         )
-        if not (axes_ok and np.allclose(u1, (0, -1, 0), atol=1e-3) and np.allclose(u2, (0, -1, 0), atol=1e-3)):
+        if not (
+            axes_ok and np.allclose(u1, (0, -1, 0), atol=1e-3) and np.allclose(u2, (0, -1, 0), atol=1e-3)
+        ):
             logger.debug("limb %s: joint layout is not the 40-DOF human's; left at its initial values", prox)
             continue
         ok = valid[:, cols].all(1)

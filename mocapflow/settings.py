@@ -66,13 +66,14 @@ class Settings(BaseSettings):
     )
     fit_cpus: int = Field(1, ge=1, description="CPUs each fitting task asks Ray for (its pinned CPU set).")
     pose_pool_idle_s: float = Field(
-        300.0,
+        0.0,
         ge=0,
-        description="In a process that serves many runs (`mocapflow serve`, a Prefect worker, `mocapflow bench`): "
-        "the pose actors stay up this long after a run's pose work is done, models loaded, and the next run with the "
-        "same model set and actor settings reuses them (no actor start, no model load); meanwhile they keep their "
-        "CPUs, so the run's remaining fits get only the CPUs the pool leaves (fit_cpus per node). 0: stopped as soon "
-        "as the run's pose work is done. `mocapflow run` (one run per process) always stops them then.",
+        description="In a process that serves many runs (`mocapflow serve`, a Prefect worker): keep the pose actors up "
+        "this long after a run's pose work is done, models loaded, so that the next run with the same model set and "
+        "actor settings reuses them (no actor start, no model load). Meanwhile they keep their CPUs, so the run's "
+        "remaining fits get only the CPUs the pool leaves (fit_cpus per node): worth it for frequent small runs, "
+        "not for fit-heavy cohorts. 0 (default): stopped as soon as the run's pose work is done, every CPU then "
+        "goes to the fits. `mocapflow run` (one run per process) always stops them then.",
     )
     batch_size: int = Field(32, ge=1, description="Frames decoded and inferred per batch.")
     ort_spinning: bool = Field(

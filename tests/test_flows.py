@@ -242,12 +242,16 @@ def test_backfill_resumes_after_interruption_and_reruns_only_failed(
     assert status["status"] == "failed" and status["failed_stage"] == "probe"
 
 
-def test_a_second_run_in_the_process_reuses_the_pose_actors(cohort: Path, env, tmp_path: Path) -> None:
-    """A served deployment runs many flows in one process: the second run's pose stage runs on the actors the first
-    left (same actor ids, models loaded once), writing to its own store."""
+def test_a_second_run_in_the_process_reuses_the_pose_actors(
+    cohort: Path, env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A served deployment runs many flows in one process: with pose_pool_idle_s > 0 the second run's pose stage
+    runs on the actors the first left (same actor ids, models loaded once), writing to its own store."""
     from flows.cohort import process_video
     from flows.params import RunOptions
     from tasks.pose_pools import registry
+
+    monkeypatch.setenv("MOCAPFLOW_POSE_POOL_IDLE_S", "300")  # read when each run starts
 
     video = str(sorted(cohort.glob("v*.mp4"))[0])
     summaries, actor_ids = [], []
@@ -263,6 +267,7 @@ def test_a_second_run_in_the_process_reuses_the_pose_actors(cohort: Path, env, t
     assert summaries[1]["pose_pool_reused"] is True and actor_ids[1] == actor_ids[0]
     assert summaries[1]["rows"][0]["keypoints_uri"].startswith(str(tmp_path / "second"))
     assert all(i["loads"] == 1 for i in pool.info())  # the models were not loaded again
+    registry().shutdown_all()
 
 
 def test_one_video_on_s3_with_a_plot_link_a_browser_opens(

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import logging
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 from numpy.typing import NDArray
 
-from mocapflow.fit.basis import bucket_frames
-from mocapflow.fit.kinematics import site_positions
+from mocapflow.fit.kinematics import posed_sites, zero_pose_sites
 from mocapflow.fit.loss import CONF_POWER_3D
 from mocapflow.fit.robust import geman_mcclure_weights
 from mocapflow.fit.sites import WORLD_TO_CAMERA
-from models.body import BodyModel, forward_kinematics
+from models.body import BodyModel
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +28,6 @@ _PELVIS_DOFS = ("pelvis_tx", "pelvis_ty", "pelvis_tz", "pelvis_tilt", "pelvis_li
 _TRUNK_BODIES = ("pelvis", "torso")
 _BENT_DOFS = ("knee_angle_r", "knee_angle_l", "elbow_flex_r", "elbow_flex_l")
 OUTLIER_ROTATION_DEG = 30.0  # a rigid-fit rotation this far from the running median of its track is refitted
-
-
-@eqx.filter_jit
-def _sites_of_frames(model: BodyModel, q: jax.Array) -> jax.Array:
-    """World sites [T, S, 3] (m) at unit scale for joint values q [T, D] (``model`` static)."""
-    n_b, n_s = len(model.bodies), len(model.sites)
-    return site_positions(model, q, jnp.ones((n_b, 3), q.dtype), jnp.zeros((n_s, 3), q.dtype))
 
 
 def euler_zxy(rot: NDArray[np.floating]) -> NDArray[np.float64]:
@@ -218,7 +207,7 @@ def initial_pose(
         )
         return q
     pelvis = [model.dof_index(n) for n in _PELVIS_DOFS]
-    zero_sites = np.asarray(forward_kinematics(model, jnp.zeros(model.n_dofs)))[site_index]  # world m
+    zero_sites = zero_pose_sites(model)[site_index]  # world m
     body_of = [model.bodies[model.sites[s].body].name for s in site_index]
     on_pelvis = np.array([b == _TRUNK_BODIES[0] for b in body_of])
     trunk = np.array([b in _TRUNK_BODIES for b in body_of])
@@ -286,7 +275,7 @@ def _facing_from_2d(
     model: BodyModel, kp2d: NDArray[np.floating], valid2: NDArray[np.bool_], site_index: NDArray[np.integer]
 ) -> NDArray[np.float64]:
     """Upright, facing towards or away from the camera depending on where the right side appears (2D-only data)."""
-    zero = np.asarray(forward_kinematics(model, jnp.zeros(model.n_dofs)))[site_index]
+    zero = zero_pose_sites(model)[site_index]
     side = zero[:, 2]  # world Z: + on the subject's right
     du = []
     for t in range(kp2d.shape[0]):
@@ -314,10 +303,7 @@ def _translation_from_2d(
     ok = np.zeros(n_frames, bool)
     q0 = q.copy()
     q0[:, trans_dofs] = 0.0
-    padded = np.concatenate(
-        [q0, np.zeros((bucket_frames(n_frames) - n_frames, q0.shape[1]))]
-    )  # reuse compiled FK
-    posed = np.asarray(_sites_of_frames(model, jnp.asarray(padded, jnp.float32)))[:n_frames, site_index]
+    posed = posed_sites(model, q0)[:, site_index]  # the fit's compiled kinematics (one program per bucket)
     posed = posed @ WORLD_TO_CAMERA.T
     for t in range(n_frames):
         v = valid2[t]
@@ -350,7 +336,9 @@ _LIMBS = (
     ("humerus_l", "ulna_l", ("lsho", "lelb", "lwri")),
 )
 LIMIT_MARGIN = 0.03  # fraction of a DOF's range an initial limb angle keeps from its limits
-FLIP_CONSISTENCY_RAD = np.deg2rad(20.0)  # how far from its track's running median a flipped limb may be preferred
+FLIP_CONSISTENCY_RAD = np.deg2rad(
+    20.0
+)  # how far from its track's running median a flipped limb may be preferred
 
 
 def _axis_rotation(axis: NDArray[np.float64], angle: float) -> NDArray[np.float64]:
@@ -416,7 +404,7 @@ def initial_limbs(
     keep ``q``'s values (filled from neighbours). Returns the new ``q``.
     """
     q = q.copy()
-    zero_sites = np.asarray(forward_kinematics(model, jnp.asarray(model.zero_pose(), jnp.float32)), np.float64)
+    zero_sites = zero_pose_sites(model)
     names = [model.sites[s].name for s in site_index]
     body_names = model.body_names
     tilt_list_rot = [model.dof_index(n) for n in _PELVIS_DOFS[3:]]
@@ -438,7 +426,9 @@ def initial_limbs(
             and abs(model.dofs[dofs[2]].axis[1]) == 1.0
             and abs(model.dofs[hinge].axis[2]) == 1.0
         )
-        if not (axes_ok and np.allclose(u1, (0, -1, 0), atol=1e-3) and np.allclose(u2, (0, -1, 0), atol=1e-3)):
+        if not (
+            axes_ok and np.allclose(u1, (0, -1, 0), atol=1e-3) and np.allclose(u2, (0, -1, 0), atol=1e-3)
+        ):
             logger.debug("limb %s: joint layout is not the 40-DOF human's; left at its initial values", prox)
             continue
         ok = valid[:, cols].all(1)

@@ -321,6 +321,36 @@ def test_optimise_reweights_at_the_given_steps_without_recompiling(model, clip, 
     assert optimise.trace_count("block") == before
 
 
+def test_a_second_video_of_a_bucket_compiles_nothing(model):
+    """Every use of the kinematics in a fit (initial pose, outlier reweighting, final evaluation, world frame,
+    virtual markers) runs compiled programs keyed by the frame bucket: once one video of a bucket is fitted, a
+    second one (another length and motion in the same bucket) compiles nothing at all (XLA compilations counted
+    by JAX's own monitoring events)."""
+    from mocapflow.fit.kinematics import trace_count
+    from mocapflow.fit.osim import virtual_markers
+
+    opts = FitOptions(max_iters=30, block_size=10)
+    videos = [keypoints_of(gait_clip(model, n, cadence_hz=c), NAMES) for n, c in ((70, 0.9), (85, 0.5))]
+    first = fit_arrays(*videos[0], opts, model)
+    assert first.camera_pose.get("up_method")  # the world frame ran (not the level-camera fallback)
+    virtual_markers(first)
+    compiles: list[float] = []
+
+    def listener(event: str, seconds: float, **_: object) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    traces = trace_count()
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        second = fit_arrays(*videos[1], opts, model)
+        virtual_markers(second)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert second.camera_pose.get("up_method") and len(second.frames) == 85
+    assert compiles == [] and trace_count() == traces
+
+
 def test_geman_mcclure_weights_and_noise_balance():
     w = geman_mcclure_weights(np.array([0.0, 2.5, 25.0, 1e9]), spread=1.0, cutoff=2.5)
     np.testing.assert_allclose(w[:3], [1.0, 0.25, 1.0 / 101.0**2], rtol=1e-5)

@@ -65,16 +65,11 @@ from numpy.typing import NDArray
 
 from mocapflow.fit.basis import knots_for_bandwidth, motion_bandwidth_hz
 from mocapflow.fit.init import initial_pose
-from mocapflow.fit.loss import (
-    FitData,
-    LossWeights,
-    effective_offset,
-    loss_terms,
-)
+from mocapflow.fit.loss import Evaluation, FitData, LossWeights, evaluate
 from mocapflow.fit.optimise import OptimiseInfo, optimise
 from mocapflow.fit.params import FitParams, FrameTrajectory, Limits, init_bspline, q_to_x
 from mocapflow.fit.preprocess import preprocess_keypoints
-from mocapflow.fit.robust import RobustOptions, RobustStats, observation_residuals, reweight
+from mocapflow.fit.robust import RobustOptions, RobustStats, reweight
 from mocapflow.fit.sites import KeypointMap, map_keypoints, offset_projection
 from mocapflow.fit.spans import PackedLayout, observed_frames, pack_spans, span_basis, span_ids
 from mocapflow.keypoints import KeypointsMeta, read_arrays
@@ -82,7 +77,9 @@ from models.body import BodyModel, default_body_model
 
 logger = logging.getLogger(__name__)
 
-FIT_VERSION = 6  # 5: swaps undone before the fit (one branch) and knots sized to the motion (another); 6: both
+FIT_VERSION = (
+    6  # 5: swaps undone before the fit (one branch) and knots sized to the motion (another); 6: both
+)
 Method = Literal["bspline", "frames"]
 # half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
 INIT_OUTLIER_WINDOW_S = 0.25
@@ -438,23 +435,19 @@ def initial_params(prep: PreparedVideo, model: BodyModel, options: FitOptions) -
     )
 
 
-@eqx.filter_jit
-def _evaluate(params: FitParams, data: FitData, model: BodyModel):
-    q = data.limits.to_q(params.trajectory.values(data.basis))
-    return q, loss_terms(params, data, model)
-
-
 def _residuals(
-    params: FitParams, prep: PreparedVideo, model: BodyModel
+    ev: Evaluation, prep: PreparedVideo
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
     """Per dense frame: mean 2D residual (px), mean root-relative 3D residual (mm), usable 2D keypoints.
 
-    The residuals are the loss's own (:func:`~mocapflow.fit.robust.observation_residuals`): every usable observation
-    counts, outliers too; only the 3D centring is weighted as in the fit, so an outlier does not shift its frame.
+    The residuals are the loss's own (:func:`~mocapflow.fit.loss.evaluate`): every usable observation counts,
+    outliers too; only the 3D centring is weighted as in the fit, so an outlier does not shift its frame.
     NaN where a frame has no usable keypoint or no span covers it.
     """
     n = len(prep.frames)
-    r2, w2, r3, w3 = (np.asarray(a, np.float64) for a in observation_residuals(params, prep.data, model))
+    r2, w2, r3, w3 = (
+        np.asarray(a, np.float64) for a in (ev.residual_2d_px, ev.weight_2d, ev.residual_3d_cm, ev.weight_3d)
+    )
     v2, v3 = w2 > 0, w3 > 0
     with np.errstate(invalid="ignore"):
         mean2 = np.where(v2, r2, 0.0).sum(1) / np.where(v2.any(1), v2.sum(1), np.nan)
@@ -501,10 +494,11 @@ def fit_arrays(
         reweight=reweight_outliers,
     )
     prep = replace(prep, data=data)
-    q, terms = _evaluate(params, prep.data, model)
+    ev = evaluate(params, prep.data, model)
+    terms = ev.terms
     n = len(prep.frames)
-    q_np = prep.layout.unpack(np.asarray(q, np.float64), n)
-    r2, r3, n_valid = _residuals(params, prep, model)
+    q_np = prep.layout.unpack(np.asarray(ev.q, np.float64), n)
+    r2, r3, n_valid = _residuals(ev, prep)
     result = FitResult(
         model=model,
         meta=meta,
@@ -514,9 +508,9 @@ def fit_arrays(
         observed=prep.observed,
         span=prep.span,
         q=q_np,
-        group_scale=np.asarray(params.group_scale(), np.float64),
-        body_scale=np.asarray(params.body_scale(jnp.asarray(model.group_matrix, jnp.float32)), np.float64),
-        offset_m=np.asarray(effective_offset(params, prep.data), np.float64),
+        group_scale=np.asarray(ev.group_scale, np.float64),
+        body_scale=np.asarray(ev.body_scale, np.float64),
+        offset_m=np.asarray(ev.offset, np.float64),
         keypoint_names=prep.kmap.names,
         residual_2d_px=r2,
         residual_3d_mm=r3,
@@ -530,7 +524,7 @@ def fit_arrays(
         knots_per_second=prep.knots_per_second,
     )
     if options.world_frame:
-        result = in_world_frame(result)
+        result = in_world_frame(result, sites=prep.layout.unpack(np.asarray(ev.sites, np.float64), n))
     logger.info(
         "fitted video %s: %d frames (bucket %d), %g knots/s, %d iterations in %.1f s, median residual %.1f px / "
         "%.1f mm",
@@ -546,10 +540,11 @@ def fit_arrays(
     return result
 
 
-def in_world_frame(result: FitResult) -> FitResult:
+def in_world_frame(result: FitResult, sites: NDArray[np.float64] | None = None) -> FitResult:
     """``result`` with its root DOFs moved into the anatomical world frame (:func:`mocapflow.fit.world.to_world_frame`:
     floor at y = 0, Y against gravity, X the walking/facing direction), estimated from the fitted frames; joint angles
-    are unchanged. Where no floor can be estimated the result stays in the level-camera frame and says why."""
+    are unchanged. Where no floor can be estimated the result stays in the level-camera frame and says why.
+    ``sites`` [N, S, 3]: the fitted pose's sites in the fit's frame if already computed (the fit's evaluation)."""
     from mocapflow.fit.world import apply_root, to_world_frame
 
     rows = np.flatnonzero(np.isfinite(result.q).all(axis=1))
@@ -562,6 +557,7 @@ def in_world_frame(result: FitResult) -> FitResult:
             body_scale=result.body_scale,
             observed=np.asarray(result.observed, bool)[rows],
             fps=result.meta.fps,
+            sites=None if sites is None else sites[rows],
         )
     except ValueError as e:
         logger.warning("video %s: kept the camera frame (%s)", result.meta.video_sha256[:12], e)

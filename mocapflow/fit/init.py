@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import logging
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 from numpy.typing import NDArray
 from scipy.ndimage import convolve1d
 
-from mocapflow.fit.basis import bucket_frames
-from mocapflow.fit.kinematics import site_positions
+from mocapflow.fit.kinematics import posed_sites, zero_pose_sites
 from mocapflow.fit.loss import CONF_POWER_3D
 from mocapflow.fit.robust import geman_mcclure_weights
 from mocapflow.fit.sites import WORLD_TO_CAMERA
-from models.body import BodyModel, forward_kinematics
+from models.body import BodyModel
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +29,6 @@ _PELVIS_DOFS = ("pelvis_tx", "pelvis_ty", "pelvis_tz", "pelvis_tilt", "pelvis_li
 _TRUNK_BODIES = ("pelvis", "torso")
 _BENT_DOFS = ("knee_angle_r", "knee_angle_l", "elbow_flex_r", "elbow_flex_l")
 OUTLIER_ROTATION_DEG = 30.0  # a rigid-fit rotation this far from the running median of its track is refitted
-
-
-@eqx.filter_jit
-def _sites_of_frames(model: BodyModel, q: jax.Array) -> jax.Array:
-    """World sites [T, S, 3] (m) at unit scale for joint values q [T, D] (``model`` static)."""
-    n_b, n_s = len(model.bodies), len(model.sites)
-    return site_positions(model, q, jnp.ones((n_b, 3), q.dtype), jnp.zeros((n_s, 3), q.dtype))
 
 
 def euler_zxy(rot: NDArray[np.floating]) -> NDArray[np.float64]:
@@ -52,18 +41,29 @@ def euler_zxy(rot: NDArray[np.floating]) -> NDArray[np.float64]:
 
 
 def euler_rotation(angles: NDArray[np.floating]) -> NDArray[np.float64]:
-    """Inverse of :func:`euler_zxy`: ``Rz(a) @ Rx(b) @ Ry(c)``."""
-    a, b, c = (float(v) for v in angles)
-    ca, sa, cb, sb, cc, sc = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(c), np.sin(c)
-    rz = np.array([[ca, -sa, 0.0], [sa, ca, 0.0], [0.0, 0.0, 1.0]])
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, cb, -sb], [0.0, sb, cb]])
-    ry = np.array([[cc, 0.0, sc], [0.0, 1.0, 0.0], [-sc, 0.0, cc]])
+    """Inverse of :func:`euler_zxy`: ``Rz(a) @ Rx(b) @ Ry(c)`` for angles [..., 3] -> [..., 3, 3]."""
+    ang = np.asarray(angles, np.float64)
+    c, s = np.cos(ang), np.sin(ang)
+    zero, one = np.zeros(ang.shape[:-1]), np.ones(ang.shape[:-1])
+
+    def mat(rows: list[list[NDArray[np.float64]]]) -> NDArray[np.float64]:
+        return np.stack([np.stack(r, axis=-1) for r in rows], axis=-2)
+
+    rz = mat([[c[..., 0], -s[..., 0], zero], [s[..., 0], c[..., 0], zero], [zero, zero, one]])
+    rx = mat([[one, zero, zero], [zero, c[..., 1], -s[..., 1]], [zero, s[..., 1], c[..., 1]]])
+    ry = mat([[c[..., 2], zero, s[..., 2]], [zero, one, zero], [-s[..., 2], zero, c[..., 2]]])
     return rz @ rx @ ry
 
 
 def _angle_deg(r1: NDArray[np.floating], r2: NDArray[np.floating]) -> float:
     """The angle (degrees) of the rotation between two rotation matrices."""
-    return float(np.degrees(np.arccos(np.clip((np.trace(r1.T @ r2) - 1.0) / 2.0, -1.0, 1.0))))
+    return float(_angles_deg(r1, r2))
+
+
+def _angles_deg(r1: NDArray[np.floating], r2: NDArray[np.floating]) -> NDArray[np.float64]:
+    """:func:`_angle_deg` of stacks of rotation matrices [N, 3, 3] -> [N]."""
+    tr = np.trace(np.swapaxes(r1, -1, -2) @ r2, axis1=-2, axis2=-1)
+    return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
 
 
 def _wrap(angles: NDArray[np.floating]) -> NDArray[np.float64]:
@@ -153,14 +153,32 @@ def refine_rotation_2d(
 
 
 def _median_filter(values: NDArray[np.float64], ok: NDArray[np.bool_], radius: int) -> NDArray[np.float64]:
-    """Running median over the ``ok`` rows (``2 * radius + 1`` of them at most); others unchanged."""
+    """Running median over the ``ok`` rows (``2 * radius + 1`` of them at most, fewer at the ends); others unchanged.
+
+    Vectorised over rows: each window sorted (padding past the ends sorts last as NaN), its median read at the
+    middle of its real values, as ``np.median`` computes it; a window holding a NaN value gives NaN.
+    """
     if radius < 1 or ok.sum() < 3:
         return values
     rows = np.flatnonzero(ok)
+    v = values[rows]
+    m, w = len(rows), 2 * radius + 1
+    pad = np.full((radius, *v.shape[1:]), np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.concatenate([pad, v, pad]), w, axis=0
+    )  # [M, ..., w]
+    ordered = np.sort(windows, axis=-1)
+    k = np.arange(m)
+    n = (np.minimum(k + radius, m - 1) - np.maximum(k - radius, 0) + 1).reshape((m,) + (1,) * (v.ndim - 1))
+    n = np.broadcast_to(n, v.shape)[..., None]
+    lo = np.take_along_axis(ordered, (n - 1) // 2, axis=-1)[..., 0]
+    hi = np.take_along_axis(ordered, n // 2, axis=-1)[..., 0]
+    med = (lo + hi) / 2.0
+    nan = np.lib.stride_tricks.sliding_window_view(
+        np.concatenate([np.zeros(pad.shape, bool), np.isnan(v), np.zeros(pad.shape, bool)]), w, axis=0
+    ).any(axis=-1)
     out = values.copy()
-    for k, t in enumerate(rows):
-        window = rows[max(0, k - radius) : k + radius + 1]
-        out[t] = np.median(values[window], axis=0)
+    out[rows] = np.where(nan, np.nan, med)
     return out
 
 
@@ -218,7 +236,7 @@ def initial_pose(
         )
         return q
     pelvis = [model.dof_index(n) for n in _PELVIS_DOFS]
-    zero_sites = np.asarray(forward_kinematics(model, jnp.zeros(model.n_dofs)))[site_index]  # world m
+    zero_sites = zero_pose_sites(model)[site_index]  # world m
     body_of = [model.bodies[model.sites[s].body].name for s in site_index]
     on_pelvis = np.array([b == _TRUNK_BODIES[0] for b in body_of])
     trunk = np.array([b in _TRUNK_BODIES for b in body_of])
@@ -253,9 +271,9 @@ def initial_pose(
         # A frame whose rigid fit took the mirror branch (its depths misled it) stands out from its neighbours:
         # refine it on its 2D keypoints again, starting from the running median of the track.
         med = _median_filter(rot, have_rot, outlier_window_frames)
-        for t in np.flatnonzero(have_rot):
-            if _angle_deg(euler_rotation(rot[t]), euler_rotation(med[t])) <= OUTLIER_ROTATION_DEG:
-                continue
+        rows = np.flatnonzero(have_rot)
+        far = _angles_deg(euler_rotation(rot[rows]), euler_rotation(med[rows])) > OUTLIER_ROTATION_DEG
+        for t in rows[far]:
             rot[t] = med[t]
             if t in guesses:
                 use2, tr = guesses[t]
@@ -286,7 +304,7 @@ def _facing_from_2d(
     model: BodyModel, kp2d: NDArray[np.floating], valid2: NDArray[np.bool_], site_index: NDArray[np.integer]
 ) -> NDArray[np.float64]:
     """Upright, facing towards or away from the camera depending on where the right side appears (2D-only data)."""
-    zero = np.asarray(forward_kinematics(model, jnp.zeros(model.n_dofs)))[site_index]
+    zero = zero_pose_sites(model)[site_index]
     side = zero[:, 2]  # world Z: + on the subject's right
     du = []
     for t in range(kp2d.shape[0]):
@@ -314,10 +332,7 @@ def _translation_from_2d(
     ok = np.zeros(n_frames, bool)
     q0 = q.copy()
     q0[:, trans_dofs] = 0.0
-    padded = np.concatenate(
-        [q0, np.zeros((bucket_frames(n_frames) - n_frames, q0.shape[1]))]
-    )  # reuse compiled FK
-    posed = np.asarray(_sites_of_frames(model, jnp.asarray(padded, jnp.float32)))[:n_frames, site_index]
+    posed = posed_sites(model, q0)[:, site_index]  # the fit's compiled kinematics (one program per bucket)
     posed = posed @ WORLD_TO_CAMERA.T
     for t in range(n_frames):
         v = valid2[t]
@@ -350,54 +365,70 @@ _LIMBS = (
     ("humerus_l", "ulna_l", ("lsho", "lelb", "lwri")),
 )
 LIMIT_MARGIN = 0.03  # fraction of a DOF's range an initial limb angle keeps from its limits
-FLIP_CONSISTENCY_RAD = np.deg2rad(
-    20.0
-)  # how far from its track's running median a flipped limb may be preferred
+# how far from its track's running median a flipped limb may be preferred
+FLIP_CONSISTENCY_RAD = np.deg2rad(20.0)
 
 
-def _axis_rotation(axis: NDArray[np.float64], angle: float) -> NDArray[np.float64]:
-    """Rodrigues' rotation about a unit ``axis`` (plain numpy: called thousands of times per video)."""
+def _axis_rotation(axis: NDArray[np.float64], angle: float | NDArray[np.float64]) -> NDArray[np.float64]:
+    """Rodrigues' rotation about a unit ``axis`` by ``angle`` (a number: [3, 3]; an array [...]: [..., 3, 3])."""
     x, y, z = axis
     k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
-
-
-def _wrap1(a: float) -> float:
-    return float((a + np.pi) % (2.0 * np.pi) - np.pi)
+    a = np.asarray(angle, np.float64)[..., None, None]
+    return np.eye(3) + np.sin(a) * k + (1.0 - np.cos(a)) * (k @ k)
 
 
 def _limb_ik(
     dofs: list[int], hinge: int, model: BodyModel, d1: NDArray[np.float64], d2: NDArray[np.float64]
 ) -> tuple[NDArray[np.float64], float]:
+    """:func:`limb_ik` of one pair of directions ``d1``, ``d2`` [3]: joint values [4] and their cost."""
+    x, cost = limb_ik(dofs, hinge, model, np.asarray(d1, np.float64)[None], np.asarray(d2, np.float64)[None])
+    return x[0], float(cost[0])
+
+
+def limb_ik(
+    dofs: list[int], hinge: int, model: BodyModel, d1: NDArray[np.float64], d2: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Closed-form joint values (flexion about z, adduction about +-x, rotation about +-y, hinge about +-z) whose
-    segments, both along -y at zero, point along the unit directions ``d1``, ``d2`` (parent frame); of the two
-    flexion/adduction solutions the one inside the limits with the smaller angles; the rotation is 0 when the hinge
-    is nearly straight (it is not observed then). Returns the values clipped into the limits and the direction cost
-    ``|d1 - d1_hat|^2 + |d2 - d2_hat|^2`` after clipping."""
+    segments, both along -y at zero, point along the unit directions ``d1``, ``d2`` [N, 3] (parent frame), for N
+    direction pairs at once (numpy over the batch); of the two flexion/adduction solutions the one inside the limits
+    with the smaller angles; the rotation is 0 when the hinge is nearly straight (it is not observed then). Returns
+    the values [N, 4] clipped into the limits and the direction cost ``|d1 - d1_hat|^2 + |d2 - d2_hat|^2`` [N] after
+    clipping."""
     idx = [*dofs, hinge]
     lo, hi = model.lower[idx], model.upper[idx]
     m2, m3, sh = model.dofs[dofs[1]].axis[0], model.dofs[dofs[2]].axis[1], model.dofs[hinge].axis[2]
-    beta = float(np.arcsin(np.clip(-d1[2], -1.0, 1.0)))
-    flex = float(np.arctan2(d1[0], -d1[1]))
+    d1, d2 = np.asarray(d1, np.float64), np.asarray(d2, np.float64)
+    beta = np.arcsin(np.clip(-d1[:, 2], -1.0, 1.0))
+    flex = np.arctan2(d1[:, 0], -d1[:, 1])
     axes = [np.asarray(model.dofs[i].axis, np.float64) for i in idx]
     down = np.array([0.0, -1.0, 0.0])
-    best: tuple[float, NDArray[np.float64], float] | None = None
-    for f, b in ((flex, beta), (_wrap1(flex + np.pi), _wrap1(np.pi - beta))):
-        x = np.array([f, m2 * b, 0.0, 0.0])
-        r01 = _axis_rotation(axes[0], x[0]) @ _axis_rotation(axes[1], x[1])
-        sl = r01.T @ d2
-        k = float(np.arccos(np.clip(-sl[1], -1.0, 1.0)))
-        phi = float(np.arctan2(-sl[2] * sh, sl[0] * sh)) if np.sin(k) > np.sin(np.deg2rad(15.0)) else 0.0
-        x[2], x[3] = m3 * phi, k
+    best_key = best_x = best_cost = None
+    for f, b in ((flex, beta), (_wrap(flex + np.pi), _wrap(np.pi - beta))):
+        x = np.stack([f, m2 * b, np.zeros_like(f), np.zeros_like(f)], axis=-1)
+        r01 = _axis_rotation(axes[0], x[:, 0]) @ _axis_rotation(axes[1], x[:, 1])
+        sl = np.einsum("nji,nj->ni", r01, d2)  # r01.T @ d2
+        k = np.arccos(np.clip(-sl[:, 1], -1.0, 1.0))
+        phi = np.where(np.sin(k) > np.sin(np.deg2rad(15.0)), np.arctan2(-sl[:, 2] * sh, sl[:, 0] * sh), 0.0)
+        x[:, 2], x[:, 3] = m3 * phi, k
         x = np.clip(x, lo, hi)
-        r = _axis_rotation(axes[0], x[0]) @ _axis_rotation(axes[1], x[1]) @ _axis_rotation(axes[2], x[2])
-        e1, e2 = r @ down - d1, r @ _axis_rotation(axes[3], x[3]) @ down - d2
-        cost = float(e1 @ e1 + e2 @ e2)
-        key = cost + 1e-3 * float(np.sum(np.abs(x)))
-        if best is None or key < best[0]:
-            best = (key, x, cost)
-    assert best is not None
-    return best[1], best[2]
+        r = (
+            _axis_rotation(axes[0], x[:, 0])
+            @ _axis_rotation(axes[1], x[:, 1])
+            @ _axis_rotation(axes[2], x[:, 2])
+        )
+        e1 = r @ down - d1
+        e2 = (r @ _axis_rotation(axes[3], x[:, 3])) @ down - d2
+        cost = np.sum(e1 * e1, axis=-1) + np.sum(e2 * e2, axis=-1)
+        key = cost + 1e-3 * np.sum(np.abs(x), axis=-1)
+        if best_key is None:
+            best_key, best_x, best_cost = key, x, cost
+        else:
+            better = key < best_key  # the first solution wins ties
+            best_key = np.where(better, key, best_key)
+            best_x = np.where(better[:, None], x, best_x)
+            best_cost = np.where(better, cost, best_cost)
+    assert best_x is not None and best_cost is not None
+    return best_x, best_cost
 
 
 def initial_limbs(
@@ -418,9 +449,7 @@ def initial_limbs(
     keep ``q``'s values (filled from neighbours). Returns the new ``q``.
     """
     q = q.copy()
-    zero_sites = np.asarray(
-        forward_kinematics(model, jnp.asarray(model.zero_pose(), jnp.float32)), np.float64
-    )
+    zero_sites = zero_pose_sites(model)
     names = [model.sites[s].name for s in site_index]
     body_names = model.body_names
     tilt_list_rot = [model.dof_index(n) for n in _PELVIS_DOFS[3:]]
@@ -452,16 +481,20 @@ def initial_limbs(
             continue
         hyps = np.full((4, len(q), 4), np.nan)
         costs = np.full((4, len(q)), np.inf)
-        for t in np.flatnonzero(ok):
-            p = (kp3d[t, cols].astype(np.float64) / 1000.0) @ WORLD_TO_CAMERA  # level-camera world axes
-            r_p = euler_rotation(q[t, tilt_list_rot])
-            v1, v2 = p[1] - p[0], p[2] - p[1]
-            for h, (f1, f2) in enumerate(((1, 1), (-1, 1), (1, -1), (-1, -1))):
-                w1, w2 = v1.copy(), v2.copy()
-                w1[0] *= f1  # world X is the camera's depth axis
-                w2[0] *= f2
-                d1, d2 = r_p.T @ _unit(w1), r_p.T @ _unit(w2)
-                hyps[h, t], costs[h, t] = _limb_ik(dofs, hinge, model, d1, d2)
+        rows = np.flatnonzero(ok)
+        p = (
+            kp3d[rows][:, cols].astype(np.float64) / 1000.0
+        ) @ WORLD_TO_CAMERA  # [M, 3, 3] level-camera world
+        r_p = euler_rotation(q[rows][:, tilt_list_rot])  # [M, 3, 3]
+        v1, v2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 1]
+        for h, (f1, f2) in enumerate(((1, 1), (-1, 1), (1, -1), (-1, -1))):
+            flip1, flip2 = (
+                np.array([f1, 1.0, 1.0]),
+                np.array([f2, 1.0, 1.0]),
+            )  # world X is the camera's depth axis
+            d1 = np.einsum("mji,mj->mi", r_p, _units(v1 * flip1))  # r_p.T @ unit
+            d2 = np.einsum("mji,mj->mi", r_p, _units(v2 * flip2))
+            hyps[h, rows], costs[h, rows] = limb_ik(dofs, hinge, model, d1, d2)
         base = _median_filter(np.nan_to_num(hyps[0]), ok, max(window_frames, 1))
         dev = np.linalg.norm(_wrap(hyps - base[None]), axis=-1)  # [4, T]
         score = costs + (dev / FLIP_CONSISTENCY_RAD) ** 2
@@ -479,3 +512,8 @@ def initial_limbs(
 
 def _unit(v: NDArray[np.float64]) -> NDArray[np.float64]:
     return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _units(v: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Rows of ``v`` [..., 3] scaled to unit length."""
+    return v / np.maximum(np.sqrt(np.sum(v * v, axis=-1, keepdims=True)), 1e-12)

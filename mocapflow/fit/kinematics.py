@@ -5,17 +5,35 @@ unrolled body by body: bodies are sorted by tree depth; every body's local trans
 then its DOFs in slots) is computed for all bodies at once, then world transforms level by level. Index selections
 are constant one-hot matrix products rather than gathers (whose scatter-add gradients are slow on CPU). The traced
 program has a few hundred operations whatever the size of the tree, so a forward+backward pass compiles in seconds.
+
+Outside the optimiser, every use of the kinematics on joint values from numpy (the initial pose's translation, the
+world frame of a finished fit when its sites are not at hand) goes through :func:`posed_sites`: one compiled program
+per frame bucket (:func:`~mocapflow.fit.basis.bucket_frames`), never Python-level per-call compilation or op-by-op
+execution. The zero pose's sites (a constant of the model) are computed once per model in numpy
+(:func:`zero_pose_sites`). Inside jitted code the same functions are traced into the caller's program.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from types import ModuleType
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
+from numpy.typing import NDArray
 
+from mocapflow.fit.basis import bucket_frames
 from models.body import BodyModel, quat_to_matrix
+
+_TRACES = {"sites": 0}  # how often the jitted FK of posed_sites was traced in this process (tests count them)
+
+
+def trace_count() -> int:
+    """How many times :func:`posed_sites`'s compiled program has been traced in this process."""
+    return _TRACES["sites"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,7 @@ def _skew(axis: np.ndarray) -> np.ndarray:
     )
 
 
+@functools.cache
 def _layout(model: BodyModel) -> _Layout:
     n_b = len(model.bodies)
     depth = np.zeros(n_b, int)
@@ -120,58 +139,55 @@ def _layout(model: BodyModel) -> _Layout:
     )
 
 
-def _matmul(a: Array, b: Array) -> Array:
-    """Batched 3x3 products as broadcast multiply + sum (fuses on CPU; no tiny dot kernels)."""
-    return jnp.matmul(a, b)
-
-
-def _matvec(a: Array, v: Array) -> Array:
-    return jnp.matmul(a, v[..., None])[..., 0]
+def _matvec(a: Array, v: Array, xp: ModuleType = jnp) -> Array:
+    return xp.matmul(a, v[..., None])[..., 0]
 
 
 def _sorted_transforms(
-    lay: _Layout, q: Float[Array, "T D"], body_scale: Float[Array, "B 3"]
+    lay: _Layout, q: Float[Array, "T D"], body_scale: Float[Array, "B 3"], xp: ModuleType = jnp
 ) -> tuple[Array, Array]:
+    """World rotations and origins of every body in depth order. ``xp``: ``jax.numpy`` (traced, the fit) or
+    ``numpy`` (the same maths on host arrays, for constants of the model such as the zero pose)."""
     dtype = q.dtype
     n_t, n_b = q.shape[0], len(lay.order)
     scale_local = body_scale[lay.local_order]  # small gather on per-video parameters only
-    has_parent = jnp.asarray(lay.parent_scale_sel.any(axis=1))[:, None]
-    parent_scale = jnp.where(has_parent, jnp.asarray(lay.parent_scale_sel, dtype) @ body_scale, 1.0)
-    t = jnp.broadcast_to(jnp.asarray(lay.pos, dtype) * parent_scale, (n_t, n_b, 3))
-    r = jnp.broadcast_to(jnp.asarray(lay.fixed, dtype), (n_t, n_b, 3, 3))
-    eye = jnp.eye(3, dtype=dtype)
+    has_parent = xp.asarray(lay.parent_scale_sel.any(axis=1))[:, None]
+    parent_scale = xp.where(has_parent, xp.asarray(lay.parent_scale_sel, dtype) @ body_scale, 1.0)
+    t = xp.broadcast_to(xp.asarray(lay.pos, dtype) * parent_scale, (n_t, n_b, 3))
+    r = xp.broadcast_to(xp.asarray(lay.fixed, dtype), (n_t, n_b, 3, 3))
+    eye = xp.eye(3, dtype=dtype)
     for k, sel in enumerate(lay.slot_sel):
         n_k = lay.slot_len[k]
-        qk = q @ jnp.asarray(sel, dtype)  # [T, n_k]
+        qk = q @ xp.asarray(sel, dtype)  # [T, n_k]
         rk, tk = r[:, :n_k], t[:, :n_k]
         if lay.slide_axis[k] is not None:
-            tk = tk + _matvec(rk, jnp.asarray(lay.slide_axis[k], dtype)) * qk[..., None]
+            tk = tk + _matvec(rk, xp.asarray(lay.slide_axis[k], dtype), xp) * qk[..., None]
         hk = lay.hinge_k[k]
         if hk is not None:
-            s = jnp.sin(qk)[..., None, None]
-            omc = (1.0 - jnp.cos(qk))[..., None, None]
-            rot = eye + s * jnp.asarray(hk, dtype) + omc * jnp.asarray(hk @ hk, dtype)
-            new_r = _matmul(rk, rot)
+            s = xp.sin(qk)[..., None, None]
+            omc = (1.0 - xp.cos(qk))[..., None, None]
+            rot = eye + s * xp.asarray(hk, dtype) + omc * xp.asarray(hk @ hk, dtype)
+            new_r = xp.matmul(rk, rot)
             if lay.anchor[k] is not None:
-                a = jnp.asarray(lay.anchor[k], dtype) * scale_local[:n_k]
-                tk = tk + _matvec(rk, a) - _matvec(new_r, a)
+                a = xp.asarray(lay.anchor[k], dtype) * scale_local[:n_k]
+                tk = tk + _matvec(rk, a, xp) - _matvec(new_r, a, xp)
             rk = new_r
-        r = rk if n_k == n_b else jnp.concatenate([rk, r[:, n_k:]], axis=1)
-        t = tk if n_k == n_b else jnp.concatenate([tk, t[:, n_k:]], axis=1)
-    perm = jnp.asarray(lay.to_sorted, dtype)
-    r = jnp.einsum("tbij,bc->tcij", r, perm)
-    t = jnp.einsum("tbi,bc->tci", t, perm)
+        r = rk if n_k == n_b else xp.concatenate([rk, r[:, n_k:]], axis=1)
+        t = tk if n_k == n_b else xp.concatenate([tk, t[:, n_k:]], axis=1)
+    perm = xp.asarray(lay.to_sorted, dtype)
+    r = xp.einsum("tbij,bc->tcij", r, perm)
+    t = xp.einsum("tbi,bc->tci", t, perm)
     levels_r, levels_t = [], []
     for d, (s, e) in enumerate(lay.bounds):
         lr, lt = r[:, s:e], t[:, s:e]
         if d > 0:
-            sel = jnp.asarray(lay.parent_onehot[d - 1], dtype)
-            pr = jnp.einsum("tpij,pc->tcij", levels_r[-1], sel)
-            pt = jnp.einsum("tpi,pc->tci", levels_t[-1], sel)
-            lr, lt = _matmul(pr, lr), pt + _matvec(pr, lt)
+            sel = xp.asarray(lay.parent_onehot[d - 1], dtype)
+            pr = xp.einsum("tpij,pc->tcij", levels_r[-1], sel)
+            pt = xp.einsum("tpi,pc->tci", levels_t[-1], sel)
+            lr, lt = xp.matmul(pr, lr), pt + _matvec(pr, lt, xp)
         levels_r.append(lr)
         levels_t.append(lt)
-    return jnp.concatenate(levels_r, axis=1), jnp.concatenate(levels_t, axis=1)
+    return xp.concatenate(levels_r, axis=1), xp.concatenate(levels_t, axis=1)
 
 
 def body_transforms(
@@ -184,6 +200,35 @@ def body_transforms(
     return r[:, inverse], t[:, inverse]
 
 
+class Transforms(eqx.Module):
+    """Every body's world rotation and origin for every frame (depth order), and the body scales that made them:
+    computed once, then any set of sites is read off them (:meth:`sites`)."""
+
+    r: Float[Array, "T B 3 3"]
+    t: Float[Array, "T B 3"]
+    body_scale: Float[Array, "B 3"]
+    model: BodyModel = eqx.field(static=True)
+
+    def sites(
+        self, site_offset: Float[Array, "S 3"], sites: tuple[int, ...] | None = None
+    ) -> Float[Array, "T S 3"]:
+        """World positions (m) for every frame of ``sites`` (static indices; default all), offsets given per site."""
+        lay = _layout(self.model)
+        idx = np.arange(len(lay.site_body)) if sites is None else np.asarray(sites, int)
+        dtype = self.t.dtype
+        sel = jnp.asarray(lay.site_sel[idx], dtype)
+        local = jnp.asarray(lay.site_pos[idx], dtype) * self.body_scale[lay.site_body[idx]] + site_offset
+        rs = jnp.einsum("tbij,sb->tsij", self.r, sel)
+        ts = jnp.einsum("tbi,sb->tsi", self.t, sel)
+        return ts + _matvec(rs, local)
+
+
+def transforms(model: BodyModel, q: Float[Array, "T D"], body_scale: Float[Array, "B 3"]) -> Transforms:
+    """The body transforms of joint values ``q`` (traced inside the caller's jitted code)."""
+    r, t = _sorted_transforms(_layout(model), q, body_scale)
+    return Transforms(r, t, body_scale, model)
+
+
 def site_positions(
     model: BodyModel,
     q: Float[Array, "T D"],
@@ -192,11 +237,70 @@ def site_positions(
     sites: tuple[int, ...] | None = None,
 ) -> Float[Array, "T S 3"]:
     """World positions (m) for every frame of ``sites`` (static indices; default all), offsets given per site."""
+    return transforms(model, q, body_scale).sites(site_offset, sites)
+
+
+@eqx.filter_jit
+def _posed_sites(
+    model: BodyModel,
+    q: Float[Array, "T D"],
+    body_scale: Float[Array, "B 3"],
+    site_offset: Float[Array, "S 3"],
+) -> Float[Array, "T S 3"]:
+    _TRACES["sites"] += 1
+    return site_positions(model, q, body_scale, site_offset)
+
+
+def _body_scale_3(model: BodyModel, body_scale: NDArray[np.floating] | None) -> NDArray[np.float32]:
+    n_b = len(model.bodies)
+    if body_scale is None:
+        return np.ones((n_b, 3), np.float32)
+    s = np.asarray(body_scale, np.float32)
+    if s.shape == (n_b,):
+        return np.repeat(s[:, None], 3, axis=1)
+    if s.shape == (n_b, 3):
+        return s
+    raise ValueError(f"body_scale must have shape ({n_b},) or ({n_b}, 3), got {s.shape}")
+
+
+def posed_sites(
+    model: BodyModel,
+    q: NDArray[np.floating],
+    body_scale: NDArray[np.floating] | None = None,
+    site_offset: NDArray[np.floating] | None = None,
+) -> NDArray[np.float64]:
+    """Every site [T, S, 3] (m, the model's world axes) for joint values ``q`` [T, D] (numpy in and out).
+
+    ``body_scale`` [B] or [B, 3] (None: 1), ``site_offset`` [S, 3] (None: 0). Frames are padded to their bucket
+    (:func:`~mocapflow.fit.basis.bucket_frames`), so videos of one bucket share one compiled program.
+    """
+    q32 = np.asarray(q, np.float32)
+    if q32.ndim != 2 or q32.shape[1] != model.n_dofs:
+        raise ValueError(f"joint values must have shape (frames, {model.n_dofs}), got {q32.shape}")
+    n = len(q32)
+    if n == 0:
+        return np.zeros((0, len(model.sites), 3))
+    padded = np.zeros((bucket_frames(n), model.n_dofs), np.float32)
+    padded[:n] = q32
+    offset = np.zeros((len(model.sites), 3), np.float32) if site_offset is None else site_offset
+    out = _posed_sites(
+        model,
+        jnp.asarray(padded),
+        jnp.asarray(_body_scale_3(model, body_scale)),
+        jnp.asarray(offset, jnp.float32),
+    )
+    return np.asarray(out, np.float64)[:n]
+
+
+@functools.cache
+def zero_pose_sites(model: BodyModel) -> NDArray[np.float64]:
+    """Every site [S, 3] (m) in the zero pose (joint values clipped into their limits) at unit scale: the same maths
+    in numpy (float32, as in the fit), once per model."""
     lay = _layout(model)
-    idx = np.arange(len(lay.site_body)) if sites is None else np.asarray(sites, int)
-    r, t = _sorted_transforms(lay, q, body_scale)
-    sel = jnp.asarray(lay.site_sel[idx], q.dtype)
-    local = jnp.asarray(lay.site_pos[idx], q.dtype) * body_scale[lay.site_body[idx]] + site_offset
-    rs = jnp.einsum("tbij,sb->tsij", r, sel)
-    ts = jnp.einsum("tbi,sb->tsi", t, sel)
-    return ts + _matvec(rs, local)
+    q = np.asarray(model.zero_pose(), np.float32)[None]
+    r, t = _sorted_transforms(lay, q, np.ones((len(model.bodies), 3), np.float32), xp=np)
+    local = lay.site_pos.astype(np.float32)
+    sites = np.einsum("sb,bi->si", lay.site_sel, t[0]) + np.einsum("sb,bij,sj->si", lay.site_sel, r[0], local)
+    out = sites.astype(np.float64)
+    out.setflags(write=False)  # shared by every caller
+    return out

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from mocapflow.fit.kinematics import site_positions
+from mocapflow.fit.kinematics import site_positions, transforms
 from mocapflow.fit.params import FitParams, Limits
 from mocapflow.fit.sites import WORLD_TO_CAMERA
 from models.body import BodyModel
@@ -232,7 +232,12 @@ def pose_prior(q: Float[Array, "T D"], frame_mask: Float[Array, " T"], model: Bo
 def loss_terms(params: FitParams, data: FitData, model: BodyModel) -> dict[str, Float[Array, ""]]:
     """Every term, unweighted, plus ``total`` (weighted sum)."""
     pred = predict_camera_m(params, data, model)
-    q = joint_values(params, data)
+    return _terms(pred, joint_values(params, data), params, data, model)
+
+
+def _terms(
+    pred: Float[Array, "T J 3"], q: Float[Array, "T D"], params: FitParams, data: FitData, model: BodyModel
+) -> dict[str, Float[Array, ""]]:
     w = data.weights
     terms = {
         "3d": loss_3d(pred, data),
@@ -257,3 +262,54 @@ def loss_terms(params: FitParams, data: FitData, model: BodyModel) -> dict[str, 
 
 def total_loss(params: FitParams, data: FitData, model: BodyModel) -> Float[Array, ""]:
     return loss_terms(params, data, model)["total"]
+
+
+class Evaluation(eqx.Module):
+    """Everything the fit reads at one set of parameters outside the optimiser (:func:`evaluate`), packed frames."""
+
+    q: Float[Array, "T D"]  # joint values
+    terms: dict[str, Float[Array, ""]]  # loss_terms
+    residual_2d_px: Float[Array, "T J"]  # residual norms of every observation ...
+    weight_2d: Float[Array, "T J"]  # ... and the weights they pull with (0: not used)
+    residual_3d_cm: Float[Array, "T J"]
+    weight_3d: Float[Array, "T J"]
+    # every body-model site (m, no keypoint offsets) in the fit's level-camera frame
+    sites: Float[Array, "T S 3"]
+    group_scale: Float[Array, " G"]
+    body_scale: Float[Array, " B"]  # group scale x per-body refinement
+    offset: Float[Array, "J 3"]  # the offsets the kinematics use (effective_offset)
+
+
+_EVAL_TRACES = [0]
+
+
+def evaluate_trace_count() -> int:
+    """How many times :func:`evaluate` has been traced in this process (tests count recompilations)."""
+    return _EVAL_TRACES[0]
+
+
+@eqx.filter_jit
+def evaluate(params: FitParams, data: FitData, model: BodyModel) -> Evaluation:
+    """One compiled forward pass for every use outside the optimiser (the outlier reweighting, the final values,
+    residuals and loss terms, the sites the world frame is estimated from): the kinematics computed once, its
+    program compiled once per frame bucket."""
+    _EVAL_TRACES[0] += 1
+    q = joint_values(params, data)
+    scale = params.body_scale(jnp.asarray(model.group_matrix, q.dtype))
+    tf = transforms(model, q, jnp.broadcast_to(scale[:, None], (len(model.bodies), 3)))
+    offset = effective_offset(params, data)
+    pred = tf.sites(offset, data.site_index) @ jnp.asarray(WORLD_TO_CAMERA.T, q.dtype)
+    r2, w2 = residuals_2d_px(pred, data)
+    r3, w3 = residuals_3d_cm(pred, data)
+    return Evaluation(
+        q=q,
+        terms=_terms(pred, q, params, data, model),
+        residual_2d_px=jnp.linalg.norm(r2, axis=-1),
+        weight_2d=w2,
+        residual_3d_cm=jnp.linalg.norm(r3, axis=-1),
+        weight_3d=w3,
+        sites=tf.sites(jnp.zeros((len(model.sites), 3), q.dtype)),
+        group_scale=params.group_scale(),
+        body_scale=scale,
+        offset=offset,
+    )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from models.body import make_fk
+from mocapflow.fit.kinematics import posed_sites
 from models.opensim_export import osim_text, trc_text
 
 if TYPE_CHECKING:
@@ -27,7 +27,9 @@ def _rows(result: FitResult) -> NDArray[np.bool_]:
 
 def model_osim(result: FitResult, name: str | None = None) -> str:
     """The subject-scaled ``.osim`` for a fit."""
-    return osim_text(result.model, result.body_scale, name=name or f"mocapflow_{result.meta.video_sha256[:12]}")
+    return osim_text(
+        result.model, result.body_scale, name=name or f"mocapflow_{result.meta.video_sha256[:12]}"
+    )
 
 
 def virtual_markers(result: FitResult) -> tuple[list[str], NDArray[np.float64], NDArray[np.float64]]:
@@ -36,8 +38,7 @@ def virtual_markers(result: FitResult) -> tuple[list[str], NDArray[np.float64], 
     q = np.asarray(result.q[rows], np.float64)
     if q.shape[0] == 0:
         return list(result.model.site_names), np.zeros((0, len(result.model.sites), 3)), np.zeros(0)
-    fk = make_fk(result.model)
-    pos = np.asarray(fk(q, np.asarray(result.body_scale)), np.float64)
+    pos = posed_sites(result.model, q, np.asarray(result.body_scale))  # the fit's compiled kinematics
     return list(result.model.site_names), pos, np.asarray(result.time_s[rows], np.float64)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import Array, Float
 from numpy.typing import NDArray
 
-from mocapflow.fit.loss import FitData, predict_camera_m, residuals_2d_px, residuals_3d_cm
+from mocapflow.fit.loss import FitData, evaluate
 from mocapflow.fit.params import FitParams
 from models.body import BodyModel
 
@@ -53,15 +53,13 @@ class RobustStats:
     outliers_3d: float
 
 
-@eqx.filter_jit
 def observation_residuals(
     params: FitParams, data: FitData, model: BodyModel
 ) -> tuple[Float[Array, "T J"], Float[Array, "T J"], Float[Array, "T J"], Float[Array, "T J"]]:
-    """Residual norms (2D px, 3D cm) of every observation and the weights they currently pull with."""
-    pred = predict_camera_m(params, data, model)
-    r2, w2 = residuals_2d_px(pred, data)
-    r3, w3 = residuals_3d_cm(pred, data)
-    return jnp.linalg.norm(r2, axis=-1), w2, jnp.linalg.norm(r3, axis=-1), w3
+    """Residual norms (2D px, 3D cm) of every observation and the weights they currently pull with (from the fit's
+    one compiled forward pass, :func:`~mocapflow.fit.loss.evaluate`)."""
+    ev = evaluate(params, data, model)
+    return ev.residual_2d_px, ev.weight_2d, ev.residual_3d_cm, ev.weight_3d
 
 
 def geman_mcclure_weights(

@@ -16,8 +16,9 @@ roll. This module estimates the rigid transform from that frame to a world frame
 
 The transform is applied to the root DOFs only (translations and the pelvis tilt/list/rotation, whose rotation is
 ``Rz(tilt) Rx(list) Ry(rotation)``, i.e. scipy's intrinsic "ZXY"); joint angles do not change. The camera's pose in
-that world is returned as a JSON-ready dict (:func:`to_world_frame`). Pure numpy/scipy, plus one batched forward
-kinematics call (JAX) for the fitted sites.
+that world is returned as a JSON-ready dict (:func:`to_world_frame`). Pure numpy/scipy; the fitted sites come from
+the fit's own evaluation, or (called on joint values alone) from its compiled kinematics
+(:func:`mocapflow.fit.kinematics.posed_sites`).
 """
 
 from __future__ import annotations
@@ -78,13 +79,11 @@ def _site(model: BodyModel, name: str) -> int:
 def fitted_sites(
     model: BodyModel, q: NDArray[np.floating], body_scale: NDArray[np.floating] | None = None
 ) -> NDArray[np.float64]:
-    """Every site [N, S, 3] (m) of the fitted pose, in the fit's (level-camera) frame."""
-    import jax.numpy as jnp
+    """Every site [N, S, 3] (m) of the fitted pose, in the fit's (level-camera) frame (the fit's compiled kinematics,
+    one program per frame bucket)."""
+    from mocapflow.fit.kinematics import posed_sites
 
-    from models.body import make_fk
-
-    bs = None if body_scale is None else jnp.asarray(body_scale, jnp.float32)
-    return np.asarray(make_fk(model)(jnp.asarray(q, jnp.float32), bs), np.float64)
+    return posed_sites(model, q, body_scale)
 
 
 def root_rotations(model: BodyModel, q: NDArray[np.floating]) -> Rotation:
@@ -107,12 +106,10 @@ def _up_from_trunk(sites: NDArray[np.float64], model: BodyModel) -> NDArray[np.f
 
 def sole_sites(model: BodyModel, tolerance_m: float = 0.003) -> list[int]:
     """Foot sites within ``tolerance_m`` of the lowest foot site in the zero pose (heels and toe tips: the sole)."""
-    import jax.numpy as jnp
-
-    from models.body import forward_kinematics
+    from mocapflow.fit.kinematics import zero_pose_sites
 
     feet = foot_sites(model)
-    y = np.asarray(forward_kinematics(model, jnp.asarray(model.zero_pose(), jnp.float32)))[feet, 1]
+    y = zero_pose_sites(model)[feet, 1]
     return [s for s, h in zip(feet, y, strict=True) if h <= y.min() + tolerance_m]
 
 
@@ -189,7 +186,10 @@ def estimate_up(
     up = _up_from_trunk(sites, model)
     sole = sites[:, sole_sites(model)]
     method, n_pts, prior = "trunk", 0, options.trunk_prior_deg
-    for band in (options.first_band_m, options.contact_band_m):  # wide first (the trunk may lean), then narrow
+    for band in (
+        options.first_band_m,
+        options.contact_band_m,
+    ):  # wide first (the trunk may lean), then narrow
         pts = _contacts(sole, up, fps, replace(options, contact_band_m=band))
         n_pts = len(pts)
         if n_pts < 3:
@@ -198,7 +198,11 @@ def estimate_up(
         _, s, vt = np.linalg.svd(centred, full_matrices=False)
         extent = 4.0 * s / np.sqrt(n_pts)  # full width (4 sigma) along each principal axis
         if extent[1] >= options.plane_min_extent_m:
-            up, method, prior = _unit(vt[2] if vt[2] @ up > 0 else -vt[2]), "feet-plane", options.plane_prior_deg
+            up, method, prior = (
+                _unit(vt[2] if vt[2] @ up > 0 else -vt[2]),
+                "feet-plane",
+                options.plane_prior_deg,
+            )
         elif extent[0] >= options.line_min_extent_m:
             line = vt[0]
             up, method, prior = _unit(up - (up @ line) * line), "feet-line", options.trunk_prior_deg
@@ -285,7 +289,9 @@ def to_world_frame(
     fps = 30.0 if fps is None else float(fps)
     missing = [d for d in ROOT_DOFS if d not in model.dof_names]
     if missing:
-        raise ValueError(f"body model {model.name!r} lacks the root DOFs {missing}; cannot place it in a world frame")
+        raise ValueError(
+            f"body model {model.name!r} lacks the root DOFs {missing}; cannot place it in a world frame"
+        )
     tr = [model.dof_index(d) for d in ROOT_DOFS[:3]]
 
     sites = fitted_sites(model, q, body_scale) if sites is None else np.asarray(sites, np.float64)

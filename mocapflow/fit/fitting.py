@@ -43,9 +43,10 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
   (relative). On ``validate fit`` (5 seeds) 4000 and 2000 steps were no more accurate than 1500 (the clean error is
   set by the priors, not by convergence: one 2 s clip went 1.69 -> 2.14 deg from 2000 to 3400 steps); 1200 and 800
   lost 0.1 and 0.4 deg clean. Noisy fits stop by convergence at 1200-1400 steps; clean ones mostly reach the cap with
-  a relative change of ~1.1-1.6e-4, and are recorded as not converged. A 5 s, 30 fps video: 3.6 CPU s warm, 5.4
-  CPU s in a fresh process with the persistent compilation cache, 18 CPU s with an empty cache
-  (``benchmarks/bench_fit.py``). An L-BFGS polish after Adam (optax, zoom line search) was tried: 200 steps moved
+  a relative change of ~1.1-1.6e-4, and are recorded as not converged. A real 5 s, 30 fps clip (150 frames of
+  blazepose keypoints, 1500 steps, one core, load 10-13): 8.0 CPU s for a second fit in the process (7 of them in
+  the optimiser; 12.7 before the kinematics was compiled once per frame bucket for every use), 31 CPU s for a first
+  fit with an empty compilation cache (``mocapflow bench --sections fit``, ``benchmarks/bench_fit.py``). An L-BFGS polish after Adam (optax, zoom line search) was tried: 200 steps moved
   the clean error by 0.03 deg, so it is not used.
 """
 

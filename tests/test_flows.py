@@ -150,12 +150,12 @@ def _subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**env, **(extra or {})}
 
 
-def _wait_for(cond, timeout: float, what: str) -> None:
+def _wait_for(cond, timeout: float, what: str, every: float = 1.0) -> None:
     t0 = time.monotonic()
     while not cond():
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(1.0)
+        time.sleep(every)
 
 
 def _backfill_manifest(cohort: Path, shared_store: Path, tmp_path: Path) -> tuple[str, Path]:
@@ -167,7 +167,8 @@ def _backfill_manifest(cohort: Path, shared_store: Path, tmp_path: Path) -> tupl
     store_root = tmp_path / "store"
     if shared_store.is_dir():
         shutil.copytree(shared_store, store_root, ignore=shutil.ignore_patterns("runs", "backfills"))
-    new = generate_cohort(tmp_path / "new", CohortSpec(n_videos=1, seed=23, seconds=1.5, motions=("squat",)))
+    # long enough that the interruption, sent as soon as the first video is in the ledger, lands in its work
+    new = generate_cohort(tmp_path / "new", CohortSpec(n_videos=1, seed=23, seconds=4.0, motions=("squat",)))
     first = sorted(str(p) for p in cohort.glob("v*.mp4"))[0]
     rows = [first, str(tmp_path / "new" / new[0].video), *_corrupt_videos(cohort)]
     (tmp_path / "backfill.csv").write_text("video\n" + "\n".join(rows) + "\n")
@@ -203,7 +204,7 @@ def test_backfill_resumes_after_interruption_and_reruns_only_failed(
             assert proc.poll() is None, f"backfill exited early: {proc.stderr.read()[-2000:]}"
             return any(json.loads(p.read_text())["status"] == "ok" for p in ledger.glob("*.json"))
 
-        _wait_for(one_done, 600, "the first finished video in the backfill ledger")
+        _wait_for(one_done, 600, "the first finished video in the backfill ledger", every=0.2)
         os.killpg(proc.pid, signal.SIGINT)  # an operator's Ctrl-C halfway through
         proc.wait(120)
     finally:

@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 logger = logging.getLogger(__name__)
 
 # not the cameraman's pan: in its first second the person is too small or cut off for the detector (a 0.5 s clip of
@@ -33,31 +31,17 @@ logger = logging.getLogger(__name__)
 PHOTO_CLIPS = ("messi_pan", "basketball_pan", "astronaut_pan")
 
 
-def _write_fast(path: Path, frames: Any, width: int, height: int, fps: float) -> None:
-    """H.264 with x264's ultrafast preset (many videos to make; the pose stage decodes them all the same)."""
-    import imageio_ffmpeg
-
-    writer = imageio_ffmpeg.write_frames(
-        str(path),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        quality=None,
-        macro_block_size=1,
-        ffmpeg_log_level="error",
-        output_params=["-crf", "18", "-preset", "ultrafast", "-threads", "1", "-f", "mp4"],
-    )
-    try:
-        writer.send(None)
-        for f in frames:
-            writer.send(np.ascontiguousarray(f))
-    finally:
-        writer.close()
-
-
 def person_videos(cache_dir: Path, out: Path, n: int, seconds: float, tag: str) -> list[str]:
     """``n`` distinct pan/zoom videos (640x480, 30 fps) over the real photos, each with its own path."""
-    from mocapflow.realdata import CLIPS, Window, _read_image_rgb, crop_windows, render_windows, source_path
+    from mocapflow.realdata import (
+        CLIPS,
+        Window,
+        _read_image_rgb,
+        crop_windows,
+        render_windows,
+        source_path,
+        write_video,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     photos = {c: _read_image_rgb(source_path(CLIPS[c].source, cache_dir)) for c in PHOTO_CLIPS}
@@ -76,7 +60,9 @@ def person_videos(cache_dir: Path, out: Path, n: int, seconds: float, tag: str) 
         wins = crop_windows(photo.shape[1], photo.shape[0], 640, 480, start, end, frames)
         path = out / f"{tag}{i:04d}_{clip.name}.mp4"
         if not path.exists():
-            _write_fast(path, render_windows(photo, wins, 640, 480), 640, 480, 30.0)
+            # x264's fastest preset: many videos to make, and the pose stage decodes them all the same
+            frames_ = render_windows(photo, wins, 640, 480)
+            write_video(path, frames_, 640, 480, 30.0, crf=18, preset="ultrafast", threads=1)
         paths.append(str(path))
     return paths
 

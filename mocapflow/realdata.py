@@ -437,11 +437,19 @@ def _recipe_hash(recipe: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _write_video(
-    path: Path, frames: Iterable[NDArray[np.uint8]], width: int, height: int, fps: float
+def write_video(
+    path: Path,
+    frames: Iterable[NDArray[np.uint8]],
+    width: int,
+    height: int,
+    fps: float,
+    *,
+    crf: int = 12,
+    preset: str = "medium",
+    threads: int = 2,
 ) -> None:
-    """H.264 (libx264, yuv420p, crf 12, 2 encoder threads: the same bytes everywhere) by imageio-ffmpeg's ffmpeg,
-    written to a hidden partial file and renamed into place."""
+    """H.264 (libx264, yuv420p; by default crf 12, preset medium, 2 encoder threads: the same bytes everywhere) by
+    imageio-ffmpeg's ffmpeg, written to a hidden partial file and renamed into place."""
     import imageio_ffmpeg
 
     if width % 2 or height % 2:
@@ -456,7 +464,7 @@ def _write_video(
         quality=None,
         macro_block_size=1,
         ffmpeg_log_level="error",
-        output_params=["-crf", "12", "-preset", "medium", "-threads", "2", "-f", "mp4"],
+        output_params=["-crf", str(crf), "-preset", preset, "-threads", str(threads), "-f", "mp4"],
     )
     try:
         writer.send(None)
@@ -499,7 +507,7 @@ def clip_video(name: str, cache_dir: Path, seconds: float | None = None, fetch: 
         if not out.is_file():
             frames, fps = _decode_range(src, clip.first_frame, clip.frames)
             h, w = frames[0].shape[:2]
-            _write_video(out, frames, w, h, fps)
+            write_video(out, frames, w, h, fps)
             logger.info("cut clip %s (%d frames from %d) at %s", name, len(frames), clip.first_frame, out)
         return out
     seconds = clip.seconds if seconds is None else seconds
@@ -512,7 +520,7 @@ def clip_video(name: str, cache_dir: Path, seconds: float | None = None, fetch: 
         windows = crop_windows(
             photo.shape[1], photo.shape[0], clip.width, clip.height, clip.start, clip.end, n
         )
-        _write_video(
+        write_video(
             out, render_windows(photo, windows, clip.width, clip.height), clip.width, clip.height, clip.fps
         )
         logger.info("made clip %s (%d frames) at %s", name, n, out)
@@ -569,7 +577,7 @@ def derived_video(src: Path, kind: str, out_dir: Path | None = None) -> Path:
         out_frames = (cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames)
     else:
         out_frames, size = reversed(frames), (w, h)
-    _write_video(out, out_frames, size[0], size[1], fps)
+    write_video(out, out_frames, size[0], size[1], fps)
     logger.info("made %s variant of %s at %s", kind, src, out)
     return out
 

@@ -196,7 +196,7 @@ def test_derived_videos(tmp_path: Path) -> None:
         f = np.full((48, 96, 3), 40 + 25 * i, np.uint8)
         f[:, :32] = 250
         frames.append(f)
-    rd._write_video(src, frames, 96, 48, 12.0)
+    rd.write_video(src, frames, 96, 48, 12.0)
     orig = _levels(src)
     with pytest.raises(ValueError, match="kind"):
         derived_video(src, "upside-down")

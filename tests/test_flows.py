@@ -185,6 +185,10 @@ def test_backfill_resumes_after_interruption_and_reruns_only_failed(
     store = Store(str(store_root))
     ledger = store_root / "backfills" / "resume" / "status"
     code = (
+        # an operator's Ctrl-C reaches the backfill as in a terminal, whatever this test process's own SIGINT
+        # disposition (an ignored SIGINT is inherited through exec, and Python then installs no handler: seen when
+        # the whole suite ran, where the backfill ran to its end through the Ctrl-C)
+        "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from flows.cohort import backfill\nfrom flows.params import CohortSource, RunOptions\n"
         f"backfill(CohortSource(manifest={manifest!r}), RunOptions(storage_root={str(store_root)!r}), "
         "name='resume', max_in_flight=1)\n"

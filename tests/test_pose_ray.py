@@ -369,13 +369,20 @@ def _actor_ids(pool: PosePool) -> list[str]:
     return [a._actor_id.hex() for a in pool.actors if a is not None]
 
 
-def _dead(pool_actors: list[object]) -> bool:
-    from ray.exceptions import RayActorError
+def _dead(pool_actors: list[object], within_s: float = 60.0) -> bool:
+    """Every actor is gone within ``within_s`` (a pool's shutdown kills its actors asynchronously: one may still
+    answer a ping just after the pool left the registry)."""
+    from ray.exceptions import GetTimeoutError, RayActorError
 
-    try:
-        ray.get([a.ping.remote() for a in pool_actors], timeout=60)  # type: ignore[attr-defined]
-    except RayActorError:
-        return True
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get([a.ping.remote() for a in pool_actors], timeout=10)  # type: ignore[attr-defined]
+        except RayActorError:
+            return True
+        except GetTimeoutError:
+            pass
+        time.sleep(0.5)
     return False
 
 

@@ -247,6 +247,9 @@ def test_backfill_resumes_after_interruption_and_reruns_only_failed(
     assert status["status"] == "failed" and status["failed_stage"] == "probe"
 
 
+# slow (37 s of flow runs): tests/test_pose_ray.py::test_a_second_run_reuses_the_live_pool_and_an_idle_pool_is_stopped
+# is the fast test of the same reuse in the default suite
+@pytest.mark.slow
 def test_a_second_run_in_the_process_reuses_the_pose_actors(
     cohort: Path, env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
+from numpy.typing import ArrayLike
 
 DofKind = Literal["hinge", "slide"]
 
@@ -160,6 +161,20 @@ def quat_to_matrix(q: Sequence[float]) -> np.ndarray:
             [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
         ]
     )
+
+
+def body_scale_xyz(model: BodyModel, body_scale: ArrayLike | None) -> np.ndarray:
+    """Per-body scale factors as numpy ``[n_bodies, 3]`` (float64) from None (ones), ``[n_bodies]`` (uniform per
+    body) or ``[n_bodies, 3]``; ValueError for any other shape. (Traced JAX code uses ``_as_body_scale``.)"""
+    n = len(model.bodies)
+    if body_scale is None:
+        return np.ones((n, 3))
+    s = np.asarray(body_scale, np.float64)
+    if s.shape == (n,):
+        return np.repeat(s[:, None], 3, axis=1)
+    if s.shape == (n, 3):
+        return s
+    raise ValueError(f"body_scale must have shape ({n},) or ({n}, 3), got {s.shape}")
 
 
 def _as_body_scale(model: BodyModel, body_scale: Array | None) -> Array:

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.spatial.transform import Rotation
 
-from models.body import BodyModel, quat_to_matrix
+from models.body import BodyModel, body_scale_xyz, quat_to_matrix
 
 OSIM_DOCUMENT_VERSION = "40000"
 _AXIS_NAMES = ("rotation1", "rotation2", "rotation3", "translation1", "translation2", "translation3")
@@ -47,18 +47,6 @@ def _complement(axes: list[NDArray[np.float64]], n: int) -> list[NDArray[np.floa
         if np.linalg.matrix_rank(m, tol=1e-6) == len(m):
             out.append(cand)
     return out[len(axes) :]
-
-
-def _body_scales(model: BodyModel, body_scale: NDArray[np.floating] | None) -> NDArray[np.float64]:
-    n = len(model.bodies)
-    if body_scale is None:
-        return np.ones((n, 3))
-    s = np.asarray(body_scale, np.float64)
-    if s.shape == (n,):
-        return np.repeat(s[:, None], 3, axis=1)
-    if s.shape == (n, 3):
-        return s
-    raise OpenSimExportError(f"body_scale must have shape ({n},) or ({n}, 3), got {s.shape}")
 
 
 def _coordinate(model: BodyModel, d: int) -> str:
@@ -179,7 +167,10 @@ def osim_text(
 ) -> str:
     """The ``.osim`` XML of ``model`` at ``body_scale`` ([B] or [B, 3]), with ``markers``
     (name -> (body name, location in the body frame, m)); by default every site, scaled with its body."""
-    scales = _body_scales(model, body_scale)
+    try:
+        scales = body_scale_xyz(model, body_scale)
+    except ValueError as err:
+        raise OpenSimExportError(str(err)) from None
     if markers is None:
         markers = {
             s.name: (model.bodies[s.body].name, np.asarray(s.pos) * scales[s.body]) for s in model.sites

@@ -26,7 +26,7 @@ from jaxtyping import Array, Float
 from numpy.typing import NDArray
 
 from mocapflow.fit.basis import bucket_frames
-from models.body import BodyModel, quat_to_matrix
+from models.body import BodyModel, body_scale_xyz, quat_to_matrix
 
 _TRACES = {"sites": 0}  # how often the jitted FK of posed_sites was traced in this process (tests count them)
 
@@ -251,18 +251,6 @@ def _posed_sites(
     return site_positions(model, q, body_scale, site_offset)
 
 
-def _body_scale_3(model: BodyModel, body_scale: NDArray[np.floating] | None) -> NDArray[np.float32]:
-    n_b = len(model.bodies)
-    if body_scale is None:
-        return np.ones((n_b, 3), np.float32)
-    s = np.asarray(body_scale, np.float32)
-    if s.shape == (n_b,):
-        return np.repeat(s[:, None], 3, axis=1)
-    if s.shape == (n_b, 3):
-        return s
-    raise ValueError(f"body_scale must have shape ({n_b},) or ({n_b}, 3), got {s.shape}")
-
-
 def posed_sites(
     model: BodyModel,
     q: NDArray[np.floating],
@@ -286,7 +274,7 @@ def posed_sites(
     out = _posed_sites(
         model,
         jnp.asarray(padded),
-        jnp.asarray(_body_scale_3(model, body_scale)),
+        jnp.asarray(body_scale_xyz(model, body_scale), jnp.float32),
         jnp.asarray(offset, jnp.float32),
     )
     return np.asarray(out, np.float64)[:n]

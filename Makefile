@@ -43,8 +43,10 @@ $(S3RVER):
 .PHONY: s3rver
 s3rver: $(S3RVER)
 
+# two xdist workers, whole modules each (their module-scoped servers and fixtures stay shared): ~12 CPU-min of
+# tests spend a third of their wall time waiting on servers, subprocesses and Ray
 test: setup realdata s3rver
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n 2 --dist loadfile
 
 test-slow: setup
 	.venv/bin/python -m pytest -m slow

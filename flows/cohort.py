@@ -34,7 +34,7 @@ from mocapflow.discovery import VideoSpec, discover
 from mocapflow.report import FAILED, LOW_COVERAGE, OK, RunFailed, coverage_status, video_name
 from mocapflow.settings import Settings
 from mocapflow.store import KeyNotFoundError, safe_key
-from tasks.publish import Progress, publish, quiet_partial_failures
+from tasks.publish import Progress, publish, publish_video, quiet_partial_failures
 from tasks.runtime import BUILT_IN, FlowRuntime
 from tasks.stages import fit_video, pose_video, probe_video
 
@@ -117,9 +117,13 @@ def _pose_coverage(res: dict[str, Any], rt: FlowRuntime) -> tuple[int | None, fl
     return meta.frames_detected, meta.coverage
 
 
-def _row(spec: VideoSpec, chain: tuple[PrefectFuture, PrefectFuture, PrefectFuture], rt: FlowRuntime) -> dict:
-    """One summary row from a video's finished probe, pose and fit futures."""
+def _row(
+    spec: VideoSpec, chain: tuple[PrefectFuture, PrefectFuture, PrefectFuture], rt: FlowRuntime
+) -> tuple[dict[str, Any], bytes | None]:
+    """One summary row from a video's finished probe, pose and fit futures, and its plot's thumbnail (a JPEG made
+    where the fit ran, on a local store)."""
     row = report.empty_row(spec.uri, spec.subject_id)
+    thumbnail = None
     for stage, fut in zip(("probe", "pose", "fit"), chain, strict=True):
         fut.wait()  # the local final state, with its data (``.state`` alone may fetch a data-less copy from the API)
         if not fut.state.is_completed():
@@ -132,8 +136,9 @@ def _row(spec: VideoSpec, chain: tuple[PrefectFuture, PrefectFuture, PrefectFutu
             report.add_pose(row, res, *_pose_coverage(res, rt))
         else:
             report.add_fit(row, res)
+            thumbnail = res.get("thumbnail")
     row["status"] = coverage_status(row["status"], row["coverage"], rt.settings.min_coverage)
-    return row
+    return row, thumbnail
 
 
 def _log_row(i: int, n: int, row: dict[str, Any]) -> None:
@@ -163,11 +168,14 @@ def run_videos(
     specs: list[VideoSpec],
     rt: FlowRuntime,
     scope: str,
+    run_id: str,
     max_in_flight: int,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """probe -> pose -> fit per video as chained Prefect futures, at most ``max_in_flight`` videos at once; the pose
-    actors stop once every video's pose stage is done (their CPUs go to the fits). Rows in input order."""
+    actors run fits between videos and stop once every video's pose stage is done and no fit uses them
+    (:class:`tasks.runtime.FlowRuntime`). Each video's artifact is made as soon as its row is final. Rows in input
+    order."""
     progress = Progress(scope, len(specs))
     rtq = quote(rt)
     poses_left = len(specs)
@@ -179,7 +187,7 @@ def run_videos(
             poses_left -= 1
             last = poses_left == 0
         if last:
-            rt.release_pose_pool()
+            rt.pose_work_done()
 
     def submit(spec: VideoSpec) -> tuple[PrefectFuture, PrefectFuture, PrefectFuture]:
         d = spec.to_dict()
@@ -199,7 +207,9 @@ def run_videos(
         if (nxt := next(waiting, None)) is not None:
             new = submit(nxt)
             in_flight[new[2]] = (nxt, new)
-        row = rows[spec.uri] = _row(spec, chain, rt)
+        row, thumbnail = _row(spec, chain, rt)
+        rows[spec.uri] = row
+        publish_video(rt.store, row, scope, run_id, rt.settings.min_coverage, thumbnail)
         _log_row(len(rows), len(specs), row)
         if on_row is not None:
             on_row(row)
@@ -248,17 +258,19 @@ def _cohort(
             rt.store,
             settings.ray_address or "local (started on first use)",
         )
-        rows = run_videos(specs, rt, scope, max_in_flight or settings.max_videos_in_flight, on_row)
-        return _finish(kind, scope, rt, rows, t0)
+        run_id = str(flow_run.get_id() or uuid.uuid4())
+        rows = run_videos(specs, rt, scope, run_id, max_in_flight or settings.max_videos_in_flight, on_row)
+        return _finish(kind, scope, rt, run_id, rows, t0)
     finally:
         rt.close()
 
 
-def _finish(kind: str, scope: str, rt: FlowRuntime, rows: list[dict[str, Any]], t0: float) -> State:
-    run_id = str(flow_run.get_id() or uuid.uuid4())
+def _finish(
+    kind: str, scope: str, rt: FlowRuntime, run_id: str, rows: list[dict[str, Any]], t0: float
+) -> State:
     model = {"model_set": rt.model_set.manifest.name, "model_id": rt.model_set.id}
     min_cov = rt.settings.min_coverage
-    uri = publish(rt.store, run_id, scope, kind, rows, time.perf_counter() - t0, min_cov, model)
+    uri = publish(rt.store, run_id, scope, kind, rows, time.perf_counter() - t0, model)
     summary = {
         "run_id": run_id,
         "summary_uri": uri,
@@ -267,6 +279,7 @@ def _finish(kind: str, scope: str, rt: FlowRuntime, rows: list[dict[str, Any]], 
         "low_coverage": sum(r["status"] == LOW_COVERAGE for r in rows),
         "pose_calls": rt.pose_calls,
         "fit_calls": rt.fit_calls,
+        "fits_on_pose_actors": rt.fits_on_pose_actors,
         "pose_pool_reused": rt.pose_pool_reused,  # None: no pose work; False: this run started the actors
         "rows": rows,
     }

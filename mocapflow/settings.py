@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         "not for fit-heavy cohorts. 0 (default): stopped as soon as the run's pose work is done, every CPU then "
         "goes to the fits. `mocapflow run` (one run per process) always stops them then.",
     )
+    fits_on_pose_actors: bool = Field(
+        True,
+        description="A run's fits also run on its pose actors while they have no video to do (videos come first; "
+        "the fit code is the same, JAX sized to the actor's CPUs): with a bounded number of videos in flight the "
+        "actors idle whenever the fits are behind. False: fits run only as Ray tasks on the CPUs the pool leaves.",
+    )
     batch_size: int = Field(32, ge=1, description="Frames decoded and inferred per batch.")
     ort_spinning: bool = Field(
         False, description="Let ONNX Runtime worker threads spin between ops (faster, burns idle CPU)."

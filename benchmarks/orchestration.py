@@ -132,6 +132,7 @@ def _run_stats(summary: dict[str, Any], wall: float) -> dict[str, Any]:
     return {
         "wall_s": round(wall, 2),
         "pose_pool_reused": summary.get("pose_pool_reused"),
+        "fits_on_pose_actors": summary.get("fits_on_pose_actors"),
         **_row_stats(summary["rows"]),
     }
 

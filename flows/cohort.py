@@ -1,6 +1,6 @@
 """The product's flows: one video, a cohort, and a resumable backfill. They wire the tasks in tasks/stages.py.
 
-Per video: probe -> pose (Ray actor pool) -> fit (pinned Ray task), chained by Prefect futures; at most
+Per video: probe -> pose (Ray actor pool) -> fit (pinned Ray task), each submitted when the one before finished; at most
 ``max_videos_in_flight`` videos are submitted at once (a backfill of thousands never holds thousands of futures).
 A video that fails stops its own chain only; only transient I/O is retried (tasks/stages.py).
 
@@ -15,14 +15,15 @@ it with :func:`run_summary`). The summary table is also written to ``runs/<run_i
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as wait_futures
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -34,7 +35,7 @@ from mocapflow.discovery import VideoSpec, discover
 from mocapflow.report import FAILED, LOW_COVERAGE, OK, RunFailed, coverage_status, video_name
 from mocapflow.settings import Settings
 from mocapflow.store import KeyNotFoundError, safe_key
-from tasks.publish import Progress, publish, quiet_partial_failures
+from tasks.publish import Progress, publish, publish_video, quiet_partial_failures
 from tasks.runtime import BUILT_IN, FlowRuntime
 from tasks.stages import fit_video, pose_video, probe_video
 
@@ -117,10 +118,12 @@ def _pose_coverage(res: dict[str, Any], rt: FlowRuntime) -> tuple[int | None, fl
     return meta.frames_detected, meta.coverage
 
 
-def _row(spec: VideoSpec, chain: tuple[PrefectFuture, PrefectFuture, PrefectFuture], rt: FlowRuntime) -> dict:
-    """One summary row from a video's finished probe, pose and fit futures."""
+def _row(spec: VideoSpec, chain: list[PrefectFuture], rt: FlowRuntime) -> tuple[dict[str, Any], bytes | None]:
+    """One summary row from a video's finished stage futures (probe, pose, fit; a chain stops at its first failed
+    stage), and its plot's thumbnail (a JPEG made where the fit ran, on a local store)."""
     row = report.empty_row(spec.uri, spec.subject_id)
-    for stage, fut in zip(("probe", "pose", "fit"), chain, strict=True):
+    thumbnail = None
+    for stage, fut in zip(("probe", "pose", "fit"), chain, strict=False):
         fut.wait()  # the local final state, with its data (``.state`` alone may fetch a data-less copy from the API)
         if not fut.state.is_completed():
             report.add_failure(row, stage, _state_error(fut))
@@ -132,8 +135,9 @@ def _row(spec: VideoSpec, chain: tuple[PrefectFuture, PrefectFuture, PrefectFutu
             report.add_pose(row, res, *_pose_coverage(res, rt))
         else:
             report.add_fit(row, res)
+            thumbnail = res.get("thumbnail")
     row["status"] = coverage_status(row["status"], row["coverage"], rt.settings.min_coverage)
-    return row
+    return row, thumbnail
 
 
 def _log_row(i: int, n: int, row: dict[str, Any]) -> None:
@@ -159,51 +163,74 @@ def _log_row(i: int, n: int, row: dict[str, Any]) -> None:
         )
 
 
+STAGES = (probe_video, pose_video, fit_video)
+
+
 def run_videos(
     specs: list[VideoSpec],
     rt: FlowRuntime,
     scope: str,
+    run_id: str,
     max_in_flight: int,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """probe -> pose -> fit per video as chained Prefect futures, at most ``max_in_flight`` videos at once; the pose
-    actors stop once every video's pose stage is done (their CPUs go to the fits). Rows in input order."""
+    """probe -> pose -> fit per video, at most ``max_in_flight`` videos at once; the pose actors run fits between
+    videos and stop once every video's pose stage is done and no fit uses them (:class:`tasks.runtime.FlowRuntime`).
+    Each video's artifact is made as soon as its row is final. Rows in input order.
+
+    A stage is submitted when the one before it has finished, with that stage's finished future as its input (the
+    UI still draws the dependency): a future submitted as the input of another task before it finished cost one
+    API read of its task run per video and stage (Prefect looks up whether an input's task is still running), and
+    a task thread that waited for it."""
     progress = Progress(scope, len(specs))
     rtq = quote(rt)
     poses_left = len(specs)
-    lock = threading.Lock()
 
-    def pose_finished(_fut: PrefectFuture) -> None:
+    def pose_settled() -> None:
         nonlocal poses_left
-        with lock:
-            poses_left -= 1
-            last = poses_left == 0
-        if last:
-            rt.release_pose_pool()
+        poses_left -= 1
+        if poses_left == 0:
+            rt.pose_work_done()
 
-    def submit(spec: VideoSpec) -> tuple[PrefectFuture, PrefectFuture, PrefectFuture]:
-        d = spec.to_dict()
-        probe = probe_video.submit(d, rtq)
-        pose = pose_video.submit(d, probe, rtq)
-        pose.add_done_callback(pose_finished)
-        return probe, pose, fit_video.submit(pose, rtq, video=spec.uri)
+    in_flight: dict[Future[Any], tuple[VideoSpec, list[PrefectFuture]]] = {}
+
+    def submit(spec: VideoSpec, chain: list[PrefectFuture]) -> None:
+        d, stage = spec.to_dict(), len(chain)
+        if stage == 0:
+            fut = probe_video.submit(d, rtq)
+        elif stage == 1:
+            fut = pose_video.submit(d, chain[0], rtq)
+        else:
+            fut = fit_video.submit(chain[1], rtq, video=spec.uri)
+        chain.append(fut)
+        in_flight[fut.wrapped_future] = (spec, chain)
 
     waiting = iter(specs)
-    in_flight = {}
     for spec in itertools.islice(waiting, max_in_flight):
-        chain = submit(spec)
-        in_flight[chain[2]] = (spec, chain)
+        submit(spec, [])
     rows: dict[str, dict[str, Any]] = {}
     while in_flight:
-        spec, chain = in_flight.pop(next(as_completed(list(in_flight))))
-        if (nxt := next(waiting, None)) is not None:
-            new = submit(nxt)
-            in_flight[new[2]] = (nxt, new)
-        row = rows[spec.uri] = _row(spec, chain, rt)
-        _log_row(len(rows), len(specs), row)
-        if on_row is not None:
-            on_row(row)
-        progress.advance()
+        done, _ = wait_futures(list(in_flight), return_when=FIRST_COMPLETED)
+        for finished in done:
+            spec, chain = in_flight.pop(finished)
+            chain[-1].wait()  # its final state, locally (no API read when it is the next stage's input)
+            ok = chain[-1].state.is_completed()
+            if len(chain) == 2 or (
+                len(chain) == 1 and not ok
+            ):  # this video's pose is done, or will never run
+                pose_settled()
+            if ok and len(chain) < len(STAGES):
+                submit(spec, chain)
+                continue
+            if (nxt := next(waiting, None)) is not None:
+                submit(nxt, [])
+            row, thumbnail = _row(spec, chain, rt)
+            rows[spec.uri] = row
+            publish_video(rt.store, row, scope, run_id, rt.settings.min_coverage, thumbnail)
+            _log_row(len(rows), len(specs), row)
+            if on_row is not None:
+                on_row(row)
+            progress.advance()
     return [rows[s.uri] for s in specs]
 
 
@@ -248,17 +275,19 @@ def _cohort(
             rt.store,
             settings.ray_address or "local (started on first use)",
         )
-        rows = run_videos(specs, rt, scope, max_in_flight or settings.max_videos_in_flight, on_row)
-        return _finish(kind, scope, rt, rows, t0)
+        run_id = str(flow_run.get_id() or uuid.uuid4())
+        rows = run_videos(specs, rt, scope, run_id, max_in_flight or settings.max_videos_in_flight, on_row)
+        return _finish(kind, scope, rt, run_id, rows, t0)
     finally:
         rt.close()
 
 
-def _finish(kind: str, scope: str, rt: FlowRuntime, rows: list[dict[str, Any]], t0: float) -> State:
-    run_id = str(flow_run.get_id() or uuid.uuid4())
+def _finish(
+    kind: str, scope: str, rt: FlowRuntime, run_id: str, rows: list[dict[str, Any]], t0: float
+) -> State:
     model = {"model_set": rt.model_set.manifest.name, "model_id": rt.model_set.id}
     min_cov = rt.settings.min_coverage
-    uri = publish(rt.store, run_id, scope, kind, rows, time.perf_counter() - t0, min_cov, model)
+    uri = publish(rt.store, run_id, scope, kind, rows, time.perf_counter() - t0, model)
     summary = {
         "run_id": run_id,
         "summary_uri": uri,
@@ -267,6 +296,7 @@ def _finish(kind: str, scope: str, rt: FlowRuntime, rows: list[dict[str, Any]], 
         "low_coverage": sum(r["status"] == LOW_COVERAGE for r in rows),
         "pose_calls": rt.pose_calls,
         "fit_calls": rt.fit_calls,
+        "fits_on_pose_actors": rt.fits_on_pose_actors,
         "pose_pool_reused": rt.pose_pool_reused,  # None: no pose work; False: this run started the actors
         "rows": rows,
     }

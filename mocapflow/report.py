@@ -172,6 +172,29 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{c: (video_name(r[c]) if c == "video" else fmt(r[c])) for c in TABLE_COLUMNS} for r in rows]
 
 
+THUMB_WIDTH = 700
+
+
+def plot_thumbnail(png: bytes, width: int = THUMB_WIDTH) -> bytes:
+    """A plot at ``width`` px as a JPEG (~10x smaller than the PNG: it is inlined in the run's per-video report,
+    which lives in Prefect's database). ~50-100 ms of CPU for a 1000x1400 plot: made where the fit ran
+    (tasks/fit_ray.py), not in the flow's driver at the end of the run."""
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("not a decodable image")
+    if img.shape[1] > width:
+        img = cv2.resize(
+            img, (width, round(img.shape[0] * width / img.shape[1])), interpolation=cv2.INTER_AREA
+        )
+    ok, out = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return out.tobytes()
+
+
 def video_markdown(r: dict[str, Any], min_coverage: float, plot_link: str | None = None) -> str:
     """The per-video report: status (with the error), coverage, timings, residuals, convergence, outputs, plot."""
     lines = [

@@ -70,10 +70,17 @@ class Settings(BaseSettings):
         ge=0,
         description="In a process that serves many runs (`mocapflow serve`, a Prefect worker): keep the pose actors up "
         "this long after a run's pose work is done, models loaded, so that the next run with the same model set and "
-        "actor settings reuses them (no actor start, no model load). Meanwhile they keep their CPUs, so the run's "
-        "remaining fits get only the CPUs the pool leaves (fit_cpus per node): worth it for frequent small runs, "
-        "not for fit-heavy cohorts. 0 (default): stopped as soon as the run's pose work is done, every CPU then "
-        "goes to the fits. `mocapflow run` (one run per process) always stops them then.",
+        "actor settings reuses them (no actor start, no model load). Meanwhile they keep their CPUs (the run's own "
+        "fits use them, fits_on_pose_actors); other runs' fits get only the CPUs the pool leaves (fit_cpus per "
+        "node): worth it for frequent small runs. 0 (default): stopped once the run's pose work is done and no fit "
+        "of the run uses them, every CPU then goes to the fits. `mocapflow run` (one run per process) always stops "
+        "them then.",
+    )
+    fits_on_pose_actors: bool = Field(
+        True,
+        description="A run's fits also run on its pose actors while they have no video to do (videos come first; "
+        "the fit code is the same, JAX sized to the actor's CPUs): with a bounded number of videos in flight the "
+        "actors idle whenever the fits are behind. False: fits run only as Ray tasks on the CPUs the pool leaves.",
     )
     batch_size: int = Field(32, ge=1, description="Frames decoded and inferred per batch.")
     ort_spinning: bool = Field(

@@ -47,31 +47,61 @@ def worker_report(threads: int) -> dict[str, Any]:
 
 
 def fit_task(
-    keypoints_uri: str, settings: Settings, out_root: str | None = None, max_iters: int | None = None
+    keypoints_uri: str,
+    settings: Settings,
+    out_root: str | None = None,
+    max_iters: int | None = None,
+    thumbnail: bool = False,
 ) -> dict[str, Any]:
     """Pin, configure JAX, fit one keypoints table and write its outputs; returns the summary plus a worker report.
+    ``thumbnail``: also the plot as a small JPEG (``summary["thumbnail"]``), for a run whose report inlines it.
 
     Plain function (testable without Ray); on Ray it runs as :data:`fit_remote`.
     """
     pinned = _pin_and_configure(settings)
     lease = pinned.pop("_lease")
     try:
-        report = worker_report(pinned["threads"])  # initialises JAX after pinning
-        from mocapflow.fit.fitting import FitOptions
-        from mocapflow.fit.run import fit_keypoints
-        from mocapflow.fit.runtime import configure_jax_cache
-        from mocapflow.store import Store
-
-        # every compiled function, not only those that took 0.5 s to compile: a fresh worker per fit then loads
-        # all of them (a 5 s video's fit: ~10.5 -> ~8 CPU s in a fresh process, benchmarks/bench_fit.py)
-        configure_jax_cache(settings.jax_cache_dir, min_compile_seconds=0.0)
-        options = FitOptions.from_settings(settings, max_iters=max_iters)
-        store = Store(out_root, settings.storage_options()) if out_root else Store.from_settings(settings)
-        summary = fit_keypoints(keypoints_uri, store, options, settings.storage_options())
-        summary["worker"] = {**report, "leased_cpus": pinned["leased_cpus"]}
-        return summary
+        return fit_here(keypoints_uri, settings, pinned["threads"], out_root, max_iters, thumbnail, pinned)
     finally:
         lease.release()
+
+
+def fit_here(
+    keypoints_uri: str,
+    settings: Settings,
+    threads: int,
+    out_root: str | None = None,
+    max_iters: int | None = None,
+    thumbnail: bool = False,
+    worker: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The fit in this process, on the CPUs it already holds (a pinned fit worker, or a pose actor between its
+    videos: :meth:`tasks.pose_ray.PoseWorker.fit`): JAX initialised with ``threads`` threads on its first fit."""
+    if "XLA_FLAGS" not in os.environ or "intra_op_parallelism_threads" not in os.environ["XLA_FLAGS"]:
+        from mocapflow.fit.runtime import xla_flags  # no JAX import
+
+        os.environ["XLA_FLAGS"] = xla_flags(threads, os.environ.get("XLA_FLAGS", ""))
+    report = worker_report(threads)  # initialises JAX (after pinning, where the caller pinned)
+    from mocapflow.fit.fitting import FitOptions
+    from mocapflow.fit.run import fit_keypoints
+    from mocapflow.fit.runtime import configure_jax_cache
+    from mocapflow.store import Store, fit_key
+
+    # every compiled function, not only those that took 0.5 s to compile: a fresh worker per fit then loads
+    # all of them (a 5 s video's fit: ~10.5 -> ~8 CPU s in a fresh process, benchmarks/bench_fit.py)
+    configure_jax_cache(settings.jax_cache_dir, min_compile_seconds=0.0)
+    options = FitOptions.from_settings(settings, max_iters=max_iters)
+    store = Store(out_root, settings.storage_options()) if out_root else Store.from_settings(settings)
+    summary = fit_keypoints(keypoints_uri, store, options, settings.storage_options())
+    summary["worker"] = {**report, **(worker or {})}
+    if thumbnail and not summary.get("skipped"):
+        from mocapflow.report import plot_thumbnail
+
+        try:
+            summary["thumbnail"] = plot_thumbnail(store.get_bytes(fit_key(summary["prefix"], "angles.png")))
+        except Exception as e:  # noqa: BLE001 - a thumbnail is a convenience: the run makes it from the PNG
+            logger.warning("no thumbnail of the plot of %s: %s", keypoints_uri, e)
+    return summary
 
 
 # a fit whose worker or node died is run again by Ray (a system failure, not the fit's own error: those are raised
@@ -82,7 +112,11 @@ FIT_THREADS_ENV = "MOCAPFLOW_FIT_WORKER_THREADS"  # only tells Ray's worker pool
 
 
 def submit_fit(
-    keypoints_uri: str, settings: Settings, out_root: str | None = None, max_iters: int | None = None
+    keypoints_uri: str,
+    settings: Settings,
+    out_root: str | None = None,
+    max_iters: int | None = None,
+    thumbnail: bool = False,
 ) -> ray.ObjectRef:
     """Submit one fit asking Ray for ``settings.fit_cpus`` CPUs (Ray must be initialised).
 
@@ -94,4 +128,4 @@ def submit_fit(
         scheduling_strategy="SPREAD",
         # merged with the job's env_vars by Ray; a worker is reused only by fits with the same thread count
         runtime_env={"env_vars": {FIT_THREADS_ENV: str(settings.fit_cpus)}},
-    ).remote(keypoints_uri, settings, out_root, max_iters)
+    ).remote(keypoints_uri, settings, out_root, max_iters, thumbnail)

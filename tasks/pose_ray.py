@@ -186,6 +186,7 @@ class PoseWorker:
         )
         self.loads = 0
         self.videos = 0
+        self.fits = 0
         self.store = Store.from_settings(settings)
         with startup_output_captured(not settings.verbose):
             if _uses_tensorflow(self.model_set):
@@ -239,6 +240,25 @@ class PoseWorker:
         self.videos += 1
         return result
 
+    def fit(
+        self, keypoints_uri: str, settings: Settings, thumbnail: bool = False, out_root: str | None = None
+    ) -> dict[str, Any]:
+        """Fit one keypoints table here, on this actor's CPUs, while the pool has no video for it
+        (:meth:`PosePool.borrow`): the fitting stage's own code (:func:`tasks.fit_ray.fit_here`), JAX sized to this
+        actor's threads and CPUs (it is pinned already). JAX loads on the first fit (~1 GB less free memory)."""
+        from tasks.fit_ray import fit_here
+
+        summary = fit_here(
+            keypoints_uri,
+            settings,
+            self.threads.threads,
+            out_root,
+            thumbnail=thumbnail,
+            worker={"leased_cpus": self.lease.cpus, "pose_actor": True},
+        )
+        self.fits += 1
+        return summary
+
     def ping(self) -> int:
         """This actor's pid: answers at once when the actor is idle (a pool checks an idle actor is alive)."""
         return os.getpid()
@@ -249,6 +269,7 @@ class PoseWorker:
             "pid": os.getpid(),
             "loads": self.loads,
             "videos": self.videos,
+            "fits": self.fits,
             "cpus": self.threads.threads,
             "affinity": current_affinity(),
             "pinned": self.lease.cpus,
@@ -341,6 +362,8 @@ class PosePool:
         self._idle: queue.Queue[int] = queue.Queue()
         for slot in range(self.n_actors):
             self._idle.put(slot)
+        self._wanted = 0  # process_one calls waiting for an idle actor: they come before borrowers
+        self._wanted_lock = threading.Lock()
 
     def _new_actor(self, node: str | None) -> Any:
         options: dict[str, Any] = dict(self._actor_options)
@@ -482,7 +505,13 @@ class PosePool:
         died on a live node comes back as a transient :class:`PoseFailure` (the caller's retry sends it again)."""
         # each node lost retires one actor, the last one is replaced anywhere
         for _ in range(self.n_actors + 1):
-            slot = self._idle.get()
+            with self._wanted_lock:
+                self._wanted += 1
+            try:
+                slot = self._idle.get()
+            finally:
+                with self._wanted_lock:
+                    self._wanted -= 1
             try:
                 ref = self.actors[slot].process.remote(
                     video, params, intrinsics, None, subject_id, store, storage_options
@@ -495,6 +524,27 @@ class PosePool:
                 break
             self._requeue(video, death)
         return outcome
+
+    def borrow(self) -> int | None:
+        """An idle actor's slot for other work (a fit: :meth:`fit_on`), or None when every actor is busy or a video
+        waits for one (videos come first). Give it back with :meth:`give_back`."""
+        with self._wanted_lock:
+            if self._wanted:
+                return None
+            try:
+                return self._idle.get_nowait()
+            except queue.Empty:
+                return None
+
+    def give_back(self, slot: int) -> None:
+        if self.actors and self.actors[slot] is not None:  # a stopped pool or a retired slot: gone
+            self._idle.put(slot)
+
+    def fit_on(self, slot: int, keypoints_uri: str, settings: Settings, thumbnail: bool = False) -> Any:
+        """Start a fit on the borrowed actor ``slot`` (:meth:`PoseWorker.fit`); returns its ObjectRef. An actor that
+        dies under it fails the call with a RayActorError (transient: the fit is retried); the pool replaces the
+        actor when its next video finds it dead."""
+        return self.actors[slot].fit.remote(keypoints_uri, settings, thumbnail)
 
     def run(self, videos: Iterable[str], params: PoseParams, **kwargs: Any) -> list[PoseOutcome]:
         """:meth:`map`, collected into a list (in finishing order)."""

@@ -9,7 +9,7 @@ Artifact keys (lowercase letters, digits, dashes; the Artifacts page lists keyed
 - ``<scope>-progress``: videos finished, while the run works.
 
 Plots: on s3:// a presigned HTTPS URL (valid ``PLOT_URL_SECONDS``), on a local store the plot itself scaled to
-``THUMB_WIDTH`` px as a JPEG ``data:`` URI (~50 kB; a browser never opens file:// links from an http page); the
+``mocapflow.report.THUMB_WIDTH`` px as a JPEG ``data:`` URI (~50 kB; a browser never opens file:// links from an http page); the
 full-size PNG's URI is in the markdown either way.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -33,6 +34,7 @@ from mocapflow.report import (
     SUMMARY_SCHEMA,
     RunFailed,
     artifact_key,
+    plot_thumbnail,
     table_rows,
     video_markdown,
     video_name,
@@ -43,54 +45,60 @@ logger = logging.getLogger(__name__)
 
 COMMITTED = "_COMMITTED"
 PLOT_URL_SECONDS = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
-THUMB_WIDTH = 700
 
 
-def plot_link(store: Store, plot_uri: str | None) -> str | None:
-    """A URL a browser opens for a plot in ``store``: presigned https for s3://, a data: PNG for a local folder."""
+def plot_link(store: Store, plot_uri: str | None, thumbnail: bytes | None = None) -> str | None:
+    """A URL a browser opens for a plot in ``store``: presigned https for s3://, a data: JPEG for a local folder
+    (``thumbnail``: the JPEG made where the fit ran; else it is made here from the PNG)."""
     if not plot_uri or not plot_uri.startswith(store.root + "/"):
         return None
     key = plot_uri[len(store.root) + 1 :]
     try:
         if not store.is_local:
             return str(store.fs.url(store.path(key), expires=PLOT_URL_SECONDS))
-        return "data:image/jpeg;base64," + base64.b64encode(_thumbnail(store.get_bytes(key))).decode()
+        jpeg = thumbnail if thumbnail is not None else plot_thumbnail(store.get_bytes(key))
+        return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
     except Exception as e:  # noqa: BLE001 - a plot link is a convenience: the URI stays in the report
         logger.warning("no browser link for %s: %s", plot_uri, e)
         return None
 
 
-def _thumbnail(png: bytes, width: int = THUMB_WIDTH) -> bytes:
-    """The plot at ``width`` px as a JPEG (~10x smaller than the PNG: the artifact lives in Prefect's database)."""
-    import cv2
-    import numpy as np
-
-    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("not a decodable image")
-    if img.shape[1] > width:
-        img = cv2.resize(
-            img, (width, round(img.shape[0] * width / img.shape[1])), interpolation=cv2.INTER_AREA
-        )
-    ok, out = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return out.tobytes()
-
-
 class Progress:
-    """A keyed progress artifact: videos finished of the run's total."""
+    """A keyed progress artifact: videos finished of the run's total. Updated at most every ``every_s`` seconds (and
+    at the last video): one API call per finished video was a per-video cost of a backfill of thousands."""
 
-    def __init__(self, scope: str, total: int) -> None:
+    def __init__(self, scope: str, total: int, every_s: float = 2.0) -> None:
         self.total = max(total, 1)
         self.done = 0
+        self.every_s = every_s
+        self._shown = time.monotonic()
         self.id = create_progress_artifact(
             0.0, key=artifact_key(scope, "progress"), description=f"{scope}: videos finished of {total}"
         )
 
     def advance(self) -> None:
         self.done += 1
-        update_progress_artifact(self.id, 100.0 * self.done / self.total)
+        now = time.monotonic()
+        if self.done >= self.total or now - self._shown >= self.every_s:
+            self._shown = now
+            update_progress_artifact(self.id, 100.0 * self.done / self.total)
+
+
+def publish_video(
+    store: Store,
+    row: dict[str, Any],
+    scope: str,
+    run_id: str,
+    min_coverage: float,
+    thumbnail: bytes | None = None,
+) -> None:
+    """The video's keyed markdown artifact (its report, the plot inline), made as soon as its row is final: a run
+    of many videos does not make them all at its end."""
+    create_markdown_artifact(
+        video_markdown(row, min_coverage, plot_link(store, row["plot_uri"], thumbnail)),
+        key=artifact_key("video", video_name(row["video"]), unique=row["video"]),
+        description=f"{video_name(row['video'])}: {row['status']} ({scope} run {run_id})",
+    )
 
 
 def publish(
@@ -100,10 +108,10 @@ def publish(
     kind: str,
     rows: list[dict[str, Any]],
     seconds: float,
-    min_coverage: float,
     model: dict[str, str],
 ) -> str:
-    """Summary table to the store (committed last with ``_COMMITTED``), then the summary and per-video artifacts."""
+    """Summary table to the store (committed last with ``_COMMITTED``), then the summary artifact (the per-video
+    artifacts are made as each video finishes: :func:`publish_video`)."""
     table = pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
     prefix = run_prefix(run_id)
     report = store.write_table(f"{prefix}/summary.parquet", table)
@@ -129,12 +137,6 @@ def publish(
         description=f"{scope} run {run_id}: {len(rows) - failed - low} of {len(rows)} videos ok, "
         f"{low} with low subject coverage, {failed} failed; summary at {report.uri}",
     )
-    for r in rows:
-        create_markdown_artifact(
-            video_markdown(r, min_coverage, plot_link(store, r["plot_uri"])),
-            key=artifact_key("video", video_name(r["video"]), unique=r["video"]),
-            description=f"{video_name(r['video'])}: {r['status']} ({scope} run {run_id})",
-        )
     return report.uri
 
 

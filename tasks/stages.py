@@ -232,6 +232,21 @@ def angles_summary(rt: FlowRuntime, prefix: str) -> str:
     return "ROM deg R/L: " + ", ".join(parts)
 
 
+def _thumbnail(rt: FlowRuntime, prefix: str) -> bytes | None:
+    """A committed fit's plot as the small JPEG a local store's report inlines (None on s3://: a presigned URL).
+    Made here, in the task's thread (OpenCV releases the GIL), not in the flow's thread at the end of the run."""
+    if not rt.store.is_local:
+        return None
+    from mocapflow.report import plot_thumbnail
+    from mocapflow.store import fit_key
+
+    try:
+        return plot_thumbnail(rt.store.get_bytes(fit_key(prefix, "angles.png")))
+    except Exception as e:  # noqa: BLE001 - a thumbnail is a convenience: the report keeps the plot's URI
+        logger.warning("no thumbnail of %s: %s", rt.store.uri(prefix), e)
+        return None
+
+
 def fit_failure(video: str, exc: BaseException) -> StageError:
     """A fit error from Ray (a 1 kB traceback with colour codes, naming the keypoints by hash) as one line naming
     the video's source; transient only if the cause is (a dead worker, storage trouble)."""
@@ -267,6 +282,7 @@ def fit_video(pose: dict[str, Any], rt: FlowRuntime, video: str | None = None) -
             "observed_fraction": figures.get("observed_fraction"),
             "seconds": 0.0,
             "angles_summary": angles_summary(rt, prefix),
+            "thumbnail": _thumbnail(rt, prefix),
         }
 
     return _leased(
@@ -275,17 +291,14 @@ def fit_video(pose: dict[str, Any], rt: FlowRuntime, video: str | None = None) -
 
 
 def _fit(rt: FlowRuntime, pose: dict[str, Any], prefix: str, record: dict[str, Any]) -> dict[str, Any]:
-    import ray
     from ray.exceptions import RayError
-
-    from tasks.fit_ray import submit_fit
 
     rt.count("fit")
     _started("fit", pose["video"], f" (at most {rt.settings.fit_max_iters} steps)")
-    rt.ensure_ray()
     t0 = time.perf_counter()
     try:
-        result = ray.get(submit_fit(pose["uri"], rt.settings))
+        # on a Ray fit worker or a pose actor with no video to do; the plot's thumbnail made there (local store)
+        result = rt.run_fit(pose["uri"], thumbnail=rt.store.is_local)
     except RayError as e:
         raise fit_failure(pose["video"], e) from None
     if result["prefix"] != prefix:
@@ -301,5 +314,6 @@ def _fit(rt: FlowRuntime, pose: dict[str, Any], prefix: str, record: dict[str, A
         "rel_loss_change": result.get("rel_loss_change"),
         "observed_fraction": result.get("observed_fraction"),
         "angles_summary": angles_summary(rt, prefix),
+        "thumbnail": result.get("thumbnail"),
         "cached": False,
     }

@@ -492,3 +492,64 @@ def test_concurrent_runs_share_one_pool(
     assert isinstance(c.pool.process_one(str(videos["ok4"]), PoseParams()), PoseResult)
     c.release(idle_s=0)
     assert registry.live() == []
+
+
+def _fit_keypoints_in(root: Path) -> str:
+    """A committed keypoints table of a short synthetic gait (the fit's own test clip), in a local store."""
+    from mocapflow.fit.clip import gait_clip, keypoints_of, keypoints_table
+    from mocapflow.store import keypoints_key, keypoints_prefix
+    from models.body import default_body_model
+
+    names = ("rhip", "lhip", "rasis", "lasis", "rkne", "lkne", "rank", "lank", "rsho", "lsho", "relb", "lelb")
+    meta, arrays = keypoints_of(gait_clip(default_body_model(), 30), names)
+    store = Store(str(root))
+    key = keypoints_key(meta.video_sha256, meta.model_id, meta.params)
+    store.write_table(key, keypoints_table(meta, arrays))
+    store.commit(keypoints_prefix(meta.video_sha256, meta.model_id, meta.params), {"rows": 30})
+    return store.uri(key)
+
+
+def test_an_idle_pose_actor_fits_like_a_fit_worker_and_videos_come_first(
+    ray_cluster: None, videos: dict[str, Path], tmp_path: Path
+) -> None:
+    """A fit borrowed by a pose actor (tasks/runtime.FlowRuntime.run_fit) writes the same outputs as the fit task on
+    a Ray worker; a borrowed actor is not lent twice, and none is lent while a video waits for an actor."""
+    from mocapflow.store import fit_key
+    from tasks.fit_ray import submit_fit
+
+    model_set = make_model_set(tmp_path / "tiny")
+    uri = _fit_keypoints_in(tmp_path / "in")
+    common = {"model_set": str(model_set.root), "cache_dir": tmp_path / "cache", "fit_max_iters": 40}
+    on_actor = Settings(storage_root=str(tmp_path / "actor"), pose_cpus=1, **common)
+    on_worker = Settings(storage_root=str(tmp_path / "worker"), fit_cpus=1, **common)
+    with PosePool(on_actor, n_actors=1, open_model=TinyEstimator) as pool:
+        (info,) = pool.info()
+        slot = pool.borrow()
+        assert slot == 0 and pool.borrow() is None  # one actor, lent once
+        ref = pool.fit_on(slot, uri, on_actor, thumbnail=True)
+        reference = ray.get(submit_fit(uri, on_worker), timeout=600)
+        summary = ray.get(ref, timeout=600)
+        pool.give_back(slot)
+
+        assert summary["worker"]["pid"] == info["pid"] and summary["worker"]["pose_actor"]
+        assert summary["worker"]["threads"] == 1 and summary["iterations"] == reference["iterations"] == 40
+        assert summary["prefix"] == reference["prefix"]
+        key = fit_key(summary["prefix"], "angles.parquet")
+        angles = Store(str(tmp_path / "actor")).read_table(key)
+        expected = Store(str(tmp_path / "worker")).read_table(key)
+        assert angles.column_names == expected.column_names
+        for name in angles.column_names:
+            a, b = angles[name].to_numpy(zero_copy_only=False), expected[name].to_numpy(zero_copy_only=False)
+            if a.dtype.kind == "f":
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+        assert summary["thumbnail"][:2] == b"\xff\xd8" and "thumbnail" not in reference  # a JPEG, asked for
+
+        # a video waiting for an actor comes first: nothing is lent meanwhile
+        pool._wanted += 1
+        try:
+            assert pool.borrow() is None
+        finally:
+            pool._wanted -= 1
+        assert pool.borrow() == 0
+        pool.give_back(0)
+        assert isinstance(pool.process_one(str(videos["ok0"]), PoseParams()), PoseResult)

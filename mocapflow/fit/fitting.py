@@ -66,7 +66,7 @@ from numpy.typing import NDArray
 
 from mocapflow.fit.basis import knots_for_bandwidth, motion_bandwidth_hz
 from mocapflow.fit.init import initial_pose
-from mocapflow.fit.loss import Evaluation, FitData, LossWeights, evaluate
+from mocapflow.fit.loss import DEPTH_WEIGHT_3D, PRIOR_WEIGHT, Evaluation, FitData, LossWeights, evaluate
 from mocapflow.fit.optimise import OptimiseInfo, optimise
 from mocapflow.fit.params import FitParams, FrameTrajectory, Limits, init_bspline, q_to_x
 from mocapflow.fit.preprocess import preprocess_keypoints
@@ -120,6 +120,9 @@ class FitOptions:
     body: float = 0.1
     offset: float = 0.05
     smooth: float | None = None  # None: the method's default (SMOOTH_DEFAULT)
+    # pose prior weight and the 3D residual's camera-depth factor (mocapflow.fit.loss: PRIOR_WEIGHT, DEPTH_WEIGHT_3D)
+    prior: float = PRIOR_WEIGHT
+    depth_weight: float = DEPTH_WEIGHT_3D
     noise_floor_mm: float = 1.0
     # outliers are reweighted at these fractions of max_iters; robust_cutoff: the residual / spread ratio at
     # which an observation's weight is 1/4 (mocapflow.fit.robust); balance_noise: at each reweighting, weigh
@@ -127,6 +130,7 @@ class FitOptions:
     robust_at: tuple[float, ...] = (0.1, 0.25, 0.45)
     robust_cutoff: float = 2.5
     balance_noise: bool = True
+    balance_factor: float = 1.0
     # observed frames and bridged gaps (mocapflow.fit.spans): a frame is observed when at least this fraction of
     # the mapped keypoints (and MIN_OBSERVED_KEYPOINTS) is usable; gaps up to max_gap_s are bridged, longer not fitted
     observed_fraction: float = 0.3
@@ -189,7 +193,14 @@ class FitOptions:
 
     def weights(self, noise_mm: float) -> LossWeights:
         return LossWeights.make(
-            self.w3d, self.w2d, self.scale, self.body, self.offset, self.smooth_weight(noise_mm)
+            self.w3d,
+            self.w2d,
+            self.scale,
+            self.body,
+            self.offset,
+            self.smooth_weight(noise_mm),
+            self.prior,
+            self.depth_weight,
         )
 
     def to_params(self) -> dict[str, Any]:
@@ -477,7 +488,7 @@ def fit_arrays(
         robust_stats.append(stats)
         if options.balance_noise:
             d = eqx.tree_at(
-                lambda x: x.weights.w2d, d, jnp.asarray(balanced_w2d(options.w3d, stats), jnp.float32)
+                lambda x: x.weights.w2d, d, jnp.asarray(options.balance_factor * balanced_w2d(options.w3d, stats), jnp.float32)
             )
         logger.debug("video %s: reweighted outliers %s", meta.video_sha256[:12], stats)
         return d

@@ -230,3 +230,24 @@ def test_a_flipped_frame_does_not_make_the_initial_heading_spin(model) -> None:
     assert np.abs(np.diff(got)).max() < np.deg2rad(20.0), np.degrees(got).round()
     err = (got - heading + np.pi) % (2 * np.pi) - np.pi
     assert np.abs(np.delete(err, flip)).max() < np.deg2rad(3.0), np.degrees(err).round(1)
+
+
+def test_pose_prior_grows_with_the_systematic_3d_spread_only() -> None:
+    """The pose prior's weight is scaled by the 3D residual spread that white keypoint noise does not explain: exact
+    keypoints (spread at its 1 cm floor) and Gaussian noise of any size keep the base weight, a pose model's steady
+    3D errors (large spread, little frame-to-frame noise) strengthen it in proportion."""
+    from mocapflow.fit.fitting import CHI3_MEDIAN, systematic_spread_cm
+    from mocapflow.fit.robust import RobustStats
+
+    def stats(spread_cm: float) -> RobustStats:
+        return RobustStats(spread_2d_px=1.0, spread_3d_cm=spread_cm, outliers_2d=0.0, outliers_3d=0.0)
+
+    assert systematic_spread_cm(stats(1.0), noise_mm=0.5) == 1.0  # exact keypoints
+    for noise_mm in (10.0, 50.0, 120.0):  # white noise: 1.1 x the spread it predicts
+        predicted_cm = CHI3_MEDIAN * noise_mm / 10.0
+        assert systematic_spread_cm(stats(1.1 * predicted_cm), noise_mm) == pytest.approx(1.1)
+    assert systematic_spread_cm(stats(6.0), noise_mm=3.0) == pytest.approx(6.0)  # steady 6 cm errors
+    assert systematic_spread_cm(stats(6.0), noise_mm=float("nan")) == pytest.approx(6.0)
+    # the measured median residual norm of Gaussian noise is what CHI3_MEDIAN predicts
+    norms = np.linalg.norm(np.random.default_rng(0).normal(0.0, 1.0, (200000, 3)), axis=1)
+    assert np.median(norms) == pytest.approx(CHI3_MEDIAN, abs=0.01)

@@ -51,8 +51,8 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
 - The initial heading is unwrapped against the running median of the frames before it
   (:func:`~mocapflow.fit.init.unwrap_robust`; ``FIT_VERSION`` 7): with ``np.unwrap`` one mirror-branch frame of a
   subject facing the camera (heading at +-180 deg) left the rest of the initial track a full turn away and the fit
-  spun the body round. ``validate fit`` worst video per seed 0-6: 2.91 / 4.72 / 3.60 / 3.20 / 2.68 / 3.62 / - ->
-  2.91 / 3.00 / 2.83 / 3.20 / 2.69 / 2.80 / 2.73 deg (per-seed medians 1.72 / 2.20 / 2.11 / 2.03 / 1.63 / 2.21 ->
+  spun the body round. ``validate fit`` worst video per seed 0-6: 2.91 / 4.72 / 3.60 / 3.20 / 2.68 / 3.62 / 2.73 ->
+  2.91 / 3.00 / 2.83 / 3.20 / 2.69 / 2.80 / 2.73 deg (per-seed medians 1.72 / 2.20 / 2.11 / 2.03 / 1.63 / 2.21 / 1.95 ->
   1.72 / 1.99 / 1.99 / 1.96 / 1.55 / 2.06 / 1.95); court_pan's mirrored video no longer spins (its own median SD
   7.35 -> 3.0 deg) but its mirror figure went 8.78 -> 11.28 (that clip's base and mirror take opposite facing
   conventions, see :mod:`mocapflow.fit.swap`); the other clips and the humanoid renders are unchanged.

@@ -196,3 +196,58 @@ def test_lowpass_cutoff_and_time_symmetry() -> None:
     y = lowpass(x, ok, fps, 6.0)
     np.testing.assert_allclose(lowpass(x[::-1], ok[::-1], fps, 6.0)[::-1], y, atol=1e-9)
     assert np.isnan(y[100:103, 0]).all() and np.isfinite(y[:, 1]).all()
+
+
+def test_a_flipped_frame_does_not_make_the_initial_heading_spin(model) -> None:
+    """A subject facing the camera (heading through 180 deg, where it wraps) turns slowly; in one frame the
+    keypoints show the body turned round (a mirror-branch rigid fit). Unwrapping the heading against its predecessor
+    carried the flip into the next frame's branch, leaving the rest of the track a full turn away (a 360 deg spin the
+    fit then followed: noisy synthetic arm raise 4.7 deg -> 2.0 with the fix). The initial heading follows the turn."""
+    from mocapflow.fit.init import initial_pose
+
+    names = list(BLAZEPOSE_TO_SITE)
+    kmap = map_keypoints(names, model)
+    n, flip = 40, 20
+    heading = np.deg2rad(200.0 - np.arange(n))  # 1 deg per frame through 180
+    shown = heading.copy()
+    shown[flip] = heading[flip - 1] + np.deg2rad(179.0)
+    fx, cx, cy = 600.0, 320.0, 240.0
+    kp3d, kp2d = np.zeros((n, len(kmap), 3)), np.zeros((n, len(kmap), 2))
+    for t in range(n):
+        q = np.zeros(model.n_dofs)
+        q[model.dof_index("pelvis_tx")] = 4.0
+        q[model.dof_index("pelvis_rotation")] = shown[t]
+        q[model.dof_index("knee_angle_r")] = np.deg2rad(30.0)
+        sites = np.asarray(forward_kinematics(model, jnp.asarray(q, jnp.float32)), np.float64)
+        cam = sites[list(kmap.site_index)] @ WORLD_TO_CAMERA.T
+        kp3d[t] = cam * 1000.0
+        kp2d[t] = np.stack([fx * cam[:, 0] / cam[:, 2] + cx, fx * cam[:, 1] / cam[:, 2] + cy], axis=1)
+    conf = np.ones((n, len(kmap)))
+    q = initial_pose(
+        model, np.asarray(kmap.site_index), kp2d, kp3d, conf, (fx, fx, cx, cy), outlier_window_frames=7
+    )
+    got = q[:, model.dof_index("pelvis_rotation")]
+    assert np.abs(np.diff(got)).max() < np.deg2rad(20.0), np.degrees(got).round()
+    err = (got - heading + np.pi) % (2 * np.pi) - np.pi
+    assert np.abs(np.delete(err, flip)).max() < np.deg2rad(3.0), np.degrees(err).round(1)
+
+
+def test_pose_prior_grows_with_the_systematic_3d_spread_only() -> None:
+    """The pose prior's weight is scaled by the 3D residual spread that white keypoint noise does not explain: exact
+    keypoints (spread at its 1 cm floor) and Gaussian noise of any size keep the base weight, a pose model's steady
+    3D errors (large spread, little frame-to-frame noise) strengthen it in proportion."""
+    from mocapflow.fit.fitting import CHI3_MEDIAN, systematic_spread_cm
+    from mocapflow.fit.robust import RobustStats
+
+    def stats(spread_cm: float) -> RobustStats:
+        return RobustStats(spread_2d_px=1.0, spread_3d_cm=spread_cm, outliers_2d=0.0, outliers_3d=0.0)
+
+    assert systematic_spread_cm(stats(1.0), noise_mm=0.5) == 1.0  # exact keypoints
+    for noise_mm in (10.0, 50.0, 120.0):  # white noise: 1.1 x the spread it predicts
+        predicted_cm = CHI3_MEDIAN * noise_mm / 10.0
+        assert systematic_spread_cm(stats(1.1 * predicted_cm), noise_mm) == pytest.approx(1.1)
+    assert systematic_spread_cm(stats(6.0), noise_mm=3.0) == pytest.approx(6.0)  # steady 6 cm errors
+    assert systematic_spread_cm(stats(6.0), noise_mm=float("nan")) == pytest.approx(6.0)
+    # the measured median residual norm of Gaussian noise is what CHI3_MEDIAN predicts
+    norms = np.linalg.norm(np.random.default_rng(0).normal(0.0, 1.0, (200000, 3)), axis=1)
+    assert np.median(norms) == pytest.approx(CHI3_MEDIAN, abs=0.01)

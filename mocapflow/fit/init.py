@@ -196,6 +196,28 @@ def _gaussian_smooth(values: NDArray[np.float64], ok: NDArray[np.bool_], sigma: 
     return out
 
 
+# frames whose running median a rotation is unwrapped against (unwrap_robust)
+UNWRAP_WINDOW = 5
+
+
+def unwrap_robust(angles: NDArray[np.floating], window: int = UNWRAP_WINDOW) -> NDArray[np.float64]:
+    """Angles (rad) made continuous over time like ``np.unwrap``, but each one against the median of the ``window``
+    unwrapped values before it rather than against its predecessor alone.
+
+    A frame whose rigid fit took the mirror branch is ~180 deg off; ``np.unwrap`` carries it into the next frame's
+    branch choice, so a flip out and back that happens to go the same way round twice leaves the rest of the track
+    a full turn away (a 360 deg spin the fit then follows; seen on noisy synthetic keypoints of a subject facing the
+    camera, where the heading sits at +-180 deg). Against the median of the last few frames an isolated flip is
+    ambiguous alone and changes no later branch; the flip itself is left for the outlier check to refit.
+    """
+    a = np.asarray(angles, np.float64)
+    out = a.copy()
+    for i in range(1, len(a)):
+        ref = float(np.median(out[max(0, i - window) : i]))
+        out[i] = ref + _wrap(a[i] - ref)
+    return out
+
+
 def _fill_gaps(values: NDArray[np.float64], ok: NDArray[np.bool_]) -> NDArray[np.float64]:
     """Linear interpolation over frames where ``ok`` is False (constant beyond the ends)."""
     if ok.all():
@@ -266,7 +288,7 @@ def initial_pose(
     if not have_rot.any():
         rot[:] = _facing_from_2d(model, kp2d, valid2, site_index)
         have_rot[:] = True
-    rot[have_rot, 2] = np.unwrap(rot[have_rot, 2])
+    rot[have_rot, 2] = unwrap_robust(rot[have_rot, 2])
     if outlier_window_frames > 0:
         # A frame whose rigid fit took the mirror branch (its depths misled it) stands out from its neighbours:
         # refine it on its 2D keypoints again, starting from the running median of the track.

@@ -63,6 +63,7 @@ class LossWeights(eqx.Module):
     offset: Float[Array, ""]
     smooth: Float[Array, ""]
     prior: Float[Array, ""]
+    depth3d: Float[Array, ""]  # the camera-depth component's factor in the 3D residual (DEPTH_WEIGHT_3D)
 
     @classmethod
     def make(
@@ -74,10 +75,14 @@ class LossWeights(eqx.Module):
         offset: float = 0.05,
         smooth: float = 1.0,
         prior: float | None = None,
+        depth3d: float | None = None,
     ) -> LossWeights:
-        """``prior`` None: :data:`PRIOR_WEIGHT`."""
+        """``prior`` None: :data:`PRIOR_WEIGHT`; ``depth3d`` None: :data:`DEPTH_WEIGHT_3D`."""
         prior = PRIOR_WEIGHT if prior is None else prior
-        return cls(*(jnp.asarray(v, jnp.float32) for v in (w3d, w2d, scale, body, offset, smooth, prior)))
+        depth3d = DEPTH_WEIGHT_3D if depth3d is None else depth3d
+        return cls(
+            *(jnp.asarray(v, jnp.float32) for v in (w3d, w2d, scale, body, offset, smooth, prior, depth3d))
+        )
 
 
 class FitData(eqx.Module):
@@ -154,9 +159,11 @@ def residuals_3d_cm(
 
 
 def loss_3d(pred_m: Float[Array, "T J 3"], data: FitData) -> Float[Array, ""]:
-    """Root-relative 3D Huber (cm, delta 10), the camera-depth component scaled by :data:`DEPTH_WEIGHT_3D`."""
+    """Root-relative 3D Huber (cm, delta 10), the camera-depth component scaled by ``weights.depth3d``
+    (:data:`DEPTH_WEIGHT_3D` by default)."""
     r_cm, w = residuals_3d_cm(pred_m, data)
-    r_cm = r_cm * jnp.asarray([1.0, 1.0, DEPTH_WEIGHT_3D], r_cm.dtype)
+    one = jnp.ones((), r_cm.dtype)
+    r_cm = r_cm * jnp.stack([one, one, data.weights.depth3d.astype(r_cm.dtype)])
     return jnp.sum(w * huber_norm(r_cm, DELTA_3D_CM)) / jnp.maximum(jnp.sum(w), 1e-6)
 
 

@@ -100,3 +100,24 @@ def prefect_api() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield str(PREFECT_API_URL.value())
+
+
+def committed_gait_keypoints(root: Path, frames: int, names: Sequence[str]) -> str:
+    """A committed keypoints table of the fit's own synthetic gait clip (``frames`` frames, landmarks ``names``) in a
+    local store at ``root``; its URI."""
+    from mocapflow.fit.clip import gait_clip, keypoints_of, keypoints_table
+    from mocapflow.store import Store, keypoints_key, keypoints_prefix
+    from models.body import default_body_model
+
+    meta, arrays = keypoints_of(gait_clip(default_body_model(), frames), tuple(names))
+    store = Store(str(root))
+    key = keypoints_key(meta.video_sha256, meta.model_id, meta.params)
+    store.write_table(key, keypoints_table(meta, arrays))
+    store.commit(keypoints_prefix(meta.video_sha256, meta.model_id, meta.params), {"rows": frames})
+    return store.uri(key)
+
+
+@pytest.fixture(scope="session")
+def gait_keypoints():
+    """:func:`committed_gait_keypoints`, for test modules."""
+    return committed_gait_keypoints

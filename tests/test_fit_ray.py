@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from mocapflow.fit.clip import gait_clip, keypoints_of, keypoints_table
 from mocapflow.settings import Settings
-from mocapflow.store import SUCCESS, Store, keypoints_key, keypoints_prefix
-from models.body import default_body_model
+from mocapflow.store import SUCCESS, Store
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
@@ -41,19 +38,10 @@ def local_ray():
         ray.shutdown()
 
 
-def _committed_keypoints(root: Path) -> str:
-    meta, arrays = keypoints_of(gait_clip(default_body_model(), 40), NAMES)
-    store = Store(str(root))
-    key = keypoints_key(meta.video_sha256, meta.model_id, meta.params)
-    store.write_table(key, keypoints_table(meta, arrays))
-    store.commit(keypoints_prefix(meta.video_sha256, meta.model_id, meta.params), {"rows": 40})
-    return store.uri(key)
-
-
-def test_fit_task_pins_one_cpu_before_jax_and_writes_the_fit(tmp_path, local_ray):
+def test_fit_task_pins_one_cpu_before_jax_and_writes_the_fit(tmp_path, local_ray, gait_keypoints):
     from tasks.fit_ray import submit_fit
 
-    uri = _committed_keypoints(tmp_path / "in")
+    uri = gait_keypoints(tmp_path / "in", 40, NAMES)
     settings = Settings(
         storage_root=str(tmp_path / "out"), cache_dir=tmp_path / "cache", fit_cpus=1, pin_cpus=True
     )
@@ -76,11 +64,11 @@ def test_fit_task_pins_one_cpu_before_jax_and_writes_the_fit(tmp_path, local_ray
     assert any((tmp_path / "cache" / "jax").rglob("*")), "no compilation cache written"
 
 
-def test_fit_workers_are_reused_with_their_pinning(tmp_path, local_ray):
+def test_fit_workers_are_reused_with_their_pinning(tmp_path, local_ray, gait_keypoints):
     """A second fit runs in the same worker (JAX already imported, code compiled), still pinned to one CPU."""
     from tasks.fit_ray import submit_fit
 
-    uri = _committed_keypoints(tmp_path / "in")
+    uri = gait_keypoints(tmp_path / "in", 40, NAMES)
     settings = Settings(
         storage_root=str(tmp_path / "out"), cache_dir=tmp_path / "cache", fit_cpus=1, pin_cpus=True
     )

@@ -82,20 +82,22 @@ class Outage:
 def _hook(stage: str, outage: Outage, mp: pytest.MonkeyPatch) -> None:
     """Start the outage when ``stage`` starts (the driver-side entry point of the stage)."""
     import flows.cohort
-    import tasks.fit_ray
     import tasks.pose_ray
+    import tasks.runtime
     import tasks.stages
 
     if stage == "discovery":
         mp.setattr(flows.cohort, "discover", outage.wrap(flows.cohort.discover))
     elif stage == "probe":
-        mp.setattr(tasks.stages, "probe", outage.wrap(tasks.stages.probe))
+        mp.setattr(tasks.stages, "probe_indexed", outage.wrap(tasks.stages.probe_indexed))
     elif stage == "pose":  # the actor's download and writes happen during the outage
         mp.setattr(tasks.pose_ray.PosePool, "process_one", outage.wrap(tasks.pose_ray.PosePool.process_one))
-    elif stage == "fit":  # the Ray fit task's reads and writes happen during the outage
-        mp.setattr(tasks.fit_ray, "submit_fit", outage.wrap(tasks.fit_ray.submit_fit))
+    elif (
+        stage == "fit"
+    ):  # the fit's reads and writes (on a Ray fit worker or a pose actor) happen during the outage
+        mp.setattr(tasks.runtime.FlowRuntime, "run_fit", outage.wrap(tasks.runtime.FlowRuntime.run_fit))
     elif stage == "summary":
-        mp.setattr(flows.cohort, "_publish", outage.wrap(flows.cohort._publish))
+        mp.setattr(flows.cohort, "publish", outage.wrap(flows.cohort.publish))
     else:
         raise ValueError(stage)
 

@@ -494,23 +494,8 @@ def test_concurrent_runs_share_one_pool(
     assert registry.live() == []
 
 
-def _fit_keypoints_in(root: Path) -> str:
-    """A committed keypoints table of a short synthetic gait (the fit's own test clip), in a local store."""
-    from mocapflow.fit.clip import gait_clip, keypoints_of, keypoints_table
-    from mocapflow.store import keypoints_key, keypoints_prefix
-    from models.body import default_body_model
-
-    names = ("rhip", "lhip", "rasis", "lasis", "rkne", "lkne", "rank", "lank", "rsho", "lsho", "relb", "lelb")
-    meta, arrays = keypoints_of(gait_clip(default_body_model(), 30), names)
-    store = Store(str(root))
-    key = keypoints_key(meta.video_sha256, meta.model_id, meta.params)
-    store.write_table(key, keypoints_table(meta, arrays))
-    store.commit(keypoints_prefix(meta.video_sha256, meta.model_id, meta.params), {"rows": 30})
-    return store.uri(key)
-
-
 def test_an_idle_pose_actor_fits_like_a_fit_worker_and_videos_come_first(
-    ray_cluster: None, videos: dict[str, Path], tmp_path: Path
+    ray_cluster: None, videos: dict[str, Path], tmp_path: Path, gait_keypoints
 ) -> None:
     """A fit borrowed by a pose actor (tasks/runtime.FlowRuntime.run_fit) writes the same outputs as the fit task on
     a Ray worker; a borrowed actor is not lent twice, and none is lent while a video waits for an actor."""
@@ -518,7 +503,11 @@ def test_an_idle_pose_actor_fits_like_a_fit_worker_and_videos_come_first(
     from tasks.fit_ray import submit_fit
 
     model_set = make_model_set(tmp_path / "tiny")
-    uri = _fit_keypoints_in(tmp_path / "in")
+    uri = gait_keypoints(
+        tmp_path / "in",
+        30,
+        ("rhip", "lhip", "rasis", "lasis", "rkne", "lkne", "rank", "lank", "rsho", "lsho", "relb", "lelb"),
+    )
     common = {"model_set": str(model_set.root), "cache_dir": tmp_path / "cache", "fit_max_iters": 40}
     on_actor = Settings(storage_root=str(tmp_path / "actor"), pose_cpus=1, **common)
     on_worker = Settings(storage_root=str(tmp_path / "worker"), fit_cpus=1, **common)

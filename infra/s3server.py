@@ -78,7 +78,8 @@ class S3Server:
     def _launch(self, port: int) -> bool:
         self._close_log()
         self._log = tempfile.TemporaryFile()
-        cmd = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(port)]
+        # moto with atomic conditional writes, as S3 has (infra/moto_child.py)
+        cmd = [sys.executable, "-m", "infra.moto_child", self.host, str(port)]
         self._proc = subprocess.Popen(
             cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )

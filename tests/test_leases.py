@@ -277,3 +277,36 @@ def test_two_concurrent_runs_compute_each_video_once(
     assert any("took over the expired lease" in line and "crashed-run" in line for line in handler.lines)
     assert store.list("leases") == []  # released on success
     assert len([k for k in store.list("keypoints") if k.endswith("/keypoints.parquet")]) == 2
+
+
+def test_the_test_s3_server_makes_a_condition_and_its_write_one_step() -> None:
+    """moto checks If-None-Match and then writes without a lock; infra/moto_child runs each mutating request alone,
+    as S3 does. A check-then-write app (with a pause between the two) lets several racers win; wrapped, one does."""
+    from infra.moto_child import writes_one_at_a_time
+
+    def race(wrap: Any) -> int:
+        objects: dict[str, bytes] = {}
+
+        def check_then_write(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            if environ["PATH_INFO"] in objects:
+                start_response("412 Precondition Failed", [])
+                return [b""]
+            time.sleep(0.01)
+            objects[environ["PATH_INFO"]] = b"x"
+            start_response("200 OK", [])
+            return [b""]
+
+        app = wrap(check_then_write)
+        go = threading.Barrier(6)
+        codes: list[str] = []
+
+        def put(_: int) -> None:
+            go.wait()
+            app({"REQUEST_METHOD": "PUT", "PATH_INFO": "/b/k"}, lambda status, headers: codes.append(status))
+
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(put, range(6)))
+        return sum(c.startswith("200") for c in codes)
+
+    assert race(lambda app: app) > 1  # moto's way: the race is real
+    assert race(writes_one_at_a_time) == 1

@@ -79,6 +79,9 @@ def local_cpus() -> int:
     return os.cpu_count() or 1
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def ensure_ray(
     settings: Settings, prefect_api_url: str | None = None, num_cpus: int | None = None
 ) -> dict[str, Any]:
@@ -87,6 +90,11 @@ def ensure_ray(
     Idempotent: if Ray is already initialised in this process, it is reused as it is (a differing
     PREFECT_API_URL is logged, not applied). Returns the cluster's resources.
     """
+    with _INIT_LOCK:  # a run's task threads (a pose task, fits) may all ask first at once: one ray.init
+        return _ensure_ray(settings, prefect_api_url, num_cpus)
+
+
+def _ensure_ray(settings: Settings, prefect_api_url: str | None, num_cpus: int | None) -> dict[str, Any]:
     import ray
 
     env = {**worker_env(prefect_api_url), **quiet_worker_env(settings.verbose)}

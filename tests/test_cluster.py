@@ -125,7 +125,10 @@ def test_backfill_spreads_over_two_nodes_and_survives_losing_one(
 
             def fits_on_node2() -> bool:
                 return any(
-                    t.get("name") == "fit" and t.get("node_id") == node2 and t.get("state") == "FINISHED"
+                    # a fit task, or a fit on a pose actor between its videos (tasks/runtime.FlowRuntime.run_fit)
+                    t.get("name") in ("fit", "PoseWorker.fit")
+                    and t.get("node_id") == node2
+                    and t.get("state") == "FINISHED"
                     for t in _state(cluster, "tasks")
                 )
 

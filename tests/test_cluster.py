@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
 
 N_VIDEOS = 6
 FIT_ITERS = 300
+FIT_TASK_NAMES = ("fit", "PoseWorker.fit")  # a fit task, or a fit on a pose actor between its videos
 
 
 def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
@@ -125,8 +126,7 @@ def test_backfill_spreads_over_two_nodes_and_survives_losing_one(
 
             def fits_on_node2() -> bool:
                 return any(
-                    # a fit task, or a fit on a pose actor between its videos (tasks/runtime.FlowRuntime.run_fit)
-                    t.get("name") in ("fit", "PoseWorker.fit")
+                    t.get("name") in FIT_TASK_NAMES
                     and t.get("node_id") == node2
                     and t.get("state") == "FINISHED"
                     for t in _state(cluster, "tasks")
@@ -157,7 +157,8 @@ def test_backfill_spreads_over_two_nodes_and_survives_losing_one(
         assert state_type == "COMPLETED", summary
 
         # work ran on both nodes: pose actors and fits (Ray's state API: one row per actor, per task attempt)
-        fits = [t for t in _state(cluster, "tasks") if t.get("name") == "fit"]
+        # fit tasks and fits on pose actors between their videos (tasks/runtime.FlowRuntime.run_fit)
+        fits = [t for t in _state(cluster, "tasks") if t.get("name") in FIT_TASK_NAMES]
         fit_nodes = {t.get("node_id") for t in fits if t.get("state") == "FINISHED"}
         assert {head, node2} <= fit_nodes
         assert {head, node2} <= {a.get("node_id") for a in actors}

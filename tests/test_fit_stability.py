@@ -67,6 +67,36 @@ def test_initial_limbs_keep_one_depth_branch(model) -> None:
         assert np.abs(got - v).max() < 6.0, (d, v, got)
 
 
+@pytest.mark.parametrize("error_m", [0.4, -0.4])
+def test_an_elbow_placed_far_off_in_depth_does_not_bend_the_initial_arm(model, error_m: float) -> None:
+    """A partly hidden elbow keypoint whose depth is 40 cm off in every frame (its image position right): the
+    initial elbow angle follows the arm's segment lengths, not the impossible 3D (117 deg for a 20 deg elbow in the
+    demo before; the fit ended at 60 for the whole video)."""
+    names = list(BLAZEPOSE_TO_SITE)
+    kmap = map_keypoints(names, model)
+    q0 = np.zeros(model.n_dofs)
+    truth = {"arm_flex_l": 5.0, "elbow_flex_l": 20.0, "arm_flex_r": 10.0, "elbow_flex_r": 30.0}
+    for d, v in truth.items():
+        q0[model.dof_index(d)] = np.deg2rad(v)
+    q0[model.dof_index("pelvis_tx")] = 3.0
+    q0[model.dof_index("pelvis_rotation")] = np.deg2rad(90.0)  # side view: the arms hang in the image plane
+    sites = np.asarray(forward_kinematics(model, jnp.asarray(q0, jnp.float32)), np.float64)
+    cam = sites[list(kmap.site_index)] @ WORLD_TO_CAMERA.T * 1000.0
+    n = 30
+    rng = np.random.default_rng(2)
+    kp3d = np.repeat(cam[None], n, axis=0) + rng.normal(0.0, 5.0, (n, *cam.shape))
+    col = {kmap.names[j]: j for j in range(len(kmap))}
+    kp3d[:, col["left_elbow"], 2] += error_m * 1000.0
+    conf = np.ones(kp3d.shape[:2])
+    conf[:, col["left_elbow"]] = 0.35
+    q = np.zeros((n, model.n_dofs))
+    q[:, model.dof_index("pelvis_rotation")] = np.deg2rad(90.0)
+    out = initial_limbs(model, q, np.asarray(kmap.site_index), kp3d, conf, window_frames=4)
+    for d, v in truth.items():
+        got = np.degrees(out[:, model.dof_index(d)])
+        assert np.abs(got - v).max() < 10.0, (d, v, got)
+
+
 def test_pose_prior_leaves_the_root_free(model) -> None:
     sigma = prior_sigma_rad(model)
     for d in ("pelvis_tx", "pelvis_tilt", "pelvis_rotation"):

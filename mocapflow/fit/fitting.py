@@ -102,8 +102,9 @@ logger = logging.getLogger(__name__)
 
 # 5: swaps undone before the fit (one branch) and knots sized to the motion (another); 6: both; 7: the initial pelvis
 # heading unwrapped against a running median (mocapflow.fit.init.unwrap_robust), so one flipped frame no longer
-# leaves the start a full turn away
-FIT_VERSION = 7
+# leaves the start a full turn away; 8: a limb segment whose observed 3D length is off by more than half gets its
+# initial depth from the segment's length (mocapflow.fit.init.depth_where_too_long)
+FIT_VERSION = 8
 Method = Literal["bspline", "frames"]
 # half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
 INIT_OUTLIER_WINDOW_S = 0.25

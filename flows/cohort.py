@@ -2,6 +2,8 @@
 
 Per video: probe -> pose (Ray actor pool) -> fit (pinned Ray task), each submitted when the one before finished; at most
 ``max_videos_in_flight`` videos are submitted at once (a backfill of thousands never holds thousands of futures).
+A video whose keypoints and fit are both in the store already (an unchanged video, rerun) runs its probe task only,
+which returns both records (:func:`tasks.stages.committed_outputs`); the summary marks it cached.
 A video that fails stops its own chain only; only transient I/O is retried (tasks/stages.py).
 
 What a run shows in the Prefect UI: a name saying what runs (deployment or flow, the source, the date), a log line
@@ -123,12 +125,16 @@ def _row(spec: VideoSpec, chain: list[PrefectFuture], rt: FlowRuntime) -> tuple[
     stage), and its plot's thumbnail (a JPEG made where the fit ran, on a local store)."""
     row = report.empty_row(spec.uri, spec.subject_id)
     thumbnail = None
+    results: list[tuple[str, dict[str, Any]]] = []
     for stage, fut in zip(("probe", "pose", "fit"), chain, strict=False):
         fut.wait()  # the local final state, with its data (``.state`` alone may fetch a data-less copy from the API)
         if not fut.state.is_completed():
             report.add_failure(row, stage, _state_error(fut))
             break
-        res = fut.result()
+        results.append((stage, fut.result()))
+    if len(results) == 1 and (done := _committed_outputs(chain)):  # the probe found both outputs in the store
+        results += [("pose", done["pose"]), ("fit", done["fit"])]
+    for stage, res in results:
         if stage == "probe":
             report.add_probe(row, res)
         elif stage == "pose":
@@ -138,6 +144,14 @@ def _row(spec: VideoSpec, chain: list[PrefectFuture], rt: FlowRuntime) -> tuple[
             thumbnail = res.get("thumbnail")
     row["status"] = coverage_status(row["status"], row["coverage"], rt.settings.min_coverage)
     return row, thumbnail
+
+
+def _committed_outputs(chain: list[PrefectFuture]) -> dict[str, Any] | None:
+    """The pose and fit records a finished probe found committed (:func:`tasks.stages.committed_outputs`)."""
+    if len(chain) != 1 or not chain[0].state.is_completed():
+        return None
+    res = chain[0].result()
+    return res.get("committed") if isinstance(res, dict) else None
 
 
 def _log_row(i: int, n: int, row: dict[str, Any]) -> None:
@@ -215,11 +229,10 @@ def run_videos(
             spec, chain = in_flight.pop(finished)
             chain[-1].wait()  # its final state, locally (no API read when it is the next stage's input)
             ok = chain[-1].state.is_completed()
-            if len(chain) == 2 or (
-                len(chain) == 1 and not ok
-            ):  # this video's pose is done, or will never run
+            done = _committed_outputs(chain) is not None  # both outputs in the store: no pose or fit task
+            if len(chain) == 2 or (len(chain) == 1 and (done or not ok)):  # pose done, or never to run
                 pose_settled()
-            if ok and len(chain) < len(STAGES):
+            if ok and not done and len(chain) < len(STAGES):
                 submit(spec, chain)
                 continue
             if (nxt := next(waiting, None)) is not None:

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
+from mocapflow.camera import Intrinsics
 from mocapflow.discovery import VideoSpec
 from mocapflow.errors import is_transient, one_line, retry_transient
 from mocapflow.leases import Leases, LeaseStats
@@ -135,14 +136,51 @@ def probe_video(spec: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
     # an unchanged video (same size and ETag/mtime) is not downloaded and hashed again (mocapflow/probeindex.py)
     info, indexed = probe_indexed(spec["uri"], rt.store, rt.settings.storage_options())
     check_duration(info, rt.settings.min_video_s)
-    return {**info.to_dict(), "seconds": time.perf_counter() - t0, "indexed": indexed}
+    result = {**info.to_dict(), "seconds": time.perf_counter() - t0, "indexed": indexed}
+    if (done := committed_outputs(rt, spec, result)) is None:
+        return result
+    return Completed(
+        message="keypoints and fit already in the store: no pose or fit task",
+        data={**result, "committed": done},
+    )
 
 
-@task(name="pose", task_run_name=_task_name("pose"), **_io_retries)
-def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
-    """Keypoints table of one video: from the store when committed, else from the pose actor pool."""
+def committed_outputs(rt: FlowRuntime, spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any] | None:
+    """The records the pose and fit tasks would return from the store (``{"pose": ..., "fit": ...}``) when this
+    video's keypoints and fit, for this run's model set and options, are both committed; else None. A rerun then
+    runs one task per unchanged video, not three (each Prefect task run costs the flow and its server ~0.1 s).
+    Anything unexpected here only means the stages run as usual, and report it there."""
+    try:
+        pose_record, pose_prefix, _ = _pose_target(rt, spec, info)
+        if (pose := _pose_committed(rt, pose_record, pose_prefix)) is None:
+            return None
+        pose = {**pose, "cached": True, **keypoints_coverage(rt, pose["key"])}
+        fit_record, fit_prefix = _fit_target(rt, pose)
+        if (fit := _fit_committed(rt, fit_record, fit_prefix)) is None:
+            return None
+    except Exception as e:  # noqa: BLE001 - the pose and fit tasks meet (and report) the same trouble
+        logger.debug("%s: no committed-outputs shortcut: %s", spec.get("uri"), e)
+        return None
+    return {"pose": pose, "fit": {**fit, "cached": True}}
+
+
+def keypoints_coverage(rt: FlowRuntime, key: str) -> dict[str, Any]:
+    """``frames_detected`` and ``coverage`` of a committed keypoints table, from its schema's metadata."""
+    import pyarrow.parquet as pq
+
+    from mocapflow.keypoints import KeypointsMeta
+
+    with rt.store.fs.open(rt.store.path(key), "rb") as f:
+        meta = KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
+    return {"frames_detected": meta.frames_detected, "coverage": meta.coverage}
+
+
+def _pose_target(
+    rt: FlowRuntime, spec: dict[str, Any], info: dict[str, Any]
+) -> tuple[dict[str, Any], str, Intrinsics]:
+    """The keypoints table's record (video, key, URI), its store prefix and the camera it is computed with, for
+    this run's model set and pose parameters."""
     from mocapflow.pose.pipeline import PoseParams, resolve_intrinsics
-    from tasks.pose_ray import PoseFailure
 
     video = VideoSpec.from_dict(spec)
     params = PoseParams.from_settings(rt.settings)
@@ -163,18 +201,29 @@ def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> d
         "key": key,
         "uri": rt.store.uri(key),
     }
-    prefix = keypoints_prefix(info["sha256"], rt.model_set.id, key_params)
+    return record, keypoints_prefix(info["sha256"], rt.model_set.id, key_params), intr
 
-    def committed() -> dict[str, Any] | None:
-        if (done := _committed(rt, prefix)) is None:
-            return None
-        return {
-            **record,
-            "rows": done.get("rows"),
-            "bytes": done.get("bytes"),
-            "seconds": 0.0,
-            "frames": done.get("rows"),
-        }
+
+def _pose_committed(rt: FlowRuntime, record: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    if (done := _committed(rt, prefix)) is None:
+        return None
+    return {
+        **record,
+        "rows": done.get("rows"),
+        "bytes": done.get("bytes"),
+        "seconds": 0.0,
+        "frames": done.get("rows"),
+    }
+
+
+@task(name="pose", task_run_name=_task_name("pose"), **_io_retries)
+def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> dict[str, Any]:
+    """Keypoints table of one video: from the store when committed, else from the pose actor pool."""
+    from mocapflow.pose.pipeline import PoseParams
+    from tasks.pose_ray import PoseFailure
+
+    video = VideoSpec.from_dict(spec)
+    record, prefix, intr = _pose_target(rt, spec, info)
 
     def compute() -> dict[str, Any]:
         rt.count("pose")
@@ -184,13 +233,25 @@ def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> d
             f" (model set {rt.model_set.manifest.name}; pose actors start on first use or are reused)",
         )
         outcome = rt.pose_pool().process_one(
-            video.uri, params, intr, video.subject_id, rt.store, rt.settings.storage_options()
+            video.uri,
+            PoseParams.from_settings(rt.settings),
+            intr,
+            video.subject_id,
+            rt.store,
+            rt.settings.storage_options(),
         )
         if isinstance(outcome, PoseFailure):
             raise StageError(str(outcome), transient=outcome.transient)
         return {**outcome.to_dict(), "cached": False}
 
-    return _leased(rt, prefix, committed, compute, f"pose {video.uri}", "keypoints")
+    return _leased(
+        rt,
+        prefix,
+        lambda: _pose_committed(rt, record, prefix),
+        compute,
+        f"pose {video.uri}",
+        "keypoints",
+    )
 
 
 ROM_DOFS = (("hip", "hip_flexion"), ("knee", "knee_angle"), ("ankle", "ankle_angle"), ("elbow", "elbow_flex"))
@@ -253,10 +314,8 @@ def fit_failure(video: str, exc: BaseException) -> StageError:
     return StageError(f"{video}: fit failed: {one_line(exc)}", transient=is_transient(exc))
 
 
-@task(name="fit", task_run_name=_task_name("fit"), **_io_retries)
-def fit_video(pose: dict[str, Any], rt: FlowRuntime, video: str | None = None) -> dict[str, Any]:
-    """Joint angles of one video: from the store when committed, else a pinned JAX fit on Ray (``video``: its URI,
-    for the task run's name)."""
+def _fit_target(rt: FlowRuntime, pose: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The fit's record (video, prefix, URIs of its outputs) and its store prefix, for this run's fit options."""
     from mocapflow.fit.outputs import output_uris
     from mocapflow.store import fit_key
 
@@ -268,25 +327,40 @@ def fit_video(pose: dict[str, Any], rt: FlowRuntime, video: str | None = None) -
         "plot_uri": rt.store.uri(fit_key(prefix, "angles.png")),
         "outputs": output_uris(rt.store, prefix),
     }
+    return record, prefix
 
-    def committed() -> dict[str, Any] | None:
-        if not rt.store.is_committed(prefix):
-            return None
-        figures = rt.store.get_json(fit_key(prefix, "scales.json")).get("fit", {})
-        return {
-            **record,
-            "residual_2d_px": figures.get("median_residual_2d_px"),
-            "residual_3d_mm": figures.get("median_residual_3d_mm"),
-            "converged": figures.get("converged"),
-            "rel_loss_change": figures.get("rel_loss_change"),
-            "observed_fraction": figures.get("observed_fraction"),
-            "seconds": 0.0,
-            "angles_summary": angles_summary(rt, prefix),
-            "thumbnail": _thumbnail(rt, prefix),
-        }
 
+def _fit_committed(rt: FlowRuntime, record: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    from mocapflow.store import fit_key
+
+    if not rt.store.is_committed(prefix):
+        return None
+    figures = rt.store.get_json(fit_key(prefix, "scales.json")).get("fit", {})
+    return {
+        **record,
+        "residual_2d_px": figures.get("median_residual_2d_px"),
+        "residual_3d_mm": figures.get("median_residual_3d_mm"),
+        "converged": figures.get("converged"),
+        "rel_loss_change": figures.get("rel_loss_change"),
+        "observed_fraction": figures.get("observed_fraction"),
+        "seconds": 0.0,
+        "angles_summary": angles_summary(rt, prefix),
+        "thumbnail": _thumbnail(rt, prefix),
+    }
+
+
+@task(name="fit", task_run_name=_task_name("fit"), **_io_retries)
+def fit_video(pose: dict[str, Any], rt: FlowRuntime, video: str | None = None) -> dict[str, Any]:
+    """Joint angles of one video: from the store when committed, else a pinned JAX fit on Ray (``video``: its URI,
+    for the task run's name)."""
+    record, prefix = _fit_target(rt, pose)
     return _leased(
-        rt, prefix, committed, lambda: _fit(rt, pose, prefix, record), f"fit {pose['video']}", "fit"
+        rt,
+        prefix,
+        lambda: _fit_committed(rt, record, prefix),
+        lambda: _fit(rt, pose, prefix, record),
+        f"fit {pose['video']}",
+        "fit",
     )
 
 

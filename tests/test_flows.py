@@ -81,6 +81,15 @@ def _corrupt_videos(cohort: Path) -> list[str]:
         return [str(cohort / r["video"]) for r in csv.DictReader(f) if r["corrupt"]]
 
 
+def _task_run_names(state) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        return [t.name for t in client.read_task_runs(flow_run_filter=flow_run)]
+
+
 def _summary(state):
     from flows.cohort import run_summary
 
@@ -128,6 +137,9 @@ def test_cohort_run_isolates_the_corrupt_video_and_a_rerun_does_no_work(cohort: 
     assert [r["cached"] for r in summary2["rows"] if r["status"] == "ok"] == [True, True]
     # a cached video's coverage comes from its committed table
     assert [r["coverage"] for r in summary2["rows"]] == [r["coverage"] for r in summary["rows"]]
+    # and an unchanged video runs its probe task only (it finds both outputs committed): one task run per video
+    assert [r["plot_uri"] for r in summary2["rows"]] == [r["plot_uri"] for r in summary["rows"]]
+    assert sorted(_task_run_names(again)) == sorted(f"probe {Path(r['video']).name}" for r in summary2["rows"])
     after = {p: p.stat().st_mtime_ns for p in store_root.rglob("*") if p.is_file() and "runs" not in p.parts}
     assert after == before  # nothing rewritten
 

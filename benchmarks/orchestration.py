@@ -67,6 +67,9 @@ def person_videos(cache_dir: Path, out: Path, n: int, seconds: float, tag: str) 
     return paths
 
 
+RERUNS = 3
+
+
 @contextlib.contextmanager
 def _pose_pool_idle(seconds: float) -> Iterator[None]:
     """Runs started inside keep their pose pool ``seconds`` after their pose work (settings are read at run start)."""
@@ -176,7 +179,12 @@ def orchestration_section(
     registry().shutdown_all()  # cold: no pool left by an earlier section
     # cold, with the default settings (the pool stops when a run's pose work is done)
     first, first_wall = _run_flow(process_cohort, cohort, opts("store-cohort"))
-    rerun, rerun_wall = _run_flow(process_cohort, cohort, opts("store-cohort"))
+    # the rerun is a few seconds: three of them, the median one reported (the server's work on the first run's
+    # events can still be under way during the first)
+    reruns = sorted(
+        (_run_flow(process_cohort, cohort, opts("store-cohort")) for _ in range(RERUNS)), key=lambda r: r[1]
+    )
+    rerun, rerun_wall = reruns[len(reruns) // 2]
     back, back_wall = _run_flow(backfill, back_source, opts("store-backfill"), name="bench")
     registry().shutdown_all()
     # warm: a served deployment with pose_pool_idle_s set; one video primes the pool its next runs reuse
@@ -192,7 +200,7 @@ def orchestration_section(
         "cpus": cpus,
         "prefect_start_s": round(prefect_start_s, 2),
         "cohort": _run_stats(first, first_wall),
-        "rerun": _run_stats(rerun, rerun_wall),
+        "rerun": {**_run_stats(rerun, rerun_wall), "walls_s": [round(w, 2) for _, w in reruns]},
         "cohort_warm": _run_stats(warm, warm_wall),
         "backfill": _run_stats(back, back_wall),
         "backfill_warm": _run_stats(back_warm, back_warm_wall),

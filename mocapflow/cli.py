@@ -563,9 +563,10 @@ def _model_set_with_progress(settings: Settings):  # noqa: ANN202 - models.model
     return ms
 
 
-def _quiet_frameworks(verbose: bool) -> None:
+def _quiet_frameworks(verbose: bool, level: int = logging.WARNING) -> None:
     """Before Prefect is imported: its console shows warnings only and mocapflow's own INFO lines stay in the logs
-    (the run's progress bar and table say what happens); ``--verbose`` keeps everything."""
+    (the run's progress bar and table say what happens; ``level``: what the terminal still shows of the rest);
+    ``--verbose`` keeps everything."""
     import os
 
     from infra.prefect_env import prepare_prefect_env
@@ -574,7 +575,7 @@ def _quiet_frameworks(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         for handler in logging.getLogger().handlers:
-            handler.setLevel(logging.WARNING)
+            handler.setLevel(level)
             # task and flow run states reach the root logger too; the run's table reports each video once
             handler.addFilter(lambda record: not record.name.startswith("prefect"))
 
@@ -825,12 +826,13 @@ def bench_command(
     import json
 
     from benchmarks.suite import run_bench, table
-    from infra.prefect_env import prepare_prefect_env
     from mocapflow.pose.validate_real import setup_realdata
     from mocapflow.settings import load_settings
 
-    prepare_prefect_env()
     settings = load_settings()
+    # as `mocapflow run`: Prefect's per-task lines stay in its API, out of the terminal (printing them cost the
+    # driver ~55 ms per video); the bench's own progress lines stay
+    _quiet_frameworks(settings.verbose, level=logging.INFO)
     setup_realdata(settings.cache_dir)
     chosen = tuple(s.strip() for s in sections.split(",") if s.strip())
     report = run_bench(settings, tier or ("quick" if quick else "full"), chosen, backfill_videos)

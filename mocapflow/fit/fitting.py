@@ -56,6 +56,14 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
   1.72 / 1.99 / 1.99 / 1.96 / 1.55 / 2.06 / 1.95); court_pan's mirrored video no longer spins (its own median SD
   7.35 -> 3.0 deg) but its mirror figure went 8.78 -> 11.28 (that clip's base and mirror take opposite facing
   conventions, see :mod:`mocapflow.fit.swap`); the other clips and the humanoid renders are unchanged.
+- A limb segment whose observed 3D length is off by more than half starts from the depth its length allows
+  (:func:`~mocapflow.fit.init.depth_where_too_long`; ``FIT_VERSION`` 8): a partly hidden elbow marker 39 cm too deep
+  had started the demo's left elbow at 117 deg and the fit ended 40 deg off the truth (20) for the whole
+  sit-to-stand, 57 on the squat. Demo medians 2.87 / 2.68 / 2.38 -> 2.05 / 2.11 / 2.23 deg; ``validate fit`` seeds
+  0-4 median 1.960 -> 1.961, worst 3.201 -> 3.198; metamorphic messi, basketball, cameraman unchanged, astronaut
+  still 0.72 -> 0.53 and half 0.92 -> 0.33, court within 0.2; humanoid 5.80 -> 5.79. The humanoid's own far-arm
+  elbow error (sit-to-stand, 33 deg) is not this: BlazePose's 3D puts that wrist 24 cm too near with confidence
+  0.88 and a consistent length, and its 3D elbow angle is 36 deg for a true 11.
 - Measured and not kept (humanoid renders through blazepose, seed 0, median / worst video 5.79 / 7.28 deg with the
   defaults; cached keypoints, so only the fit differs): leaning on 2D and the bone lengths instead of the model's
   depth is worse: ``depth_weight`` 0.1 -> 6.34 / 7.34, 0 -> 6.36 / 7.55, 0.6 -> 5.85 / 6.79; the balanced 2D weight

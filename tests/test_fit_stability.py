@@ -281,3 +281,61 @@ def test_pose_prior_grows_with_the_systematic_3d_spread_only() -> None:
     # the measured median residual norm of Gaussian noise is what CHI3_MEDIAN predicts
     norms = np.linalg.norm(np.random.default_rng(0).normal(0.0, 1.0, (200000, 3)), axis=1)
     assert np.median(norms) == pytest.approx(CHI3_MEDIAN, abs=0.01)
+
+
+def _rigid_body_track(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Four keypoints of one rigid body (a pelvis-sized layout, mm) turning and moving over ``n`` frames."""
+    from scipy.spatial.transform import Rotation
+
+    layout = np.array([[-120.0, 0.0, 60.0], [120.0, 0.0, 60.0], [-90.0, -80.0, -20.0], [90.0, -80.0, -20.0]])
+    rot = Rotation.from_euler(
+        "zyx", np.c_[np.linspace(0, 40, n), np.linspace(0, 90, n), np.zeros(n)], degrees=True
+    )
+    centre = np.c_[np.linspace(-200, 200, n), np.zeros(n), np.full(n, 3000.0)]
+    return np.stack([rot.apply(p) for p in layout], axis=1) + centre[:, None] + rng.normal(0, 3.0, (n, 4, 3))
+
+
+def test_a_keypoint_off_its_rigid_body_loses_its_3d_in_that_frame_only() -> None:
+    """Partly hidden markers placed far off in depth with full confidence (the demo's squat: pelvis markers 16-35 cm
+    off tilted the pelvis 30 deg): the keypoints that disagree with the rest of their body are found per frame; a
+    frame where two keypoints are off in different ways keeps the two that agree; noise alone flags nothing."""
+    from mocapflow.fit.preprocess import rigid_outliers
+
+    rng = np.random.default_rng(4)
+    n = 60
+    kp3d = _rigid_body_track(n, rng)
+    conf = np.ones((n, 4))
+    kp3d[10, 0, 2] += 350.0  # one keypoint far too deep
+    kp3d[20, 3, 2] -= 250.0  # one too near
+    kp3d[30, 1, 2] += 300.0  # two of four off: the two that agree may tie with another pair -> undecided
+    kp3d[30, 2, 0] -= 200.0
+    off = rigid_outliers(kp3d, conf, [0, 0, 0, 0], noise_mm=3.0)
+    expected = np.zeros((n, 4), bool)
+    expected[10, 0] = expected[20, 3] = True
+    assert not off[30, [0, 3]].any()  # never a good keypoint
+    off[30] = False
+    np.testing.assert_array_equal(off, expected)
+    # a hidden keypoint (confidence 0) is neither judged nor used; a body of two keypoints is never checked
+    conf[10, 1] = 0.0
+    assert rigid_outliers(kp3d, conf, [0, 0, 0, 0], noise_mm=3.0)[10].tolist() == [True, False, False, False]
+    assert not rigid_outliers(kp3d, conf, [0, 0, 1, 1], noise_mm=3.0).any()
+    # noisy keypoints (50 mm per coordinate, as validate fit's noisy set): the tolerance follows the noise
+    noisy = _rigid_body_track(n, rng) + rng.normal(0, 50.0, (n, 4, 3))
+    assert rigid_outliers(noisy, np.ones((n, 4)), [0, 0, 0, 0], noise_mm=50.0).mean() < 0.01
+
+
+def test_preprocessing_drops_only_the_3d_of_a_rigid_outlier(model) -> None:
+    from mocapflow.fit.preprocess import preprocess_keypoints
+
+    pelvis = [i for i, s in enumerate(model.sites) if model.bodies[s.body].name == "pelvis"][:4]
+    assert len(pelvis) == 4
+    rng = np.random.default_rng(5)
+    n = 40
+    kp3d = _rigid_body_track(n, rng)
+    kp3d[7, 2, 2] += 400.0
+    kp2d = rng.uniform(100, 400, (n, 4, 2))
+    conf = np.ones((n, 4))
+    k2, k3, c, report = preprocess_keypoints(kp2d, kp3d, conf, pelvis, model, 30.0, swaps=False, noise_mm=3.0)
+    assert np.isnan(k3[7, 2]).all() and np.isfinite(np.delete(k3.reshape(-1, 3), 7 * 4 + 2, axis=0)).all()
+    np.testing.assert_allclose(k2, kp2d, rtol=1e-6)
+    assert (c == 1).all() and report.rigid_outliers_3d == 1

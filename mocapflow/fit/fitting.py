@@ -64,6 +64,13 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
   still 0.72 -> 0.53 and half 0.92 -> 0.33, court within 0.2; humanoid 5.80 -> 5.79. The humanoid's own far-arm
   elbow error (sit-to-stand, 33 deg) is not this: BlazePose's 3D puts that wrist 24 cm too near with confidence
   0.88 and a consistent length, and its 3D elbow angle is 36 deg for a true 11.
+- 3D keypoints that disagree with the rest of their rigid body lose their 3D in that frame
+  (:func:`~mocapflow.fit.preprocess.rigid_outliers`; ``FIT_VERSION`` 9): in the demo's squat, partly hidden pelvis
+  markers 16-35 cm off in depth with confidence 1 tilted the pelvis +30 deg and put the hips 40-60 deg off for half a
+  second (max error over those frames 37 / 56 deg -> 4 / 17). Demo medians 2.05 / 2.11 / 2.23 -> 1.81 / 1.87 /
+  1.97 deg (sit-to-stand, squat, walking); ``validate fit`` seeds 0-4, the metamorphic clips and the humanoid
+  renders unchanged (no body of theirs has a keypoint that far off: BlazePose's only body with three or more
+  landmarks is the head).
 - Measured and not kept (humanoid renders through blazepose, seed 0, median / worst video 5.79 / 7.28 deg with the
   defaults; cached keypoints, so only the fit differs): leaning on 2D and the bone lengths instead of the model's
   depth is worse: ``depth_weight`` 0.1 -> 6.34 / 7.34, 0 -> 6.36 / 7.55, 0.6 -> 5.85 / 6.79; the balanced 2D weight
@@ -111,8 +118,9 @@ logger = logging.getLogger(__name__)
 # 5: swaps undone before the fit (one branch) and knots sized to the motion (another); 6: both; 7: the initial pelvis
 # heading unwrapped against a running median (mocapflow.fit.init.unwrap_robust), so one flipped frame no longer
 # leaves the start a full turn away; 8: a limb segment whose observed 3D length is off by more than half gets its
-# initial depth from the segment's length (mocapflow.fit.init.depth_where_too_long)
-FIT_VERSION = 8
+# initial depth from the segment's length (mocapflow.fit.init.depth_where_too_long); 9: 3D keypoints off their
+# rigid body dropped before the fit (mocapflow.fit.preprocess.rigid_outliers)
+FIT_VERSION = 9
 Method = Literal["bspline", "frames"]
 # half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
 INIT_OUTLIER_WINDOW_S = 0.25
@@ -398,6 +406,7 @@ def prepare(
         meta.fps,
         swaps=options.undo_swaps,
         cutoff_hz=options.lowpass_hz,
+        noise_mm=noise_mm,
     )
     intr = meta.intrinsics
     site_index = np.asarray(kmap.site_index)

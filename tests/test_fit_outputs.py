@@ -126,6 +126,7 @@ def test_long_gaps_are_not_fitted_and_marked_in_every_output(tmp_path, model, ga
     assert np.isnan(angles.column("knee_angle_r").to_numpy()[GAP]).all()
     scales = store.get_json(fit_key(prefix, SCALES))
     assert scales["fit"]["converged"] == r.info.converged and scales["fit"]["observed_frames"] == 56
+    assert scales["fit"]["preprocessing"] == r.preprocessing and r.preprocessing["rigid_outliers_3d"] == 0
     assert store.get_bytes(fit_key(prefix, MOT)).decode().count("\n") == 60 + 9
     assert plot_png(r)[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -183,3 +184,14 @@ def test_fit_record_reports_convergence_and_observed_fraction(tmp_path, gap_clip
     assert record["converged"] is False and record["iterations"] == 200  # one block: nothing to compare with
     assert record["rel_loss_change"] is None
     assert record["observed_fraction"] == pytest.approx(56 / 90) and record["spans"] == 2
+
+
+def test_a_3d_keypoint_off_its_rigid_body_is_dropped_and_counted(model, gap_clip, gap_fit):
+    """A pelvis marker placed 40 cm too deep in three frames (full confidence): its 3D is dropped there before the
+    fit, and scales.json says how many observations preprocessing dropped."""
+    del gap_fit  # fitted first: its compiled block has the shapes used here
+    meta, arrays = keypoints_of(gap_clip)
+    j = list(meta.joint_names).index("lasis")
+    arrays["kp3d_mm"][80:83, j, 2] += 400.0
+    result = fit_arrays(meta, arrays, FitOptions(max_iters=200), model)
+    assert result.preprocessing["rigid_outliers_3d"] == 3

@@ -268,6 +268,9 @@ class PreparedVideo:
     q_init: NDArray[np.float64]  # [N, D] dense
     noise_mm: float  # measured keypoint noise (NaN if it could not be measured)
     knots_per_second: float = float("nan")  # of the B-spline trajectories (NaN for per-frame ones)
+    preprocessing: dict[str, Any] = field(
+        default_factory=dict
+    )  # what preprocess_keypoints changed (its summary)
 
     @property
     def n_bucket(self) -> int:
@@ -306,6 +309,8 @@ class FitResult:
     # knots per second of the trajectories (sized to the motion: FitOptions.adaptive_knots); they keep motion up to
     # half this rate (mocapflow.fit.loss.trajectory_cutoff_hz). NaN for per-frame trajectories.
     knots_per_second: float = float("nan")
+    # what preprocessing changed: swapped frames per group, 3D keypoints dropped as rigid-body outliers, low-pass
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     def angle(self, dof: str) -> NDArray[np.float64]:
         """One DOF over time (radians or metres)."""
@@ -397,7 +402,7 @@ def prepare(
     layout = pack_spans(span)
     noise_mm = estimate_noise_mm(kp3d, kp2d, conf)
     # after the noise is measured (it sets the fit's smoothness weight), keypoints made consistent over time
-    kp2d, kp3d, conf, _ = preprocess_keypoints(
+    kp2d, kp3d, conf, pre_report = preprocess_keypoints(
         kp2d,
         kp3d,
         conf,
@@ -451,7 +456,9 @@ def prepare(
         limits=Limits.of(model),
         weights=options.weights(noise_mm if np.isfinite(noise_mm) else options.noise_floor_mm),
     )
-    return PreparedVideo(data, kmap, frames, time_s, observed, span, layout, q_init, noise_mm, kps)
+    return PreparedVideo(
+        data, kmap, frames, time_s, observed, span, layout, q_init, noise_mm, kps, pre_report.summary()
+    )
 
 
 def balanced_w2d(w3d: float, stats: RobustStats) -> float:
@@ -603,6 +610,7 @@ def fit_arrays(
         smooth_weight=float(prep.data.weights.smooth),
         robust=tuple(robust_stats),
         knots_per_second=prep.knots_per_second,
+        preprocessing=prep.preprocessing,
     )
     if options.world_frame:
         result = in_world_frame(result, sites=prep.layout.unpack(np.asarray(ev.sites, np.float64), n))

@@ -224,6 +224,7 @@ def scales_document(result: FitResult) -> dict[str, Any]:
             "smooth_weight": result.smooth_weight,
             "knots_per_second": _finite_or_none(result.knots_per_second),
             "outlier_reweighting": [asdict(r) for r in result.robust],
+            "preprocessing": result.preprocessing,
             "median_residual_2d_px": _finite_or_none(float(np.nanmedian(result.residual_2d_px)))
             if np.isfinite(result.residual_2d_px).any()
             else None,

@@ -39,7 +39,7 @@ from mocapflow.settings import Settings
 from mocapflow.store import KeyNotFoundError, safe_key
 from tasks.publish import Progress, publish, publish_video, quiet_partial_failures
 from tasks.runtime import BUILT_IN, FlowRuntime
-from tasks.stages import fit_video, pose_video, probe_video
+from tasks.stages import fit_video, pose_video, probe_video, read_keypoints_meta
 
 __all__ = ["backfill", "coverage_status", "process_cohort", "process_video", "run_summary"]
 
@@ -107,20 +107,17 @@ def _pose_coverage(res: dict[str, Any], rt: FlowRuntime) -> tuple[int | None, fl
         return res.get("frames_detected"), res["coverage"]
     if not res.get("key"):
         return None, None
-    import pyarrow.parquet as pq
-
-    from mocapflow.keypoints import KeypointsMeta
-
     try:
-        with rt.store.fs.open(rt.store.path(res["key"]), "rb") as f:
-            meta = KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
+        meta = read_keypoints_meta(rt, res["key"])
     except (OSError, ValueError) as e:  # reported as unknown coverage, never fatal for the run
         get_run_logger().warning("%s: cannot read the subject's coverage: %s", res.get("video"), e)
         return None, None
     return meta.frames_detected, meta.coverage
 
 
-def _row(spec: VideoSpec, chain: list[PrefectFuture], rt: FlowRuntime) -> tuple[dict[str, Any], bytes | None]:
+def _row(
+    spec: VideoSpec, chain: list[PrefectFuture], rt: FlowRuntime, committed: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], bytes | None]:
     """One summary row from a video's finished stage futures (probe, pose, fit; a chain stops at its first failed
     stage), and its plot's thumbnail (a JPEG made where the fit ran, on a local store)."""
     row = report.empty_row(spec.uri, spec.subject_id)
@@ -132,8 +129,8 @@ def _row(spec: VideoSpec, chain: list[PrefectFuture], rt: FlowRuntime) -> tuple[
             report.add_failure(row, stage, _state_error(fut))
             break
         results.append((stage, fut.result()))
-    if len(results) == 1 and (done := _committed_outputs(chain)):  # the probe found both outputs in the store
-        results += [("pose", done["pose"]), ("fit", done["fit"])]
+    if committed is not None:  # the probe found both outputs in the store
+        results += [("pose", committed["pose"]), ("fit", committed["fit"])]
     for stage, res in results:
         if stage == "probe":
             report.add_probe(row, res)
@@ -229,15 +226,16 @@ def run_videos(
             spec, chain = in_flight.pop(finished)
             chain[-1].wait()  # its final state, locally (no API read when it is the next stage's input)
             ok = chain[-1].state.is_completed()
-            done = _committed_outputs(chain) is not None  # both outputs in the store: no pose or fit task
-            if len(chain) == 2 or (len(chain) == 1 and (done or not ok)):  # pose done, or never to run
+            committed = _committed_outputs(chain)  # both outputs in the store: no pose or fit task
+            # this video's pose is done, or will never run
+            if len(chain) == 2 or (len(chain) == 1 and (committed is not None or not ok)):
                 pose_settled()
-            if ok and not done and len(chain) < len(STAGES):
+            if ok and committed is None and len(chain) < len(STAGES):
                 submit(spec, chain)
                 continue
             if (nxt := next(waiting, None)) is not None:
                 submit(nxt, [])
-            row, thumbnail = _row(spec, chain, rt)
+            row, thumbnail = _row(spec, chain, rt, committed)
             rows[spec.uri] = row
             publish_video(rt.store, row, scope, run_id, rt.settings.min_coverage, thumbnail)
             _log_row(len(rows), len(specs), row)

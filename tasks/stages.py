@@ -15,7 +15,7 @@ import os
 import posixpath
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -30,6 +30,9 @@ from mocapflow.probeindex import probe_indexed
 from mocapflow.store import SUCCESS, KeyNotFoundError, keypoints_key, keypoints_prefix
 from mocapflow.video import check_duration
 from tasks.runtime import FlowRuntime
+
+if TYPE_CHECKING:
+    from mocapflow.keypoints import KeypointsMeta
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +157,9 @@ def committed_outputs(rt: FlowRuntime, spec: dict[str, Any], info: dict[str, Any
         pose_record, pose_prefix, _ = _pose_target(rt, spec, info)
         if (pose := _pose_committed(rt, pose_record, pose_prefix)) is None:
             return None
-        pose = {**pose, "cached": True, **keypoints_coverage(rt, pose["key"])}
-        fit_record, fit_prefix = _fit_target(rt, pose)
+        meta = read_keypoints_meta(rt, pose["key"])
+        pose = {**pose, "cached": True, "frames_detected": meta.frames_detected, "coverage": meta.coverage}
+        fit_record, fit_prefix = _fit_target(rt, pose, meta)
         if (fit := _fit_committed(rt, fit_record, fit_prefix)) is None:
             return None
     except Exception as e:  # noqa: BLE001 - the pose and fit tasks meet (and report) the same trouble
@@ -164,15 +168,14 @@ def committed_outputs(rt: FlowRuntime, spec: dict[str, Any], info: dict[str, Any
     return {"pose": pose, "fit": {**fit, "cached": True}}
 
 
-def keypoints_coverage(rt: FlowRuntime, key: str) -> dict[str, Any]:
-    """``frames_detected`` and ``coverage`` of a committed keypoints table, from its schema's metadata."""
+def read_keypoints_meta(rt: FlowRuntime, key: str) -> KeypointsMeta:
+    """A committed keypoints table's metadata, from its Parquet schema (no table read)."""
     import pyarrow.parquet as pq
 
     from mocapflow.keypoints import KeypointsMeta
 
     with rt.store.fs.open(rt.store.path(key), "rb") as f:
-        meta = KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
-    return {"frames_detected": meta.frames_detected, "coverage": meta.coverage}
+        return KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
 
 
 def _pose_target(
@@ -257,19 +260,17 @@ def pose_video(spec: dict[str, Any], info: dict[str, Any], rt: FlowRuntime) -> d
 ROM_DOFS = (("hip", "hip_flexion"), ("knee", "knee_angle"), ("ankle", "ankle_angle"), ("elbow", "elbow_flex"))
 
 
-def fit_prefix_for(rt: FlowRuntime, keypoints_key: str) -> str:
-    """The fit's content key, from the keypoints table's metadata (no table read) and the run's fit options."""
-    import pyarrow.parquet as pq
-
+def fit_prefix_for(rt: FlowRuntime, keypoints_key: str, meta: KeypointsMeta | None = None) -> str:
+    """The fit's content key, from the keypoints table's metadata (read here unless given) and the run's fit
+    options."""
     from mocapflow.fit.fitting import FitOptions, fit_body_model
     from mocapflow.fit.outputs import fit_key_prefix
-    from mocapflow.keypoints import KeypointsMeta
 
-    def read_meta() -> KeypointsMeta:
-        with rt.store.fs.open(rt.store.path(keypoints_key), "rb") as f:
-            return KeypointsMeta.from_metadata(pq.read_schema(f).metadata)
-
-    meta = retry_transient(read_meta, f"read the schema of {rt.store.uri(keypoints_key)}")
+    if meta is None:
+        meta = retry_transient(
+            lambda: read_keypoints_meta(rt, keypoints_key),
+            f"read the schema of {rt.store.uri(keypoints_key)}",
+        )
     return fit_key_prefix(meta, FitOptions.from_settings(rt.settings), fit_body_model().name)
 
 
@@ -314,12 +315,15 @@ def fit_failure(video: str, exc: BaseException) -> StageError:
     return StageError(f"{video}: fit failed: {one_line(exc)}", transient=is_transient(exc))
 
 
-def _fit_target(rt: FlowRuntime, pose: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The fit's record (video, prefix, URIs of its outputs) and its store prefix, for this run's fit options."""
+def _fit_target(
+    rt: FlowRuntime, pose: dict[str, Any], meta: KeypointsMeta | None = None
+) -> tuple[dict[str, Any], str]:
+    """The fit's record (video, prefix, URIs of its outputs) and its store prefix, for this run's fit options
+    (``meta``: the keypoints table's metadata, if already read)."""
     from mocapflow.fit.outputs import output_uris
     from mocapflow.store import fit_key
 
-    prefix = fit_prefix_for(rt, pose["key"])
+    prefix = fit_prefix_for(rt, pose["key"], meta)
     record = {
         "video": pose["video"],
         "prefix": prefix,

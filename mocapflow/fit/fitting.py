@@ -268,9 +268,8 @@ class PreparedVideo:
     q_init: NDArray[np.float64]  # [N, D] dense
     noise_mm: float  # measured keypoint noise (NaN if it could not be measured)
     knots_per_second: float = float("nan")  # of the B-spline trajectories (NaN for per-frame ones)
-    preprocessing: dict[str, Any] = field(
-        default_factory=dict
-    )  # what preprocess_keypoints changed (its summary)
+    # what preprocess_keypoints changed (its summary)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_bucket(self) -> int:

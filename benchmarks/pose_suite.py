@@ -139,7 +139,11 @@ class _RayDataPose:
         ms = resolve(settings.model_set, settings.modelsets_dir, settings.cache_dir)
         configure_tensorflow(ThreadConfig(1))
         self.estimator = open_estimator(
-            ms, ThreadConfig(1), max_people=settings.max_people, scan_interval=settings.scan_interval_frames
+            ms,
+            ThreadConfig(1),
+            max_people=settings.max_people,
+            scan_interval=settings.scan_interval_frames,
+            mirror_average=settings.mirror_average,
         )
         self.store = Store(store_root)
 

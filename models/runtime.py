@@ -196,12 +196,14 @@ def open_estimator(
     test_time_augmentation: int = 1,
     max_people: int | None = None,
     scan_interval: int | None = None,
+    mirror_average: bool | None = None,
 ) -> PoseEstimator:
     """Instantiate the runtime for a model set's kind.
 
     ``test_time_augmentation``: crops per detection where the kind supports it (``metrabs``); other kinds log a
     warning and run one crop. ``max_people`` / ``scan_interval``: the tracking policy of kinds that track people
-    from frame to frame (``blazepose``; None keeps the runtime's default)."""
+    from frame to frame (``blazepose``; None keeps the runtime's default). ``mirror_average``: ``blazepose``
+    averages each crop's landmarks with its mirror image's (None keeps the runtime's default: on)."""
     kind = model_set.manifest.kind
     if test_time_augmentation > 1 and kind != "metrabs":
         logger.warning(
@@ -217,7 +219,9 @@ def open_estimator(
     if kind == "blazepose":
         from models.blazepose.runtime import BlazePoseEstimator, BlazePoseOptions
 
-        policy: dict[str, int] = {}
+        policy: dict[str, int | bool] = {}
+        if mirror_average is not None:
+            policy["mirror_average"] = mirror_average
         if max_people is not None:
             policy["max_people"] = max_people
         if scan_interval is not None:

@@ -64,6 +64,7 @@ ACTOR_SETTINGS = (
     "test_time_augmentation",
     "max_people",
     "scan_interval_frames",
+    "mirror_average",
 )
 
 

@@ -195,7 +195,7 @@ def _pose_target(
         video.intrinsics,
         rt.settings.storage_options(),
     )
-    key_params = params.key_params(intr)
+    key_params = params.key_params(intr, rt.model_set.manifest.kind)
     key = keypoints_key(info["sha256"], rt.model_set.id, key_params)
     record = {
         "video": video.uri,

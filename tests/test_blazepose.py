@@ -569,6 +569,89 @@ def test_two_people_side_by_side(estimator: BlazePoseEstimator, astronaut: np.nd
     assert noses[0] < 512 < noses[1]
 
 
+def _mirror_landmarks(raw: np.ndarray, world: np.ndarray, swap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """What a perfectly mirror-symmetric model would output for the flipped crops (``swap=False``: the same, but it
+    took the person to face the other way, so its labels are not swapped)."""
+    from models.blazepose.landmarks import MODEL_MIRROR
+
+    order = MODEL_MIRROR if swap else np.arange(len(MODEL_MIRROR))
+    lm = raw.reshape(-1, 39, 5)[:, order].copy()
+    lm[..., 0] = 256.0 - lm[..., 0]
+    w = world.reshape(-1, 39, 3)[:, order].copy()
+    w[..., 0] *= -1
+    return lm.reshape(-1, 195), w.reshape(-1, 117)
+
+
+def test_average_with_mirror_undoes_the_flip_and_never_mixes_left_with_right() -> None:
+    from models.blazepose.landmarks import MODEL_MIRROR, average_with_mirror
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0, 256, (3, 195)).astype(np.float32)
+    world = rng.normal(0, 0.3, (3, 117)).astype(np.float32)
+    presence = np.array([[0.9], [0.6], [0.99]], np.float32)
+    out = {"landmarks": raw, "world_landmarks": world, "pose_presence": presence}
+    lower = {**out, "pose_presence": np.array([[0.4], [0.7], [0.99]], np.float32)}
+    assert average_with_mirror(out, lower)[0]["pose_presence"].ravel().tolist() == pytest.approx(
+        [0.4, 0.6, 0.99]
+    )
+    # every left point has its right twin and the auxiliary points stay put
+    assert (
+        sorted(MODEL_MIRROR.tolist()) == list(range(39))
+        and (MODEL_MIRROR[MODEL_MIRROR] == np.arange(39)).all()
+    )
+    assert MODEL_MIRROR[JOINT_NAMES.index("mouth_left")] == JOINT_NAMES.index("mouth_right")
+    for swap in (True, False):
+        m_raw, m_world = _mirror_landmarks(raw, world, swap)
+        mirrored = {"landmarks": m_raw, "world_landmarks": m_world, "pose_presence": presence}
+        merged, same_labels = average_with_mirror(out, mirrored)
+        np.testing.assert_allclose(merged["landmarks"], raw, atol=1e-4)
+        np.testing.assert_allclose(merged["world_landmarks"], world, atol=1e-6)
+        np.testing.assert_allclose(merged["pose_presence"], presence)
+        assert (same_labels == (not swap)).all()
+    # a mirrored crop 2 input units to the right on every point: the average sits 1 unit to the right
+    m_raw, m_world = _mirror_landmarks(raw, world)
+    m_raw = m_raw.reshape(-1, 39, 5)
+    m_raw[..., 0] -= 2.0
+    merged, _ = average_with_mirror(
+        out, {"landmarks": m_raw.reshape(-1, 195), "world_landmarks": m_world, "pose_presence": presence}
+    )
+    np.testing.assert_allclose(
+        merged["landmarks"].reshape(-1, 39, 5)[..., 0], raw.reshape(-1, 39, 5)[..., 0] + 1, atol=1e-4
+    )
+
+
+def _mirror_roi(roi: np.ndarray, width: int) -> np.ndarray:
+    return np.array([width - 1 - roi[0], roi[1], roi[2], -roi[3]])
+
+
+def test_mirror_average_makes_the_landmarks_of_a_mirrored_frame_the_mirror_image(
+    blazepose_set: ModelSet, astronaut: np.ndarray
+) -> None:
+    """The same ROI on the astronaut and, mirrored, on her mirror image: with the average the two sets of landmarks
+    are mirror images of each other (labels swapped) to a hundredth of a pixel; the model alone is px off."""
+    from models.blazepose.landmarks import MODEL_MIRROR
+    from models.blazepose.runtime import BlazePoseEstimator, BlazePoseOptions
+    from models.runtime import ThreadConfig
+
+    mirrored = np.ascontiguousarray(astronaut[:, ::-1])
+    roi = np.array([250.0, 300.0, 600.0, 0.1])
+    errors = {}
+    for average in (True, False):
+        est = BlazePoseEstimator(blazepose_set, ThreadConfig(1), BlazePoseOptions(mirror_average=average))
+        a = est.landmarks_at(astronaut, roi[None])
+        b = est.landmarks_at(mirrored, _mirror_roi(roi, 512)[None])
+        flipped_back = b.points[0, MODEL_MIRROR].copy()
+        flipped_back[:, 0] = 511 - flipped_back[:, 0]
+        errors[average] = float(np.abs(flipped_back - a.points[0])[:33].max())
+        world_a = a.world.reshape(39, 3)
+        world_b = b.world.reshape(39, 3)[MODEL_MIRROR] * np.array([-1.0, 1.0, 1.0])
+        if average:
+            np.testing.assert_allclose(world_b, world_a, atol=2e-3)  # metres
+            assert abs(float(a.presence[0]) - float(b.presence[0])) < 1e-3
+    assert errors[True] < 0.5, errors  # what is left: the 1/32 px fixed point of the crop's resampling
+    assert errors[False] > 4 * errors[True] and errors[False] > 1.0, errors
+
+
 def test_rejects_non_rgb_frames_and_accepts_no_frames(
     estimator: BlazePoseEstimator, astronaut: np.ndarray
 ) -> None:
@@ -596,6 +679,7 @@ def vtest() -> Path:
     cache_dir = load_settings().cache_dir
     fetch_realdata(cache_dir, names=["vtest.avi"])
     return source_path("vtest.avi", cache_dir)
+
 
 # The reference pipeline, MediaPipe's own Pose solution on the same weights (mediapipe 0.10.21,
 # Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=False)), run on the whole clip: it finds a
@@ -627,6 +711,8 @@ def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers
 ) -> None:
     """Two 2 s stretches of real footage, each tracked from its first frame as a video of its own."""
     from mocapflow.camera import Intrinsics
+    from models.blazepose.runtime import BlazePoseEstimator, BlazePoseOptions
+    from models.runtime import ThreadConfig
 
     intr = Intrinsics.from_fov(768, 576, 55.0)
     # frames 0-19: three walkers, ~70-80 px tall (counted by eye); the reference finds nobody
@@ -643,15 +729,25 @@ def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers
         assert np.all(np.isfinite(d.kp2d)) and np.all((d.conf >= 0) & (d.conf <= 1))
         height = d.boxes[:, 3] - d.boxes[:, 1]
         assert np.all(height < 200)  # pedestrians, no box spanning the scene
-    # frames 166-185: the reference finds its person in all 20; we find them too, at the same joints
-    late = estimator.video_session(intr)(_vtest_frames(vtest, 166, 20))
-    assert [d.n >= 1 for d in late] == [True] * 20
-    for i, ref in REFERENCE_TORSO.items():
-        ref = np.asarray(ref)
-        torso = np.linalg.norm(ref[:2].mean(0) - ref[2:].mean(0))
-        d = late[i - 166]
-        err = np.linalg.norm(d.kp2d[:, [11, 12, 23, 24]] - ref, axis=2).max(axis=1) / torso
-        assert err.min() < 0.15, (i, err)  # our closest person's worst torso joint within 15 % of the torso
+    # frames 166-185: the reference finds its person in all 20; we find them too, at the same joints. The
+    # reference is the single crop; with the mirror average (the default) the first of these frames, whose crop
+    # comes from the detector, has the hips 0.4 torso lengths higher (the mirrored crop puts them 25 px higher):
+    # from the second frame on, tracked, it agrees with the reference as closely as the single crop does.
+    single = BlazePoseEstimator(
+        estimator.model_set, ThreadConfig(threads=2), BlazePoseOptions(mirror_average=False)
+    )
+    for est, frames in ((single, (166, 175, 185)), (estimator, (175, 185))):
+        late = est.video_session(intr)(_vtest_frames(vtest, 166, 20))
+        assert [d.n >= 1 for d in late] == [True] * 20
+        for i in frames:
+            ref = np.asarray(REFERENCE_TORSO[i])
+            torso = np.linalg.norm(ref[:2].mean(0) - ref[2:].mean(0))
+            d = late[i - 166]
+            err = np.linalg.norm(d.kp2d[:, [11, 12, 23, 24]] - ref, axis=2).max(axis=1) / torso
+            assert err.min() < 0.15, (
+                i,
+                err,
+            )  # our closest person's worst torso joint within 15 % of the torso
 
 
 # -- the tracking loop, with stand-in models -----------------------------------------------------------------
@@ -763,13 +859,24 @@ def test_tracking_policy_reaches_the_runtime_from_the_settings(blazepose_set: Mo
     settings = load_settings(max_people=1, scan_interval_frames=5)
     params = PoseParams.from_settings(settings)
     est = open_estimator(
-        blazepose_set, ThreadConfig(1), max_people=params.max_people, scan_interval=params.scan_interval_frames
+        blazepose_set,
+        ThreadConfig(1),
+        max_people=params.max_people,
+        scan_interval=params.scan_interval_frames,
     )
     assert (est.options.max_people, est.options.scan_interval) == (1, 5)
     assert open_estimator(blazepose_set, ThreadConfig(1)).options.max_people is None
     from mocapflow.camera import Intrinsics
 
     intr = Intrinsics.from_fov(640, 480, 55.0)
-    default_key = PoseParams().key_params(intr)
+    default_key = PoseParams().key_params(intr, "blazepose")
     assert "max_people" not in default_key and "scan_interval_frames" not in default_key
-    assert params.key_params(intr)["max_people"] == 1 and params.key_params(intr)["scan_interval_frames"] == 5
+    key = params.key_params(intr, "blazepose")
+    assert key["max_people"] == 1 and key["scan_interval_frames"] == 5
+    # the mirror average changes blazepose's output, so its keys say so; other kinds' keys do not change
+    assert default_key["mirror_average"] is True
+    assert "mirror_average" not in PoseParams(mirror_average=False).key_params(intr, "blazepose")
+    assert "mirror_average" not in PoseParams().key_params(intr, "metrabs")
+    assert PoseParams.from_settings(load_settings(mirror_average=False)).mirror_average is False
+    off = open_estimator(blazepose_set, ThreadConfig(1), mirror_average=False)
+    assert off.options.mirror_average is False and est.options.mirror_average is True

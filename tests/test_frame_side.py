@@ -68,10 +68,10 @@ def test_scaled_intrinsics_project_where_the_resized_image_has_the_point() -> No
 
 def test_key_params_name_the_limit_only_for_videos_it_downscales() -> None:
     params = PoseParams(max_frame_side=1920)
-    assert "max_frame_side" not in params.key_params(Intrinsics.from_fov(1920, 1080, 55))
-    assert params.key_params(Intrinsics.from_fov(3840, 2160, 55))["max_frame_side"] == 1920
+    assert "max_frame_side" not in params.key_params(Intrinsics.from_fov(1920, 1080, 55), "blazepose")
+    assert params.key_params(Intrinsics.from_fov(3840, 2160, 55), "blazepose")["max_frame_side"] == 1920
     assert "max_frame_side" not in PoseParams(max_frame_side=None).key_params(
-        Intrinsics.from_fov(3840, 2160, 55)
+        Intrinsics.from_fov(3840, 2160, 55), "blazepose"
     )
     with pytest.raises(ValueError, match="max_frame_side"):
         PoseParams(max_frame_side=10)

@@ -203,7 +203,8 @@ def _keypoints_prefix(video: str, settings: Any) -> str:
     info = probe(video)
     params = PoseParams.from_settings(settings)
     intr = resolve_intrinsics(video, info.width, info.height, params.default_fov_deg)
-    return keypoints_prefix(info.sha256, resolve_model_set(settings).id, params.key_params(intr))
+    model_set = resolve_model_set(settings)
+    return keypoints_prefix(info.sha256, model_set.id, params.key_params(intr, model_set.manifest.kind))
 
 
 # the local-folder variant repeats the S3 one through the flows (the lease rules run on both stores above)

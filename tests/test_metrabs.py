@@ -20,6 +20,7 @@ import pytest
 from numpy._core.multiarray import _reconstruct
 
 from mocapflow.camera import Intrinsics
+from models.joints import mirror_indices
 from models.metrabs import UnsafePickleError, import_metrabs, load_pickle, pickle_to_json
 from models.metrabs.processing import (
     augment_matrices,
@@ -28,7 +29,6 @@ from models.metrabs.processing import (
     filter_detections,
     gamma_tables,
     make_crops,
-    mirror_indices,
     reconstruct_absolute,
     spread_to_confidence,
     tta_average,

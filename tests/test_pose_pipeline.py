@@ -620,7 +620,7 @@ def test_subject_command_switches_to_another_person(
     out = CliRunner().invoke(app, ["subject", path, "--track", "1"])
     assert out.exit_code == 0, out.output
     assert "subject 1: found in 3 of 23 frames (13 %)" in out.output
-    params = PoseParams(tracker=TrackerConfig(subject=1)).key_params(fov_intrinsics(55.0))
+    params = PoseParams(tracker=TrackerConfig(subject=1)).key_params(fov_intrinsics(55.0), model_set.manifest.kind)
     key = keypoints_key(first.video_sha256, first.model_id, params)
     assert store.is_committed(key.rsplit("/", 1)[0])
     assert read_arrays(store.read_table(key))[0].subject_track_id == 1
@@ -632,10 +632,10 @@ def test_subject_command_switches_to_another_person(
 
 def test_test_time_augmentation_is_part_of_the_key_only_when_used() -> None:
     intr = fov_intrinsics(55.0)
-    single = PoseParams().key_params(intr)
+    single = PoseParams().key_params(intr, "metrabs")
     assert "test_time_augmentation" not in single
-    assert PoseParams(test_time_augmentation=1).key_params(intr) == single
-    five = PoseParams(test_time_augmentation=5).key_params(intr)
+    assert PoseParams(test_time_augmentation=1).key_params(intr, "metrabs") == single
+    five = PoseParams(test_time_augmentation=5).key_params(intr, "metrabs")
     assert five["test_time_augmentation"] == 5
     assert keypoints_key("a" * 64, "0" * 16, five) != keypoints_key("a" * 64, "0" * 16, single)
     with pytest.raises(ValueError, match="test_time_augmentation"):

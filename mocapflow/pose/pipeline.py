@@ -68,6 +68,7 @@ class PoseParams:
     default_fov_deg: float = 55.0
     test_time_augmentation: int = 1  # crops per detection where the model set supports it (metrabs)
     max_people: int | None = None  # tracking policy of model sets that track people (blazepose)
+    mirror_average: bool = True  # blazepose: each crop averaged with its mirror image
     scan_interval_frames: int = 10
     max_frame_side: int | None = (
         1920  # longer frames are downscaled before inference (results in original px)
@@ -91,13 +92,15 @@ class PoseParams:
             default_fov_deg=settings.default_fov_deg,
             test_time_augmentation=settings.test_time_augmentation,
             max_people=settings.max_people,
+            mirror_average=settings.mirror_average,
             scan_interval_frames=settings.scan_interval_frames,
             max_frame_side=settings.max_frame_side,
         )
 
-    def key_params(self, intrinsics: Intrinsics) -> dict[str, Any]:
+    def key_params(self, intrinsics: Intrinsics, kind: str) -> dict[str, Any]:
         """The parameters recorded in the table and hashed into its key (with the table's schema version, so a
-        store written by older code is not taken for this code's output)."""
+        store written by older code is not taken for this code's output); ``kind``: the model set's kind (options
+        of one kind's runtime go into that kind's keys only)."""
         params: dict[str, Any] = {
             "tracker": self.tracker.to_params(),
             "intrinsics": intrinsics.to_dict(),
@@ -106,6 +109,8 @@ class PoseParams:
         # options that change the output only when they differ from their defaults (earlier keys stay valid)
         if self.test_time_augmentation > 1:
             params["test_time_augmentation"] = self.test_time_augmentation
+        if kind == "blazepose" and self.mirror_average:
+            params["mirror_average"] = True  # keys from before the average (it became the default) stay apart
         if self.max_people is not None:
             params["max_people"] = self.max_people
         if self.scan_interval_frames != 10:
@@ -376,7 +381,7 @@ def pose_tables(
         joint_edges=tuple(tuple(e) for e in estimator.joint_edges),
         model_id=estimator.model_set.id,
         model_name=estimator.model_set.manifest.name,
-        params=params.key_params(intrinsics),
+        params=params.key_params(intrinsics, estimator.model_set.manifest.kind),
         subject_track_id=found.subject_track_id,
         tracks=tuple(t.to_dict() for t in found.summaries),
         source=info.uri,
@@ -497,7 +502,7 @@ def run_pose(
     _check_someone_found(video_uri, table)
     meta = KeypointsMeta.from_metadata(table.schema.metadata)
     model_id = estimator.model_set.id
-    key_params = params.key_params(intr)
+    key_params = params.key_params(intr, estimator.model_set.manifest.kind)
     key = keypoints_key(info.sha256, model_id, key_params)
     report = store.write_table(key, table)
     people_key = tracks_key(key)

@@ -389,4 +389,5 @@ def open_blazepose(settings: Settings, threads: int) -> PoseEstimator:
         ThreadConfig(threads=threads),
         max_people=settings.max_people,
         scan_interval=settings.scan_interval_frames,
+        mirror_average=settings.mirror_average,
     )

@@ -20,9 +20,45 @@ import numpy as np
 
 from models.blazepose.detection import iou, sigmoid
 from models.blazepose.geometry import input_units_to_image, roi_from_alignment, roi_matrix
-from models.blazepose.skeleton import N_JOINTS
+from models.blazepose.skeleton import JOINT_NAMES, N_JOINTS
+from models.joints import mirror_indices
 
 N_MODEL_LANDMARKS = 39
+# each model point's left/right twin (the 6 auxiliary points lie on the body's midline)
+MODEL_MIRROR = np.concatenate([mirror_indices(JOINT_NAMES), np.arange(N_JOINTS, N_MODEL_LANDMARKS)])
+
+
+def average_with_mirror(
+    out: dict[str, np.ndarray], mirrored: dict[str, np.ndarray], input_size: int = 256
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One landmark-model output per crop from its outputs for n crops (``out``) and for the same crops flipped
+    left-right (``mirrored``): ``landmarks`` [n, 195], ``world_landmarks`` [n, 117], ``pose_presence`` [n, 1].
+
+    The mirrored crop's points are flipped back (x -> ``input_size`` - x in input units; world x -> -x) and their
+    labels swapped left <-> right, then both are averaged (visibility and presence as logits). Where the model saw
+    the mirrored crop as the same person facing the other way (its labels, flipped back, match the crop's without
+    the swap: the summed 2D distance of the 33 landmarks is smaller), the labels are not swapped, so a crop never
+    averages a left limb with a right one. The pose presence is the lower of the two: a person must be seen both
+    ways (the mean let a 19 px sliver of an arm through as a third person in a two-person photo).
+    Returns the average and that mask [n].
+    """
+    a = np.asarray(out["landmarks"], np.float64).reshape(-1, N_MODEL_LANDMARKS, 5)
+    b = np.asarray(mirrored["landmarks"], np.float64).reshape(-1, N_MODEL_LANDMARKS, 5).copy()
+    b[..., 0] = input_size - b[..., 0]
+    swapped = np.linalg.norm(b[:, MODEL_MIRROR, :2] - a[..., :2], axis=-1)[:, :N_JOINTS].sum(axis=1)
+    kept = np.linalg.norm(b[..., :2] - a[..., :2], axis=-1)[:, :N_JOINTS].sum(axis=1)
+    same_labels = kept < swapped
+    order = np.where(same_labels[:, None], np.arange(N_MODEL_LANDMARKS), MODEL_MIRROR[None, :])
+    rows = np.arange(a.shape[0])[:, None]
+    wa = np.asarray(out["world_landmarks"], np.float64).reshape(-1, N_MODEL_LANDMARKS, 3)
+    wb = np.asarray(mirrored["world_landmarks"], np.float64).reshape(-1, N_MODEL_LANDMARKS, 3).copy()
+    wb[..., 0] *= -1.0
+    merged = {
+        "landmarks": ((a + b[rows, order]) / 2).reshape(a.shape[0], -1).astype(np.float32),
+        "world_landmarks": ((wa + wb[rows, order]) / 2).reshape(a.shape[0], -1).astype(np.float32),
+        "pose_presence": np.minimum(out["pose_presence"], mirrored["pose_presence"]).astype(np.float32),
+    }
+    return merged, same_labels
 
 
 def decode_landmarks(

@@ -224,25 +224,6 @@ def gamma_tables(gammas: NDArray[np.floating]) -> NDArray[np.uint8]:
     return np.round(255.0 * v[None, :] ** np.asarray(gammas, np.float64)[:, None]).astype(np.uint8)
 
 
-def mirror_indices(names: list[str]) -> NDArray[np.intp]:
-    """For each joint, the index of its left/right mirror (itself if it has none).
-
-    Mirrors are found by name: a leading ``l``/``r`` (``lsho_h36m`` <-> ``rsho_h36m``), ``left``/``right`` or
-    ``L``/``R`` swapped, when the swapped name is also in the list."""
-    index = {n: i for i, n in enumerate(names)}
-    swaps = (("left", "right"), ("Left", "Right"), ("l", "r"), ("L", "R"))
-    out = np.arange(len(names), dtype=np.intp)
-    for i, name in enumerate(names):
-        for a, b in swaps:
-            for p, q in ((a, b), (b, a)):
-                if name.startswith(p) and (twin := q + name[len(p) :]) in index:
-                    out[i] = index[twin]
-                    break
-            if out[i] != i:
-                break
-    return out
-
-
 def unaugment(
     crop2d: NDArray[np.floating],
     rel3d: NDArray[np.floating],

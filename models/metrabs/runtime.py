@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.joints import mirror_indices
 from models.metrabs.processing import (
     SPREAD_HALF_MM,
     SPREAD_SCALE_MM,
@@ -35,7 +36,6 @@ from models.metrabs.processing import (
     filter_detections,
     gamma_tables,
     make_crops,
-    mirror_indices,
     reconstruct_absolute,
     spread_to_confidence,
     tta_average,

@@ -143,6 +143,7 @@ class _RayDataPose:
             ThreadConfig(1),
             max_people=settings.max_people,
             scan_interval=settings.scan_interval_frames,
+            max_scan_interval=settings.max_scan_interval_frames,
             mirror_average=settings.mirror_average,
         )
         self.store = Store(store_root)

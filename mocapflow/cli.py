@@ -734,7 +734,7 @@ def validate_humanoid_command(
     from mocapflow.settings import load_settings
 
     settings = load_settings()
-    model_set = open_blazepose(settings, threads=1).model_set
+    estimator = open_blazepose(settings, threads=1)
     spec = HumanoidValidationSpec(n_videos=videos, seconds=seconds, seed=seed)
 
     def show(row: dict[str, object]) -> None:
@@ -744,13 +744,15 @@ def validate_humanoid_command(
 
     with tempfile.TemporaryDirectory(prefix="mocapflow-validate-humanoid-") as tmp:
         summary = validate_humanoid(
-            model_set,
+            estimator.model_set,
             out or Path(tmp),
             spec,
             FitOptions.from_settings(settings),
             oracle=oracle,
             on_video=None if as_json else show,
+            estimator=estimator,
         )
+    summary["pose_options"] = {"mirror_average": settings.mirror_average}
     if as_json:
         typer.echo(json.dumps(summary, default=str))
         return
@@ -785,17 +787,19 @@ def validate_metamorphic_command(
 
     settings = load_settings()
     fetch_realdata(settings.cache_dir)
-    model_set = open_blazepose(settings, threads=1).model_set
+    estimator = open_blazepose(settings, threads=1)
     figures, fits = run_suite(
         settings.cache_dir,
-        model_set,
+        estimator.model_set,
         clip=clip,
         seconds=seconds,
         fit_options=FitOptions.from_settings(settings),
+        estimator=estimator,
     )
     summary = {
         **figures.summary(),
         "clip": clip,
+        "pose_options": {"mirror_average": settings.mirror_average},
         "fit_converged": {k: bool(r.info.converged) for k, r in fits.items()},
     }
     if as_json:

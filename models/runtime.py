@@ -197,13 +197,14 @@ def open_estimator(
     max_people: int | None = None,
     scan_interval: int | None = None,
     mirror_average: bool | None = None,
+    max_scan_interval: int | None = None,
 ) -> PoseEstimator:
     """Instantiate the runtime for a model set's kind.
 
     ``test_time_augmentation``: crops per detection where the kind supports it (``metrabs``); other kinds log a
-    warning and run one crop. ``max_people`` / ``scan_interval``: the tracking policy of kinds that track people
-    from frame to frame (``blazepose``; None keeps the runtime's default). ``mirror_average``: ``blazepose``
-    averages each crop's landmarks with its mirror image's (None keeps the runtime's default: on)."""
+    warning and run one crop. ``max_people`` / ``scan_interval`` / ``max_scan_interval``: the tracking policy of
+    kinds that track people from frame to frame (``blazepose``; None keeps the runtime's default).
+    ``mirror_average``: ``blazepose`` averages each crop's landmarks with its mirror image's (None: the default, on)."""
     kind = model_set.manifest.kind
     if test_time_augmentation > 1 and kind != "metrabs":
         logger.warning(
@@ -226,6 +227,8 @@ def open_estimator(
             policy["max_people"] = max_people
         if scan_interval is not None:
             policy["scan_interval"] = scan_interval
+        if max_scan_interval is not None:
+            policy["max_scan_interval"] = max_scan_interval
         return BlazePoseEstimator(model_set, threads, BlazePoseOptions(**policy))
     if kind == "metrabs":
         from models.metrabs.runtime import MetrabsEstimator, MetrabsOptions

@@ -65,6 +65,7 @@ ACTOR_SETTINGS = (
     "max_people",
     "scan_interval_frames",
     "mirror_average",
+    "max_scan_interval_frames",
 )
 
 

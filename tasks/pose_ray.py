@@ -183,6 +183,7 @@ class PoseWorker:
             test_time_augmentation=settings.test_time_augmentation,
             max_people=settings.max_people,
             scan_interval=settings.scan_interval_frames,
+            max_scan_interval=settings.max_scan_interval_frames,
             mirror_average=settings.mirror_average,
         )
         self.loads = 0

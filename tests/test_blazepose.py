@@ -831,6 +831,35 @@ def test_tracking_loop_scans_tracks_and_picks_up_people_again() -> None:
     assert found[12].scores.tolist() == pytest.approx([0.9, 0.9])
 
 
+@pytest.mark.parametrize("max_scan_interval", [30, None])
+def test_scans_that_find_nobody_new_space_out_while_someone_is_tracked(max_scan_interval: int | None) -> None:
+    import dataclasses
+
+    from mocapflow.camera import Intrinsics
+    from models.blazepose.runtime import BlazePoseSession
+
+    world = _World()
+    world.people = {"a": (0, 104, 100.0, 200.0, 40.0), "b": (65, 104, 400.0, 300.0, 40.0)}  # b walks in at 65
+    est = _stand_in_estimator(world)
+    est.options = dataclasses.replace(est.options, max_scan_interval=max_scan_interval)
+    frames = np.zeros((105, 576, 768, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(105)
+    session = BlazePoseSession(est, Intrinsics.from_fov(768, 576, 55.0))
+    scans, counts = [], []
+    for i in range(105):
+        before = session.state.scans
+        (found,) = session(frames[i : i + 1])
+        counts.append(found.n)
+        if session.state.scans > before:
+            scans.append(i)
+    if max_scan_interval is None:  # the fixed interval: b is found by the scan at 70
+        assert scans == list(range(0, 105, 10))
+        assert counts == [1] * 70 + [2] * 35
+    else:  # 10, 20, then 30 frames apart while only a is there; the scan at 90 finds b, the next comes 10 later
+        assert scans == [0, 10, 30, 60, 90, 100]
+        assert counts == [1] * 90 + [2] * 15
+
+
 def test_tracking_loop_keeps_at_most_max_people_and_then_stops_scanning() -> None:
     import dataclasses
 
@@ -877,6 +906,14 @@ def test_tracking_policy_reaches_the_runtime_from_the_settings(blazepose_set: Mo
     assert default_key["mirror_average"] is True
     assert "mirror_average" not in PoseParams(mirror_average=False).key_params(intr, "blazepose")
     assert "mirror_average" not in PoseParams().key_params(intr, "metrabs")
+    # so does the scan backoff, unless it is off (a maximum at or below the base interval)
+    assert default_key["max_scan_interval_frames"] == 30
+    assert "max_scan_interval_frames" not in PoseParams(max_scan_interval_frames=10).key_params(
+        intr, "blazepose"
+    )
+    fixed = load_settings(max_scan_interval_frames=5)
+    assert PoseParams.from_settings(fixed).max_scan_interval_frames == 5
+    assert open_estimator(blazepose_set, ThreadConfig(1), max_scan_interval=5).options.max_scan_interval == 5
     assert PoseParams.from_settings(load_settings(mirror_average=False)).mirror_average is False
     off = open_estimator(blazepose_set, ThreadConfig(1), mirror_average=False)
     assert off.options.mirror_average is False and est.options.mirror_average is True

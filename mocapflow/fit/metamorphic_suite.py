@@ -37,10 +37,12 @@ def run_suite(
     fit_options: Any = None,
     threads: int = 1,
     fov_deg: float = 55.0,
+    estimator: Any = None,
 ) -> tuple[MetamorphicFigures, dict[str, Any]]:
     """The four videos of ``clip`` (real data in ``cache_dir``, fetched by ``mocapflow realdata``), keypoints by
     ``model_set`` (a :class:`models.modelset.ModelSet`), fits (``fit_options``:
-    :class:`~mocapflow.fit.fitting.FitOptions`), figures. Returns the figures and the fit results by variant."""
+    :class:`~mocapflow.fit.fitting.FitOptions`), figures. Returns the figures and the fit results by variant.
+    ``estimator``: an open pose estimator of ``model_set`` (None: one with the runtime's defaults)."""
     from mocapflow.camera import Intrinsics
     from mocapflow.fit.fitting import fit_table
     from mocapflow.pose.pipeline import PoseParams, estimate_keypoints
@@ -48,7 +50,7 @@ def run_suite(
     from models.runtime import ThreadConfig, open_estimator
 
     paths = variant_videos(clip, cache_dir, seconds)
-    estimator = open_estimator(model_set, ThreadConfig(threads=threads))
+    estimator = estimator or open_estimator(model_set, ThreadConfig(threads=threads))
     fits = {}
     for name, path in paths.items():
         info = probe(str(path))

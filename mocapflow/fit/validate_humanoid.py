@@ -165,6 +165,7 @@ def validate_humanoid(
     threads: int = 1,
     oracle: bool = False,
     on_video: Callable[[dict[str, Any]], None] | None = None,
+    estimator: Any = None,
 ) -> dict[str, Any]:
     """Render ``spec``'s humanoid videos into ``workdir``, run ``model_set`` and the fit; return the summary.
 
@@ -176,6 +177,9 @@ def validate_humanoid(
     ``oracle``: also fit the humanoid's exact landmarks (all 33, confidence 1, through the true camera) and report
     ``oracle_median_deg``: the error due to the model mismatch alone (the humanoid is not the fitter's model),
     which no pose model can remove.
+
+    ``estimator``: an open :class:`models.runtime.PoseEstimator` of ``model_set`` (the run's pose options); None
+    opens one with the runtime's defaults and ``threads``.
     """
     from mocapflow.pose.pipeline import PoseParams, estimate_keypoints
     from mocapflow.pose.validate import compare_with_truth
@@ -198,7 +202,7 @@ def validate_humanoid(
     )
     entries = generate_cohort(workdir / "humanoid", cohort)
     render_s = time.perf_counter() - t0
-    estimator = open_estimator(model_set, ThreadConfig(threads=threads))
+    estimator = estimator or open_estimator(model_set, ThreadConfig(threads=threads))
     params = PoseParams()
     videos: list[dict[str, Any]] = []
     all_err: list[NDArray[np.float64]] = []

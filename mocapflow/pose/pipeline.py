@@ -70,6 +70,7 @@ class PoseParams:
     max_people: int | None = None  # tracking policy of model sets that track people (blazepose)
     mirror_average: bool = True  # blazepose: each crop averaged with its mirror image
     scan_interval_frames: int = 10
+    max_scan_interval_frames: int = 30  # blazepose: scans that find nobody new space out up to this
     max_frame_side: int | None = (
         1920  # longer frames are downscaled before inference (results in original px)
     )
@@ -94,6 +95,7 @@ class PoseParams:
             max_people=settings.max_people,
             mirror_average=settings.mirror_average,
             scan_interval_frames=settings.scan_interval_frames,
+            max_scan_interval_frames=settings.max_scan_interval_frames,
             max_frame_side=settings.max_frame_side,
         )
 
@@ -109,8 +111,11 @@ class PoseParams:
         # options that change the output only when they differ from their defaults (earlier keys stay valid)
         if self.test_time_augmentation > 1:
             params["test_time_augmentation"] = self.test_time_augmentation
-        if kind == "blazepose" and self.mirror_average:
-            params["mirror_average"] = True  # keys from before the average (it became the default) stay apart
+        if kind == "blazepose":  # both became defaults at once: keys from before them stay apart
+            if self.mirror_average:
+                params["mirror_average"] = True
+            if self.max_scan_interval_frames > self.scan_interval_frames:
+                params["max_scan_interval_frames"] = self.max_scan_interval_frames
         if self.max_people is not None:
             params["max_people"] = self.max_people
         if self.scan_interval_frames != 10:

@@ -389,5 +389,6 @@ def open_blazepose(settings: Settings, threads: int) -> PoseEstimator:
         ThreadConfig(threads=threads),
         max_people=settings.max_people,
         scan_interval=settings.scan_interval_frames,
+        max_scan_interval=settings.max_scan_interval_frames,
         mirror_average=settings.mirror_average,
     )

@@ -116,6 +116,9 @@ class BlazePoseOptions:
     tile_overlap: float = 0.25  # overlap of neighbouring tiles, fraction of the tile side
     tile_tolerance: float = 0.25  # a tile detection's body box may stick out of its tile by this x its side
     scan_interval: int = 10  # frames between scans while people are tracked (new people are found this late)
+    # while people are tracked, each scan that finds nobody new doubles the interval, up to this many frames
+    # (None or <= scan_interval: no backoff)
+    max_scan_interval: int | None = 30
     track_iou: float = 0.4  # whole-body box IoU above which a detection is a person already tracked
     dedupe_iou: float = 0.6  # landmark-box IoU above which two tracks are one person
     max_people: int | None = None  # track at most this many (the largest ROIs); None = everyone found
@@ -374,6 +377,9 @@ class TrackingState:
     rois: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     frame: int = 0  # frames processed so far
     last_scan: int | None = None  # index of the last frame scanned (whole frame + tiles); None = not yet
+    scan_interval: int | None = (
+        None  # frames from the last scan to the next (None: the options' scan_interval)
+    )
     scans: int = 0  # counters, for the benchmark's profile
     whole_frame_detections: int = 0
     local_detections: int = 0
@@ -402,9 +408,11 @@ class BlazePoseSession(VideoSession):
         lost = bool((~alive).any())
         res = res.take(np.flatnonzero(alive))
         full = opts.max_people is not None and res.n >= opts.max_people
-        due = st.last_scan is None or st.frame - st.last_scan >= opts.scan_interval
+        interval = st.scan_interval or opts.scan_interval
+        due = st.last_scan is None or st.frame - st.last_scan >= interval
+        scanned = due and not full
         dets: Detections | None = None
-        if due and not full:
+        if scanned:
             dets = est.detect(frame, tiled=True)
             st.last_scan = st.frame
             st.scans += 1
@@ -433,9 +441,14 @@ class BlazePoseSession(VideoSession):
                     frame, roi_from_alignment(kp[:, 0], kp[:, 1], expand=opts.roi_expand)
                 )
                 st.crops += found.n
-                res = LandmarkResults.join(
-                    res, found.take(np.flatnonzero(found.presence >= opts.min_presence))
-                )
+                found = found.take(np.flatnonzero(found.presence >= opts.min_presence))
+                if scanned and found.n:
+                    st.scan_interval = opts.scan_interval  # someone new: look again soon
+                    scanned = False
+                res = LandmarkResults.join(res, found)
+        if scanned:  # nobody new: while people are tracked, look less often (up to max_scan_interval)
+            grown = min(2 * interval, max(opts.max_scan_interval or 0, opts.scan_interval))
+            st.scan_interval = grown if res.n else opts.scan_interval
         if res.n > 1:
             lm = res.raw.reshape(-1, 39, 5)[:, :N_JOINTS]
             conf = sigmoid(lm[..., 3].astype(np.float64)) * sigmoid(lm[..., 4].astype(np.float64))

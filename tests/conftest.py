@@ -92,14 +92,30 @@ def write_flat_video():
 @pytest.fixture(scope="module")
 def prefect_api() -> Iterator[str]:
     """Prefect's temporary test server for one test module; its API URL (set for the module's flow runs)."""
+    import httpx
+
     from infra.prefect_env import prepare_prefect_env
 
     prepare_prefect_env()
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    # Prefect picks a free port, then starts its server there; in between, a process of the other xdist worker (a
+    # Ray or S3 server) may take the port, and Prefect's health check then reads that process's non-HTTP reply
+    # (httpx.RemoteProtocolError "illegal request line") instead of retrying. One more start picks another port.
+    for attempt in range(2):
+        harness = prefect_test_harness(server_startup_timeout=180)
+        try:
+            harness.__enter__()
+        except httpx.RemoteProtocolError:
+            if attempt:
+                raise
+            continue
+        break
+    try:
         yield str(PREFECT_API_URL.value())
+    finally:
+        harness.__exit__(None, None, None)
 
 
 def committed_gait_keypoints(root: Path, frames: int, names: Sequence[str]) -> str:

@@ -128,6 +128,15 @@ class KeypointsMeta:
                 raise KeypointsError(f"{name} must be a string or None, got {type(value).__name__}")
 
     @property
+    def label(self) -> str:
+        """How messages and plots name the video: its file name (after the subject id when a manifest gave one),
+        else the start of its hash (tables written before the source was recorded)."""
+        if not self.source:
+            return f"video {self.video_sha256[:12]}"
+        name = self.source.rstrip("/").rsplit("/", 1)[-1] or self.source
+        return f"{self.subject_id}, {name}" if self.subject_id else name
+
+    @property
     def n_joints(self) -> int:
         return len(self.joint_names)
 

@@ -195,3 +195,14 @@ def test_a_3d_keypoint_off_its_rigid_body_is_dropped_and_counted(model, gap_clip
     arrays["kp3d_mm"][80:83, j, 2] += 400.0
     result = fit_arrays(meta, arrays, FitOptions(max_iters=200), model)
     assert result.preprocessing["rigid_outliers_3d"] == 3
+
+
+def test_plots_and_messages_name_the_video_by_its_file_and_subject(gap_clip):
+    import dataclasses
+
+    meta, _ = keypoints_of(gap_clip)
+    named = dataclasses.replace(meta, source="s3://lab/cohort/Walk_03.mp4", subject_id=None)
+    assert named.label == "Walk_03.mp4"
+    assert dataclasses.replace(named, subject_id="P07").label == "P07, Walk_03.mp4"
+    # a table written before the source was recorded: the start of the video's hash
+    assert dataclasses.replace(meta, source=None, subject_id=None).label == f"video {meta.video_sha256[:12]}"

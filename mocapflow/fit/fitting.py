@@ -378,9 +378,7 @@ def prepare(
     """Dense frame grid, keypoint->site map, observed frames and spans, initial pose, packed fit data."""
     frame = arrays["frame"].astype(np.int64)
     if frame.size == 0:
-        raise ValueError(
-            f"keypoints table of video {meta.video_sha256[:12]} has no rows; rerun the pose stage"
-        )
+        raise ValueError(f"keypoints table of {meta.label} has no rows; rerun the pose stage")
     kmap = map_keypoints(meta.joint_names, model)
     cols = np.asarray(kmap.keypoint_index)
     rows = frame - frame[0]
@@ -394,7 +392,7 @@ def prepare(
     observed = observed_frames(kp2d, conf, options.observed_fraction, MIN_OBSERVED_KEYPOINTS)
     if not observed.any():
         raise ValueError(
-            f"keypoints table of video {meta.video_sha256[:12]} has no observed frame (none with at least "
+            f"keypoints table of {meta.label} has no observed frame (none with at least "
             f"{options.observed_fraction:.0%} of its {len(cols)} mapped keypoints usable); nothing to fit"
         )
     span = span_ids(observed, options.max_gap_frames(meta.fps))
@@ -565,7 +563,7 @@ def fit_arrays(
                     jnp.float32,
                 ),
             )
-        logger.debug("video %s: reweighted outliers %s", meta.video_sha256[:12], stats)
+        logger.debug("%s: reweighted outliers %s", meta.label, stats)
         return d
 
     params, data, info = optimise(
@@ -614,9 +612,9 @@ def fit_arrays(
     if options.world_frame:
         result = in_world_frame(result, sites=prep.layout.unpack(np.asarray(ev.sites, np.float64), n))
     logger.info(
-        "fitted video %s: %d frames (bucket %d), %g knots/s, %d iterations in %.1f s, median residual %.1f px / "
+        "fitted %s: %d frames (bucket %d), %g knots/s, %d iterations in %.1f s, median residual %.1f px / "
         "%.1f mm",
-        meta.video_sha256[:12],
+        meta.label,
         n,
         prep.n_bucket,
         prep.knots_per_second,
@@ -648,7 +646,7 @@ def in_world_frame(result: FitResult, sites: NDArray[np.float64] | None = None) 
             sites=None if sites is None else sites[rows],
         )
     except ValueError as e:
-        logger.warning("video %s: kept the camera frame (%s)", result.meta.video_sha256[:12], e)
+        logger.warning("%s: kept the camera frame (%s)", result.meta.label, e)
         return replace(result, camera_pose={**LEVEL_CAMERA, "why": str(e)})
     q = result.q.copy()
     q[rows] = apply_root(result.q[rows], result.model, root)

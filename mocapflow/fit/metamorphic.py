@@ -86,7 +86,10 @@ def angles_deg(fit: _Fit | Angles, dofs: Sequence[str] | None = None) -> dict[st
 
 def still_sd(fit: _Fit | Angles, dofs: Sequence[str] | None = None) -> dict[str, float]:
     """Per-DOF standard deviation (deg) over the observed frames."""
-    return {d: float(np.nanstd(v)) if np.isfinite(v).any() else float("nan") for d, v in angles_deg(fit, dofs).items()}
+    return {
+        d: float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")
+        for d, v in angles_deg(fit, dofs).items()
+    }
 
 
 def paired_difference(

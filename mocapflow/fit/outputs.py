@@ -315,7 +315,7 @@ def plot_png(
         ax.legend(loc="upper right", fontsize=7, ncol=2)
     axes[-1].set_xlabel("time (s)")
     fig.suptitle(
-        f"video {result.meta.video_sha256[:12]}: fitted joint angles; observed {result.observed_fraction:.0%} of "
+        f"{result.meta.label}: fitted joint angles; observed {result.observed_fraction:.0%} of "
         f"frames\ngrey: not observed for more than {result.options.max_gap_s:g} s (not fitted), "
         "yellow: short gap bridged by the fit"
     )

@@ -85,7 +85,9 @@ class CohortSpec:
     hfov_deg_range: tuple[float, float] = (50.0, 65.0)
     distance_m_range: tuple[float, float] = (3.0, 6.0)
     crf: int = DEFAULT_CRF
-    style: str = "markers"  # "markers": coloured discs; "humanoid": a clothed 3D body (mocapflow.synth.humanoid)
+    style: str = (
+        "markers"  # "markers": coloured discs; "humanoid": a clothed 3D body (mocapflow.synth.humanoid)
+    )
 
     def __post_init__(self) -> None:
         problems = []

@@ -66,8 +66,12 @@ def _pitch_deg(extr: Extrinsics) -> float:
 
 @pytest.mark.parametrize(
     ("motion", "seed", "pitch", "height", "roll"),
-    [("walking", 1, 12.0, 1.5, 2.0), ("squat", 2, -5.0, 0.9, -3.0), ("arm_raise", 3, 25.0, 2.2, 0.0),
-     ("sit_to_stand", 4, 8.0, 1.2, 1.0)],
+    [
+        ("walking", 1, 12.0, 1.5, 2.0),
+        ("squat", 2, -5.0, 0.9, -3.0),
+        ("arm_raise", 3, 25.0, 2.2, 0.0),
+        ("sit_to_stand", 4, 8.0, 1.2, 1.0),
+    ],
 )
 def test_camera_pose_and_floor_from_a_perfect_fit(
     fk: FrameFk, motion: str, seed: int, pitch: float, height: float, roll: float

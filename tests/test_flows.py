@@ -139,7 +139,9 @@ def test_cohort_run_isolates_the_corrupt_video_and_a_rerun_does_no_work(cohort: 
     assert [r["coverage"] for r in summary2["rows"]] == [r["coverage"] for r in summary["rows"]]
     # and an unchanged video runs its probe task only (it finds both outputs committed): one task run per video
     assert [r["plot_uri"] for r in summary2["rows"]] == [r["plot_uri"] for r in summary["rows"]]
-    assert sorted(_task_run_names(again)) == sorted(f"probe {Path(r['video']).name}" for r in summary2["rows"])
+    assert sorted(_task_run_names(again)) == sorted(
+        f"probe {Path(r['video']).name}" for r in summary2["rows"]
+    )
     after = {p: p.stat().st_mtime_ns for p in store_root.rglob("*") if p.is_file() and "runs" not in p.parts}
     assert after == before  # nothing rewritten
 

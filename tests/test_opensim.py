@@ -86,7 +86,9 @@ def test_opensim_kinematics_of_the_exported_model_equal_ours(tmp_path: Path) -> 
 def fitted() -> FitResult:
     model = fit_body_model()
     meta, arrays = keypoints_of(gait_clip(model, 48), NAMES)
-    return fit_arrays(meta, arrays, FitOptions(max_iters=300), model)  # IK agreement needs a fit, not a good one
+    return fit_arrays(
+        meta, arrays, FitOptions(max_iters=300), model
+    )  # IK agreement needs a fit, not a good one
 
 
 def test_fit_outputs_load_in_opensim_and_its_ik_agrees(fitted: FitResult, tmp_path: Path) -> None:

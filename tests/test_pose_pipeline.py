@@ -620,7 +620,9 @@ def test_subject_command_switches_to_another_person(
     out = CliRunner().invoke(app, ["subject", path, "--track", "1"])
     assert out.exit_code == 0, out.output
     assert "subject 1: found in 3 of 23 frames (13 %)" in out.output
-    params = PoseParams(tracker=TrackerConfig(subject=1)).key_params(fov_intrinsics(55.0), model_set.manifest.kind)
+    params = PoseParams(tracker=TrackerConfig(subject=1)).key_params(
+        fov_intrinsics(55.0), model_set.manifest.kind
+    )
     key = keypoints_key(first.video_sha256, first.model_id, params)
     assert store.is_committed(key.rsplit("/", 1)[0])
     assert read_arrays(store.read_table(key))[0].subject_track_id == 1

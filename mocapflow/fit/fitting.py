@@ -71,6 +71,14 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
   1.97 deg (sit-to-stand, squat, walking); ``validate fit`` seeds 0-4, the metamorphic clips and the humanoid
   renders unchanged (no body of theirs has a keypoint that far off: BlazePose's only body with three or more
   landmarks is the head).
+- 2D residuals in reference px (:data:`~mocapflow.fit.loss.F_REF_PX`; ``FIT_VERSION`` 10): the video's px x 615 /
+  its focal length. The 2D Huber delta, the first 2D weight and the robust floor were in the video's px, so the same
+  keypoints at half resolution were fitted differently: a median 4.9 deg per DOF on messi_pan, 3.6 on
+  cameraman_pan, 0.34 on a noisy synthetic walk; now 0.03 / 0.00 / < 0.05. Metamorphic half resolution (with the
+  pose stage's own differences): messi / basketball / astronaut / cameraman / court 4.00 / 3.61 / 0.07 / 4.37 / 4.80
+  -> 1.68 / 0.65 / 0.07 / 1.77 / 3.50; the other relations unchanged. ``validate fit`` seeds 0-4 median 1.961 ->
+  1.918, worst video 3.198 -> 3.161; demo 1.81 / 1.87 / 1.97 -> 1.93 / 1.86 / 2.05; humanoid 5.79 / 7.08 -> 5.83 /
+  7.09.
 - Measured and not kept (humanoid renders through blazepose, seed 0, median / worst video 5.79 / 7.28 deg with the
   defaults; cached keypoints, so only the fit differs): leaning on 2D and the bone lengths instead of the model's
   depth is worse: ``depth_weight`` 0.1 -> 6.34 / 7.34, 0 -> 6.36 / 7.55, 0.6 -> 5.85 / 6.79; the balanced 2D weight
@@ -119,8 +127,9 @@ logger = logging.getLogger(__name__)
 # heading unwrapped against a running median (mocapflow.fit.init.unwrap_robust), so one flipped frame no longer
 # leaves the start a full turn away; 8: a limb segment whose observed 3D length is off by more than half gets its
 # initial depth from the segment's length (mocapflow.fit.init.depth_where_too_long); 9: 3D keypoints off their
-# rigid body dropped before the fit (mocapflow.fit.preprocess.rigid_outliers)
-FIT_VERSION = 9
+# rigid body dropped before the fit (mocapflow.fit.preprocess.rigid_outliers); 10: 2D residuals in reference px
+# (mocapflow.fit.loss.F_REF_PX), the same at any resolution
+FIT_VERSION = 10
 Method = Literal["bspline", "frames"]
 # half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
 INIT_OUTLIER_WINDOW_S = 0.25

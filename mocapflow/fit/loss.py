@@ -9,6 +9,9 @@ outliers: :mod:`mocapflow.fit.robust`).
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +23,14 @@ from mocapflow.fit.sites import WORLD_TO_CAMERA
 from models.body import BodyModel
 
 DELTA_3D_CM = 10.0
-DELTA_2D_PX = 50.0
+# Inside the fit, 2D residuals are in px of a reference camera: the video's px x F_REF_PX / its focal length, so the
+# same view of the same body costs the same at any resolution (its Huber delta, its first weight against 3D and the
+# robust reweighting's floor are then resolution-free). F_REF_PX is the focal length of a 640 px wide image with a
+# 55 deg horizontal field of view, the default camera of a 640x480 video. In the video's own px, the fit of a
+# still-photo clip and of the same keypoints at half resolution differed by a median 4.9 deg per DOF (messi_pan;
+# 3.6 cameraman_pan); in reference px by 0.03 and 0.00.
+F_REF_PX = 320.0 / math.tan(math.radians(27.5))
+DELTA_2D_PX = 50.0  # reference px
 # A keypoint's 3D error grows much faster than its 2D error as its confidence falls (a partly hidden keypoint is
 # still placed well in the image, but its depth is a guess: on the markers set the median depth error is 4 cm at
 # confidence > 0.9 and 20-35 cm below 0.7), so 3D observations pull with conf ** CONF_POWER_3D, 2D ones with conf.
@@ -185,9 +195,15 @@ def residuals_2d_px(
     return jnp.where(valid[..., None], project_px(pred_m, data.intrinsics) - obs, 0.0), w
 
 
+def reference_px_per_px(intrinsics: Any) -> Any:
+    """The factor from the video's px to reference px (:data:`F_REF_PX` / the mean focal length)."""
+    return 2.0 * F_REF_PX / (intrinsics[0] + intrinsics[1])
+
+
 def loss_2d(pred_m: Float[Array, "T J 3"], data: FitData) -> Float[Array, ""]:
-    """2D reprojection Huber (px, delta 50)."""
+    """2D reprojection Huber (reference px, delta 50)."""
     r, w = residuals_2d_px(pred_m, data)
+    r = r * reference_px_per_px(data.intrinsics)
     return jnp.sum(w * huber_norm(r, DELTA_2D_PX)) / jnp.maximum(jnp.sum(w), 1e-6)
 
 

@@ -8,7 +8,8 @@ given a Geman-McClure weight: about 1 well inside the spread, falling as ``(spre
 Repeating this a second time, after the fit has moved away from the outliers, sharpens the split.
 
 The spread is the median residual norm, floored (``floor_2d_px``, ``floor_3d_cm``) so that near-exact keypoints are
-never split into inliers and "outliers" that differ by model error alone.
+never split into inliers and "outliers" that differ by model error alone. 2D residuals are in reference px, as the
+2D loss sees them (:func:`mocapflow.fit.loss.reference_px_per_px`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from jaxtyping import Array, Float
 from numpy.typing import NDArray
 
-from mocapflow.fit.loss import FitData, evaluate
+from mocapflow.fit.loss import FitData, evaluate, reference_px_per_px
 from mocapflow.fit.params import FitParams
 from models.body import BodyModel
 
@@ -35,7 +36,7 @@ class RobustOptions:
     """``cutoff``: residuals of ``cutoff`` x the spread get weight 1/4; ``floor_*``: the smallest spread used."""
 
     cutoff: float = 2.5
-    floor_2d_px: float = 1.0
+    floor_2d_px: float = 1.0  # reference px
     floor_3d_cm: float = 1.0
 
     def __post_init__(self) -> None:
@@ -47,7 +48,7 @@ class RobustOptions:
 class RobustStats:
     """What one reweighting found (for logs and the fit's figures)."""
 
-    spread_2d_px: float
+    spread_2d_px: float  # reference px
     spread_3d_cm: float
     outliers_2d: float  # fraction of valid 2D observations with weight < 0.5
     outliers_3d: float
@@ -79,6 +80,7 @@ def reweight(
 ) -> tuple[FitData, RobustStats]:
     """New robust weights for ``data`` from the residuals at ``params``."""
     r2, w2, r3, w3 = (np.asarray(a) for a in observation_residuals(params, data, model))
+    r2 = r2 * float(reference_px_per_px(np.asarray(data.intrinsics, np.float64)))  # as the 2D loss sees them
     valid2, valid3 = w2 > 0, w3 > 0
     s2 = _spread(r2, valid2, options.floor_2d_px)
     s3 = _spread(r3, valid3, options.floor_3d_cm)

@@ -134,18 +134,20 @@ class _RayDataPose:
         from mocapflow.store import Store
         from models.modelset import resolve
         from models.runtime import ThreadConfig, configure_tensorflow, open_estimator
+        from tasks.pose_ray import startup_output_captured
 
         self.settings = settings
         ms = resolve(settings.model_set, settings.modelsets_dir, settings.cache_dir)
-        configure_tensorflow(ThreadConfig(1))
-        self.estimator = open_estimator(
-            ms,
-            ThreadConfig(1),
-            max_people=settings.max_people,
-            scan_interval=settings.scan_interval_frames,
-            max_scan_interval=settings.max_scan_interval_frames,
-            mirror_average=settings.mirror_average,
-        )
+        with startup_output_captured(not settings.verbose):  # TensorFlow's C++ start-up lines, as the pose actors
+            configure_tensorflow(ThreadConfig(1))
+            self.estimator = open_estimator(
+                ms,
+                ThreadConfig(1),
+                max_people=settings.max_people,
+                scan_interval=settings.scan_interval_frames,
+                max_scan_interval=settings.max_scan_interval_frames,
+                mirror_average=settings.mirror_average,
+            )
         self.store = Store(store_root)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +171,8 @@ def run_ray_data(settings: Any, videos: list[str], repeats: int, actors: int, st
     import numpy as np
     import ray.data
 
+    if not settings.verbose:  # Ray Data's own notices ("progress bars disabled", "execution finished")
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -21,10 +21,12 @@ Video (``BlazePoseEstimator.video_session``), MediaPipe's pose_landmark graph ex
 
 Added to MediaPipe's graph (``BlazePoseOptions.mirror_average``, on by default): every crop also goes through the
 landmark model flipped left-right, and the flipped-back result, labels swapped, is averaged with the crop's own
-(``landmarks.average_with_mirror``). The model alone is not mirror-symmetric: on the metamorphic still-photo clips a
-mirrored video's joint angles differed from the original's by a median 1-12 deg (0.1-3.5 with the average) and the
-still photo's angles jittered more (SD 2.9-3.7 -> 2.0-2.8 deg on three of them). It costs ~25 % of the throughput
-on one core (the landmark model runs twice; the detector once).
+(``landmarks.average_with_mirror``). The model alone is not mirror-symmetric. On the metamorphic still-photo clips
+(messi, basketball, astronaut, cameraman, court) a mirrored video's fitted joint angles differed from the
+original's by a median 6.1 / 4.0 / 1.0 / 12.1 / 11.1 deg, with the average 1.5 / 0.5 / 0.1 / 2.4 / 14.1, and the
+still photo's angles jittered less on four (SD 3.7 / 2.1 / 0.5 / 2.9 -> 2.8 / 1.9 / 0.2 / 1.8) but more on court
+(2.9 -> 4.2: a small, overlapped player whose facing the model cannot tell). It costs ~27 % of one actor's frames/s
+(the landmark model runs twice; the detector once).
 
 Not reproduced from MediaPipe: its heatmap refinement of the landmarks (the converted backbone does not output the
 heatmap) and its one-euro smoothing of landmarks and ROI points (smoothing belongs to the fit). The score of a person
@@ -377,9 +379,8 @@ class TrackingState:
     rois: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     frame: int = 0  # frames processed so far
     last_scan: int | None = None  # index of the last frame scanned (whole frame + tiles); None = not yet
-    scan_interval: int | None = (
-        None  # frames from the last scan to the next (None: the options' scan_interval)
-    )
+    # frames from the last scan to the next (None: the options' scan_interval)
+    scan_interval: int | None = None
     scans: int = 0  # counters, for the benchmark's profile
     whole_frame_detections: int = 0
     local_detections: int = 0

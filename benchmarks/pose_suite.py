@@ -138,7 +138,8 @@ class _RayDataPose:
 
         self.settings = settings
         ms = resolve(settings.model_set, settings.modelsets_dir, settings.cache_dir)
-        with startup_output_captured(not settings.verbose):  # TensorFlow's C++ start-up lines, as the pose actors
+        # TensorFlow's C++ start-up lines are captured, as in the pool's actors
+        with startup_output_captured(not settings.verbose):
             configure_tensorflow(ThreadConfig(1))
             self.estimator = open_estimator(
                 ms,

@@ -131,6 +131,7 @@ class _RayDataPose:
     """Ray Data callable class: holds the blazepose models (1 thread, unpinned), runs the pose stage per video."""
 
     def __init__(self, settings: Any, store_root: str) -> None:
+        from mocapflow.pose.pipeline import PoseParams
         from mocapflow.store import Store
         from models.modelset import resolve
         from models.runtime import ThreadConfig, configure_tensorflow, open_estimator
@@ -142,12 +143,7 @@ class _RayDataPose:
         with startup_output_captured(not settings.verbose):
             configure_tensorflow(ThreadConfig(1))
             self.estimator = open_estimator(
-                ms,
-                ThreadConfig(1),
-                max_people=settings.max_people,
-                scan_interval=settings.scan_interval_frames,
-                max_scan_interval=settings.max_scan_interval_frames,
-                mirror_average=settings.mirror_average,
+                ms, ThreadConfig(1), **PoseParams.from_settings(settings).estimator_options()
             )
         self.store = Store(store_root)
 

@@ -131,9 +131,11 @@ class KeypointsMeta:
     def label(self) -> str:
         """How messages and plots name the video: its file name (after the subject id when a manifest gave one),
         else the start of its hash (tables written before the source was recorded)."""
+        from mocapflow.report import video_name  # report reads the store, which reads keypoints tables
+
         if not self.source:
             return f"video {self.video_sha256[:12]}"
-        name = self.source.rstrip("/").rsplit("/", 1)[-1] or self.source
+        name = video_name(self.source)
         return f"{self.subject_id}, {name}" if self.subject_id else name
 
     @property

@@ -179,12 +179,7 @@ class PoseWorker:
             settings.model_set, settings.modelsets_dir, settings.cache_dir, settings.storage_options()
         )
         self._open_model = open_model or partial(
-            open_estimator,
-            test_time_augmentation=settings.test_time_augmentation,
-            max_people=settings.max_people,
-            scan_interval=settings.scan_interval_frames,
-            max_scan_interval=settings.max_scan_interval_frames,
-            mirror_average=settings.mirror_average,
+            open_estimator, **PoseParams.from_settings(settings).estimator_options()
         )
         self.loads = 0
         self.videos = 0

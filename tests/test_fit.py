@@ -356,7 +356,7 @@ def test_geman_mcclure_weights_and_noise_balance():
     np.testing.assert_allclose(w[:3], [1.0, 0.25, 1.0 / 101.0**2], rtol=1e-5)
     assert w[3] > 0  # floored: a down-weighted observation is still measured at the next reweighting
     # 2D keypoints 10x more precise (per unit) than the 3D ones get 100x the 3D weight
-    stats = RobustStats(spread_2d_px=0.5, spread_3d_cm=5.0, outliers_2d=0.0, outliers_3d=0.0)
+    stats = RobustStats(spread_2d_ref_px=0.5, spread_3d_cm=5.0, outliers_2d=0.0, outliers_3d=0.0)
     assert balanced_w2d(1.0, stats) == pytest.approx(100.0)
     with pytest.raises(ValueError, match="cutoff"):
         RobustOptions(cutoff=0.0)

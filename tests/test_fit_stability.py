@@ -270,7 +270,7 @@ def test_pose_prior_grows_with_the_systematic_3d_spread_only() -> None:
     from mocapflow.fit.robust import RobustStats
 
     def stats(spread_cm: float) -> RobustStats:
-        return RobustStats(spread_2d_px=1.0, spread_3d_cm=spread_cm, outliers_2d=0.0, outliers_3d=0.0)
+        return RobustStats(spread_2d_ref_px=1.0, spread_3d_cm=spread_cm, outliers_2d=0.0, outliers_3d=0.0)
 
     assert systematic_spread_cm(stats(1.0), noise_mm=0.5) == 1.0  # exact keypoints
     for noise_mm in (10.0, 50.0, 120.0):  # white noise: 1.1 x the spread it predicts

@@ -475,7 +475,7 @@ def balanced_w2d(w3d: float, stats: RobustStats) -> float:
     centimetre-noisy monocular depths, and noisy 2D ones do not. The spreads are floored
     (:class:`~mocapflow.fit.robust.RobustOptions`), which bounds the ratio.
     """
-    return w3d * (stats.spread_3d_cm / stats.spread_2d_px) ** 2
+    return w3d * (stats.spread_3d_cm / stats.spread_2d_ref_px) ** 2
 
 
 # median norm of a 3D residual over the per-coordinate noise for Gaussian noise (chi with 3 degrees of freedom)

@@ -48,7 +48,7 @@ class RobustOptions:
 class RobustStats:
     """What one reweighting found (for logs and the fit's figures)."""
 
-    spread_2d_px: float  # reference px
+    spread_2d_ref_px: float  # reference px (mocapflow.fit.loss.F_REF_PX)
     spread_3d_cm: float
     outliers_2d: float  # fraction of valid 2D observations with weight < 0.5
     outliers_3d: float
@@ -87,7 +87,7 @@ def reweight(
     rob2 = geman_mcclure_weights(r2, s2, options.cutoff)
     rob3 = geman_mcclure_weights(r3, s3, options.cutoff)
     stats = RobustStats(
-        spread_2d_px=s2,
+        spread_2d_ref_px=s2,
         spread_3d_cm=s3,
         outliers_2d=float(np.mean(rob2[valid2] < 0.5)) if valid2.any() else 0.0,
         outliers_3d=float(np.mean(rob3[valid3] < 0.5)) if valid3.any() else 0.0,

@@ -99,6 +99,17 @@ class PoseParams:
             max_frame_side=settings.max_frame_side,
         )
 
+    def estimator_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`models.runtime.open_estimator` these parameters set (the runtime options
+        that change the output)."""
+        return {
+            "test_time_augmentation": self.test_time_augmentation,
+            "max_people": self.max_people,
+            "scan_interval": self.scan_interval_frames,
+            "max_scan_interval": self.max_scan_interval_frames,
+            "mirror_average": self.mirror_average,
+        }
+
     def key_params(self, intrinsics: Intrinsics, kind: str) -> dict[str, Any]:
         """The parameters recorded in the table and hashed into its key (with the table's schema version, so a
         store written by older code is not taken for this code's output); ``kind``: the model set's kind (options

@@ -370,6 +370,7 @@ def open_blazepose(settings: Settings, threads: int) -> PoseEstimator:
     (~35-90 s once: the weights come from the mediapipe wheel on the package index)."""
     import importlib
 
+    from mocapflow.pose.pipeline import PoseParams
     from models.modelset import ModelSetError, resolve
     from models.runtime import ThreadConfig, open_estimator
 
@@ -385,10 +386,5 @@ def open_blazepose(settings: Settings, threads: int) -> PoseEstimator:
             f"model set {ms.root} is of kind {ms.manifest.kind!r}; the suite needs a blazepose set"
         )
     return open_estimator(
-        ms,
-        ThreadConfig(threads=threads),
-        max_people=settings.max_people,
-        scan_interval=settings.scan_interval_frames,
-        max_scan_interval=settings.max_scan_interval_frames,
-        mirror_average=settings.mirror_average,
+        ms, ThreadConfig(threads=threads), **PoseParams.from_settings(settings).estimator_options()
     )

@@ -104,6 +104,7 @@ def run_ours(args: argparse.Namespace, max_people: int | None, batch: int = 16) 
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(frames), batch):
         found += session(frames[i : i + batch])
+    found += session.finish()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = session.state
     return {

@@ -708,6 +708,11 @@ def validate_pose_real_command(
     console.print(f"pictures and pose_real.json in {out}")
 
 
+def _pose_options(settings: Settings) -> dict[str, object]:
+    """The blazepose options of a validate run's settings, for its JSON (``pose_options``)."""
+    return {"mirror_average": settings.mirror_average, "backtrack_frames": settings.backtrack_frames}
+
+
 @validate_app.command("humanoid")
 def validate_humanoid_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
@@ -752,7 +757,7 @@ def validate_humanoid_command(
             on_video=None if as_json else show,
             estimator=estimator,
         )
-    summary["pose_options"] = {"mirror_average": settings.mirror_average}
+    summary["pose_options"] = _pose_options(settings)
     if as_json:
         typer.echo(json.dumps(summary, default=str))
         return
@@ -799,7 +804,7 @@ def validate_metamorphic_command(
     summary = {
         **figures.summary(),
         "clip": clip,
-        "pose_options": {"mirror_average": settings.mirror_average},
+        "pose_options": _pose_options(settings),
         "fit_converged": {k: bool(r.info.converged) for k, r in fits.items()},
     }
     if as_json:

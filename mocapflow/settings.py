@@ -120,6 +120,14 @@ class Settings(BaseSettings):
         "back), so left and right come out alike and the landmarks jitter less; costs ~25 % of pose throughput on "
         "one core. False = MediaPipe's single crop.",
     )
+    backtrack_frames: int = Field(
+        10,
+        ge=0,
+        description="blazepose: a person the detector finds is tracked again backwards from the frame this many "
+        "frames later: over their first frames (whose crop came from the detector and fits the landmark model "
+        "worse than a tracked one) and over up to this many frames before, where they were there but not found. "
+        "The pose stage holds 2 x this many decoded frames. 0 = MediaPipe's forward tracking only.",
+    )
     max_people: int | None = Field(
         None,
         ge=1,

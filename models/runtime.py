@@ -111,7 +111,12 @@ class VideoSession(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, frames: np.ndarray) -> list[FrameDetections]:
-        """The next consecutive frames of the video (uint8 [n, H, W, 3] RGB) -> one FrameDetections per frame."""
+        """The next consecutive frames of the video (uint8 [n, H, W, 3] RGB) -> one FrameDetections per frame, in
+        order; a session may hold the last few back until later calls or :meth:`finish`."""
+
+    def finish(self) -> list[FrameDetections]:
+        """The frames held back, once the video has ended."""
+        return []
 
 
 class StatelessSession(VideoSession):
@@ -198,13 +203,16 @@ def open_estimator(
     scan_interval: int | None = None,
     mirror_average: bool | None = None,
     max_scan_interval: int | None = None,
+    backtrack_frames: int | None = None,
 ) -> PoseEstimator:
     """Instantiate the runtime for a model set's kind.
 
     ``test_time_augmentation``: crops per detection where the kind supports it (``metrabs``); other kinds log a
     warning and run one crop. ``max_people`` / ``scan_interval`` / ``max_scan_interval``: the tracking policy of
     kinds that track people from frame to frame (``blazepose``; None keeps the runtime's default).
-    ``mirror_average``: ``blazepose`` averages each crop's landmarks with its mirror image's (None: the default, on)."""
+    ``mirror_average``: ``blazepose`` averages each crop's landmarks with its mirror image's (None: the default, on).
+    ``backtrack_frames``: ``blazepose`` tracks people it finds backwards from this many frames later (None: the
+    default)."""
     kind = model_set.manifest.kind
     if test_time_augmentation > 1 and kind != "metrabs":
         logger.warning(
@@ -229,6 +237,8 @@ def open_estimator(
             policy["scan_interval"] = scan_interval
         if max_scan_interval is not None:
             policy["max_scan_interval"] = max_scan_interval
+        if backtrack_frames is not None:
+            policy["backtrack_frames"] = backtrack_frames
         return BlazePoseEstimator(model_set, threads, BlazePoseOptions(**policy))
     if kind == "metrabs":
         from models.metrabs.runtime import MetrabsEstimator, MetrabsOptions

@@ -66,6 +66,7 @@ ACTOR_SETTINGS = (
     "scan_interval_frames",
     "mirror_average",
     "max_scan_interval_frames",
+    "backtrack_frames",
 )
 
 

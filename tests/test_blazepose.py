@@ -718,6 +718,8 @@ def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers
     # frames 0-19: three walkers, ~70-80 px tall (counted by eye); the reference finds nobody
     session = estimator.video_session(intr)
     early = session(_vtest_frames(vtest, 0, 20))
+    assert len(early) == 0  # held back for backtracking: 2 x 10 frames
+    early += session.finish()
     assert [d.n >= 1 for d in early] == [True] * 20
     assert sum(d.n >= 3 for d in early) >= 15
     # frame 0, by eye: the walkers' bodies are centred near these points (image px)
@@ -730,14 +732,18 @@ def test_vtest_tracking_finds_everyone_the_reference_finds_and_the_small_walkers
         height = d.boxes[:, 3] - d.boxes[:, 1]
         assert np.all(height < 200)  # pedestrians, no box spanning the scene
     # frames 166-185: the reference finds its person in all 20; we find them too, at the same joints. The
-    # reference is the single crop; with the mirror average (the default) the first of these frames, whose crop
-    # comes from the detector, has the hips 0.4 torso lengths higher (the mirrored crop puts them 25 px higher):
-    # from the second frame on, tracked, it agrees with the reference as closely as the single crop does.
+    # reference is MediaPipe: the single crop, tracked forwards. In the first of these frames its crop comes from the
+    # detector, and our default differs there (hips 0.4 torso lengths higher), both forwards (the mirrored crop puts
+    # them 25 px higher) and backtracked (the crop from the next frame's landmarks: this person is half in front of
+    # another); from there on, tracked, it agrees with the reference as closely as the single crop does.
     single = BlazePoseEstimator(
-        estimator.model_set, ThreadConfig(threads=2), BlazePoseOptions(mirror_average=False)
+        estimator.model_set,
+        ThreadConfig(threads=2),
+        BlazePoseOptions(mirror_average=False, backtrack_frames=0),
     )
     for est, frames in ((single, (166, 175, 185)), (estimator, (175, 185))):
-        late = est.video_session(intr)(_vtest_frames(vtest, 166, 20))
+        session = est.video_session(intr)
+        late = session(_vtest_frames(vtest, 166, 20)) + session.finish()
         assert [d.n >= 1 for d in late] == [True] * 20
         for i in frames:
             ref = np.asarray(REFERENCE_TORSO[i])
@@ -808,6 +814,8 @@ def _stand_in_estimator(world: _World):  # noqa: ANN202 (a test double)
 
 
 def test_tracking_loop_scans_tracks_and_picks_up_people_again() -> None:
+    import dataclasses
+
     from mocapflow.camera import Intrinsics
     from models.blazepose.runtime import BlazePoseSession
 
@@ -815,8 +823,10 @@ def test_tracking_loop_scans_tracks_and_picks_up_people_again() -> None:
     est = _stand_in_estimator(world)
     frames = np.zeros((30, 576, 768, 3), np.uint8)
     frames[:, 0, 0, 0] = np.arange(30)
+    est.options = dataclasses.replace(est.options, backtrack_frames=0)
     session = BlazePoseSession(est, Intrinsics.from_fov(768, 576, 55.0))
     found = session(frames[:16]) + session(frames[16:])  # two batches: the state carries over
+    assert session.finish() == []  # nothing held back without backtracking
     counts = [d.n for d in found]
     # a from frame 0 (first scan); b walks in at 5 and is picked up by the scan at 10; a leaves after frame 14
     assert counts == [1] * 10 + [2] * 5 + [1] * 15
@@ -829,6 +839,41 @@ def test_tracking_loop_scans_tracks_and_picks_up_people_again() -> None:
     np.testing.assert_allclose(found[29].boxes[0, [0, 2]].mean(), 500 + 3 * 24, atol=0.5)
     np.testing.assert_allclose(found[3].boxes[0, [0, 2]].mean(), 100 + 3 * 3, atol=0.5)
     assert found[12].scores.tolist() == pytest.approx([0.9, 0.9])
+
+
+@pytest.mark.parametrize("backtrack_frames", [10, 0])
+def test_people_found_late_are_tracked_back_to_where_they_came_into_view(backtrack_frames: int) -> None:
+    import dataclasses
+
+    from mocapflow.camera import Intrinsics
+    from models.blazepose.runtime import BlazePoseSession
+
+    world = _World()
+    # a comes into view at 14 and is found by the scan at 20; b comes into view at 26, is found by the scan at 30,
+    # and the video ends 9 frames later
+    world.people = {"a": (14, 39, 100.0, 200.0, 40.0), "b": (26, 39, 500.0, 300.0, 40.0)}
+    est = _stand_in_estimator(world)
+    est.options = dataclasses.replace(est.options, backtrack_frames=backtrack_frames)
+    frames = np.zeros((40, 576, 768, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(40)
+    session = BlazePoseSession(est, Intrinsics.from_fov(768, 576, 55.0))
+    found = session(frames[:25]) + session(frames[25:])
+    assert len(found) == 40 - 2 * backtrack_frames  # the last 2 x backtrack_frames are held back
+    found += session.finish()
+    counts = [d.n for d in found]
+    st = session.state
+    assert st.scans == 4 and st.last_scan == 30
+    if backtrack_frames == 0:
+        assert counts == [0] * 20 + [1] * 10 + [2] * 10
+        assert st.backtracked == 0
+        return
+    # a: tracked back from 30 down to 20, then on until the landmark model no longer sees them (before 14);
+    # b: tracked back from the last frame (found 9 frames before the end) down to 26
+    assert counts == [0] * 14 + [1] * 12 + [2] * 14
+    assert (st.backtracked, st.extended) == ((30 - 14) + (39 - 26), (20 - 14) + (30 - 26))
+    np.testing.assert_allclose(found[14].boxes[0, [0, 2]].mean(), 100, atol=0.5)  # a where it was then
+    np.testing.assert_allclose(found[19].boxes[0, [0, 2]].mean(), 100 + 3 * 5, atol=0.5)
+    assert sorted(found[26].boxes[:, [0, 2]].mean(axis=1).round()) == [100 + 3 * 12, 500]
 
 
 @pytest.mark.parametrize("max_scan_interval", [30, None])
@@ -845,19 +890,20 @@ def test_scans_that_find_nobody_new_space_out_while_someone_is_tracked(max_scan_
     frames = np.zeros((105, 576, 768, 3), np.uint8)
     frames[:, 0, 0, 0] = np.arange(105)
     session = BlazePoseSession(est, Intrinsics.from_fov(768, 576, 55.0))
-    scans, counts = [], []
+    scans, found = [], []
     for i in range(105):
         before = session.state.scans
-        (found,) = session(frames[i : i + 1])
-        counts.append(found.n)
+        found += session(frames[i : i + 1])
         if session.state.scans > before:
             scans.append(i)
-    if max_scan_interval is None:  # the fixed interval: b is found by the scan at 70
+    counts = [d.n for d in found + session.finish()]
+    # b is tracked back from 10 frames after it was found, down to 10 frames before (backtrack_frames, 10)
+    if max_scan_interval is None:  # the fixed interval: b is found by the scan at 70, seen back to 65
         assert scans == list(range(0, 105, 10))
-        assert counts == [1] * 70 + [2] * 35
+        assert counts == [1] * 65 + [2] * 40
     else:  # 10, 20, then 30 frames apart while only a is there; the scan at 90 finds b, the next comes 10 later
         assert scans == [0, 10, 30, 60, 90, 100]
-        assert counts == [1] * 90 + [2] * 15
+        assert counts == [1] * 80 + [2] * 25
 
 
 def test_tracking_loop_keeps_at_most_max_people_and_then_stops_scanning() -> None:
@@ -872,7 +918,8 @@ def test_tracking_loop_keeps_at_most_max_people_and_then_stops_scanning() -> Non
     est.options = dataclasses.replace(est.options, max_people=1)
     frames = np.zeros((12, 576, 768, 3), np.uint8)
     frames[:, 0, 0, 0] = np.arange(12)
-    found = BlazePoseSession(est, Intrinsics.from_fov(768, 576, 55.0))(frames)
+    session = BlazePoseSession(est, Intrinsics.from_fov(768, 576, 55.0))
+    found = session(frames) + session.finish()
     assert [d.n for d in found] == [1] * 12
     np.testing.assert_allclose(found[0].boxes[0, [0, 2]].mean(), 500, atol=0.5)  # the largest one kept
     assert (
@@ -917,3 +964,11 @@ def test_tracking_policy_reaches_the_runtime_from_the_settings(blazepose_set: Mo
     assert PoseParams.from_settings(load_settings(mirror_average=False)).mirror_average is False
     off = open_estimator(blazepose_set, ThreadConfig(1), mirror_average=False)
     assert off.options.mirror_average is False and est.options.mirror_average is True
+    # backtracking changes the output too; off, the keys are those of forwards tracking
+    assert default_key["backtrack_frames"] == 10
+    assert "backtrack_frames" not in PoseParams(backtrack_frames=0).key_params(intr, "blazepose")
+    back = PoseParams.from_settings(load_settings(backtrack_frames=4))
+    assert (
+        open_estimator(blazepose_set, ThreadConfig(1), **back.estimator_options()).options.backtrack_frames
+        == 4
+    )

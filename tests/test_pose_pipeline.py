@@ -391,7 +391,7 @@ def test_an_estimator_that_drops_frames_is_an_error(model_set: ModelSet, videos:
         def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:
             return super().__call__(frames, intrinsics)[:-1]
 
-    with pytest.raises(RuntimeError, match="returned 3 results for a batch of 4 frames"):
+    with pytest.raises(RuntimeError, match="returned 3 results for 4 frames"):
         estimate_keypoints(
             str(videos["sidecar"]),
             Dropping(model_set, ThreadConfig(1), walk_script),

@@ -69,6 +69,7 @@ class PoseParams:
     test_time_augmentation: int = 1  # crops per detection where the model set supports it (metrabs)
     max_people: int | None = None  # tracking policy of model sets that track people (blazepose)
     mirror_average: bool = True  # blazepose: each crop averaged with its mirror image
+    backtrack_frames: int = 10  # blazepose: new people tracked backwards from this many frames after they were found
     scan_interval_frames: int = 10
     max_scan_interval_frames: int = 30  # blazepose: scans that find nobody new space out up to this
     max_frame_side: int | None = (
@@ -82,6 +83,8 @@ class PoseParams:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 1.0 < self.default_fov_deg < 179.0:
             raise ValueError(f"default_fov_deg must be in (1, 179), got {self.default_fov_deg}")
+        if self.backtrack_frames < 0:
+            raise ValueError(f"backtrack_frames must be >= 0, got {self.backtrack_frames}")
         if self.max_frame_side is not None and self.max_frame_side < 64:
             raise ValueError(f"max_frame_side must be >= 64 px (or None), got {self.max_frame_side}")
 
@@ -94,6 +97,7 @@ class PoseParams:
             test_time_augmentation=settings.test_time_augmentation,
             max_people=settings.max_people,
             mirror_average=settings.mirror_average,
+            backtrack_frames=settings.backtrack_frames,
             scan_interval_frames=settings.scan_interval_frames,
             max_scan_interval_frames=settings.max_scan_interval_frames,
             max_frame_side=settings.max_frame_side,
@@ -108,6 +112,7 @@ class PoseParams:
             "scan_interval": self.scan_interval_frames,
             "max_scan_interval": self.max_scan_interval_frames,
             "mirror_average": self.mirror_average,
+            "backtrack_frames": self.backtrack_frames,
         }
 
     def key_params(self, intrinsics: Intrinsics, kind: str) -> dict[str, Any]:
@@ -127,6 +132,8 @@ class PoseParams:
                 params["mirror_average"] = True
             if self.max_scan_interval_frames > self.scan_interval_frames:
                 params["max_scan_interval_frames"] = self.max_scan_interval_frames
+            if self.backtrack_frames:
+                params["backtrack_frames"] = self.backtrack_frames
         if self.max_people is not None:
             params["max_people"] = self.max_people
         if self.scan_interval_frames != 10:
@@ -267,6 +274,7 @@ def detect_all(
     ``batch_size x max_frame_side^2``-ish whatever the video's size.
     """
     detections: list[FrameDetections] = []
+    decoded = 0
     size = downscaled_size(intrinsics.width, intrinsics.height, max_frame_side)
     resized = size != (intrinsics.width, intrinsics.height)
     sx, sy = size[0] / intrinsics.width, size[1] / intrinsics.height
@@ -285,24 +293,27 @@ def detect_all(
     ):
         t0 = time.perf_counter()
         found = session(batch)
+        decoded += len(batch)
         if resized:
             found = [detections_to_original(f, sx, sy) for f in found]
-        if len(found) != len(batch):
-            raise RuntimeError(
-                f"model set {estimator.model_set.manifest.name!r} returned {len(found)} results for a batch of "
-                f"{len(batch)} frames of {video_path}; its estimator must return one per frame"
-            )
         detections.extend(found)
         logger.debug(
             "%s: %d/%d frames (%d in %.3f s)",
             video_path,
-            len(detections),
+            decoded,
             total_frames,
             len(batch),
             time.perf_counter() - t0,
         )
         if on_progress is not None:
-            on_progress(len(detections), max(total_frames, len(detections)))
+            on_progress(decoded, max(total_frames, decoded))
+    found = session.finish()
+    detections.extend([detections_to_original(f, sx, sy) for f in found] if resized else found)
+    if len(detections) != decoded:
+        raise RuntimeError(
+            f"model set {estimator.model_set.manifest.name!r} returned {len(detections)} results for {decoded} "
+            f"frames of {video_path}; its estimator must return one per frame"
+        )
     return detections
 
 

@@ -386,6 +386,51 @@ def test_bad_videos_raise_naming_the_file(
     assert store.list() == []
 
 
+class HoldingBack(StatelessSession):
+    """Returns each frame's detections ``lag`` frames late, the rest at ``finish`` (as blazepose's backtracking);
+    ``lose`` frames are never returned."""
+
+    def __init__(self, estimator: PoseEstimator, intrinsics: Intrinsics, lag: int, lose: int = 0) -> None:
+        super().__init__(estimator, intrinsics)
+        self.lag, self.lose = lag, lose
+        self.held: list[FrameDetections] = []
+
+    def __call__(self, frames: np.ndarray) -> list[FrameDetections]:
+        self.held += super().__call__(frames)
+        ready = max(0, len(self.held) - self.lag)
+        out, self.held = self.held[:ready], self.held[ready:]
+        return out
+
+    def finish(self) -> list[FrameDetections]:
+        return self.held[: len(self.held) - self.lose]
+
+
+@pytest.mark.parametrize("lag", [3, 6])  # within one batch of 4 frames, and across batches
+def test_a_session_may_hold_frames_back_until_the_video_ends(
+    model_set: ModelSet, videos: dict[str, Path], lag: int
+) -> None:
+    class Lagging(ScriptedEstimator):
+        def video_session(self, intrinsics: Intrinsics) -> StatelessSession:
+            return HoldingBack(self, intrinsics, lag)
+
+    intr = fov_intrinsics(55.0)
+    params = PoseParams(batch_size=4)
+    walk = str(videos["walk"])
+    plain = estimate_keypoints(walk, ScriptedEstimator(model_set, ThreadConfig(1), walk_script), intr, params)
+    late = estimate_keypoints(walk, Lagging(model_set, ThreadConfig(1), walk_script), intr, params)
+    assert late.num_rows == plain.num_rows > 2 * lag
+    (_, a), (_, b) = read_arrays(plain), read_arrays(late)
+    for k in ("frame", "kp2d_px", "conf", "box"):
+        np.testing.assert_array_equal(b[k], a[k])  # the same frames, in order (NaN where nobody was found)
+
+    class Losing(ScriptedEstimator):
+        def video_session(self, intrinsics: Intrinsics) -> StatelessSession:
+            return HoldingBack(self, intrinsics, lag, lose=1)
+
+    with pytest.raises(RuntimeError, match="returned .* results for .* frames"):
+        estimate_keypoints(walk, Losing(model_set, ThreadConfig(1), walk_script), intr, params)
+
+
 def test_an_estimator_that_drops_frames_is_an_error(model_set: ModelSet, videos: dict[str, Path]) -> None:
     class Dropping(ScriptedEstimator):
         def __call__(self, frames: np.ndarray, intrinsics: Intrinsics) -> list[FrameDetections]:

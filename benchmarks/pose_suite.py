@@ -181,6 +181,9 @@ def run_ray_data(settings: Any, videos: list[str], repeats: int, actors: int, st
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
         fn_constructor_args=(settings, store_root),
+        # no actor restarts (Ray Data's default is unlimited): a failure fails the case, and Ray's core worker then
+        # has no reason to print its warning about constructor arguments held in the object store
+        max_restarts=0,
     )
     rows = ds.take_all()
     total = time.perf_counter() - t

@@ -412,10 +412,9 @@ class TrackingState:
 
     # [k, 4] each tracked person's ROI for the next frame
     rois: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
-    ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # [k] each one's track number
-    born: np.ndarray = field(
-        default_factory=lambda: np.zeros((0,), np.int64)
-    )  # [k] the frame each was found in
+    # [k] each one's track number, and the frame the detector found them in
+    ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    born: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     next_id: int = 0
     frame: int = 0  # frames processed so far
     last_scan: int | None = None  # index of the last frame scanned (whole frame + tiles); None = not yet

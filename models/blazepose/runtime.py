@@ -412,10 +412,8 @@ class TrackingState:
 
     # [k, 4] each tracked person's ROI for the next frame
     rois: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
-    # [k] each one's track number, and the frame the detector found them in
-    ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-    born: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-    next_id: int = 0
+    ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # [k] each one's track number
+    found_at: list[int] = field(default_factory=list)  # the frame the detector found each track number in
     frame: int = 0  # frames processed so far
     last_scan: int | None = None  # index of the last frame scanned (whole frame + tiles); None = not yet
     # frames from the last scan to the next (None: the options' scan_interval)
@@ -461,9 +459,9 @@ class BlazePoseSession(VideoSession):
         st = self.state
         if self._pending:
             last = self._pending[-1]
-            for j, born in enumerate(st.born):  # the last frame's people (its ids are the state's)
-                if last.index - born < self.options.backtrack_frames:
-                    self._backtrack(int(st.ids[j]), last.res.points[j], int(born))
+            for j, pid in enumerate(last.ids):
+                if last.index - st.found_at[pid] < self.options.backtrack_frames:
+                    self._backtrack(int(pid), last.res.points[j])
         out = [self.estimator.frame_detections(p.res, self.intrinsics) for p in self._pending]
         self._pending = []
         return out
@@ -474,12 +472,12 @@ class BlazePoseSession(VideoSession):
         2 x ``backtrack_frames`` back."""
         est, opts, st = self.estimator, self.options, self.state
         res = est.landmarks_at(frame, st.rois)
-        ids, born = st.ids, st.born
+        ids = st.ids
         st.crops += res.n
         alive = res.presence >= opts.min_presence
         lost = bool((~alive).any())
         keep = np.flatnonzero(alive)
-        res, ids, born = res.take(keep), ids[keep], born[keep]
+        res, ids = res.take(keep), ids[keep]
         full = opts.max_people is not None and res.n >= opts.max_people
         interval = st.scan_interval or opts.scan_interval
         due = st.last_scan is None or st.frame - st.last_scan >= interval
@@ -519,39 +517,40 @@ class BlazePoseSession(VideoSession):
                     st.scan_interval = opts.scan_interval  # someone new: look again soon
                     scanned = False
                 res = LandmarkResults.join(res, found)
-                ids = np.concatenate([ids, st.next_id + np.arange(found.n)])
-                born = np.concatenate([born, np.full(found.n, st.frame, np.int64)])
-                st.next_id += found.n
+                ids = np.concatenate([ids, len(st.found_at) + np.arange(found.n)])
+                st.found_at += [st.frame] * found.n
         if scanned:  # nobody new: while people are tracked, look less often (up to max_scan_interval)
             grown = min(2 * interval, max(opts.max_scan_interval or 0, opts.scan_interval))
             st.scan_interval = grown if res.n else opts.scan_interval
         if res.n > 1:
             keep = dedupe_people(res.landmark_boxes(), res.presence, opts.dedupe_iou)
-            res, ids, born = res.take(keep), ids[keep], born[keep]
+            res, ids = res.take(keep), ids[keep]
         if opts.max_people is not None and res.n > opts.max_people:
             keep = np.sort(np.argsort(-res.rois[:, 2], kind="stable")[: opts.max_people])
-            res, ids, born = res.take(keep), ids[keep], born[keep]
+            res, ids = res.take(keep), ids[keep]
         st.rois = roi_from_landmarks(res.points, expand=opts.roi_expand) if res.n else np.zeros((0, 4))
-        st.ids, st.born = ids, born
+        st.ids = ids
         k = opts.backtrack_frames
         if k == 0:
             st.frame += 1
             return [est.frame_detections(res, self.intrinsics)]
         self._pending.append(_Pending(st.frame, frame, res, ids))
-        for j in np.flatnonzero(st.frame - born == k):
-            self._backtrack(int(ids[j]), res.points[j], int(born[j]))
+        for j, pid in enumerate(ids):
+            if st.frame - st.found_at[pid] == k:
+                self._backtrack(int(pid), res.points[j])
         st.frame += 1
         done = [p for p in self._pending if p.index <= st.frame - 1 - 2 * k]
         self._pending = self._pending[len(done) :]
         return [est.frame_detections(p.res, self.intrinsics) for p in done]
 
-    def _backtrack(self, pid: int, points: np.ndarray, born: int) -> None:
-        """Person ``pid``, found at frame ``born``, tracked backwards through the held-back frames from the one
+    def _backtrack(self, pid: int, points: np.ndarray) -> None:
+        """Person ``pid``, found at frame ``born`` (``state.found_at``), tracked backwards through the held-back frames from the one
         before the last (``points`` [39, 2]: their landmarks in the last), each crop taken from the next frame's
         landmarks: their own crops down to ``born``, then into frames where they were not found, down to ``born -
         backtrack_frames``. Stops where the landmark model no longer sees them, at a gap in their track, or where the
         crop lands on someone else."""
         est, opts, st = self.estimator, self.options, self.state
+        born = st.found_at[pid]
         for p in reversed(self._pending[:-1]):
             if p.index < born - opts.backtrack_frames:
                 break
@@ -563,7 +562,7 @@ class BlazePoseSession(VideoSession):
             if back.presence[0] < opts.min_presence:
                 break
             j = int(rows[0]) if rows.size else p.res.n
-            others = p.res.take(np.delete(np.arange(p.res.n), j) if rows.size else np.arange(p.res.n))
+            others = p.res.take(np.flatnonzero(p.ids != pid))
             if others.n and iou(back.landmark_boxes()[0], others.landmark_boxes()).max() > opts.dedupe_iou:
                 break
             p.res = p.res.replace(j, back)

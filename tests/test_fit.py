@@ -362,6 +362,23 @@ def test_geman_mcclure_weights_and_noise_balance():
         RobustOptions(cutoff=0.0)
 
 
+def test_2d_weight_is_balanced_once_at_the_first_reweighting(model, clip):
+    """The later reweightings measure residuals the weight itself shaped: they must not set it again."""
+    meta, arrays = keypoints_of(clip, NAMES)
+    rng = np.random.default_rng(0)
+    arrays["kp2d_px"] += rng.normal(0.0, 3.0, arrays["kp2d_px"].shape)
+    arrays["kp3d_mm"] += rng.normal(0.0, 30.0, arrays["kp3d_mm"].shape)
+    fit = fit_arrays(meta, arrays, FitOptions(max_iters=CLIP_ITERS, world_frame=False), model)
+    assert len(fit.robust) == 3
+    first, last = (balanced_w2d(1.0, fit.robust[k]) for k in (0, -1))
+    assert abs(last - first) > 0.05 * first  # the spreads moved between the first and the last reweighting
+    assert fit.w2d == pytest.approx(first, rel=1e-5)
+    unbalanced = fit_arrays(
+        meta, arrays, FitOptions(max_iters=CLIP_ITERS, world_frame=False, balance_noise=False), model
+    )
+    assert unbalanced.w2d == pytest.approx(FitOptions().w2d)
+
+
 def test_reweighting_finds_gross_depth_errors(model, clip, clean_fit):
     """At the clean fit's parameters, keypoints whose depth is off by 40 cm get weights near 0, the rest near 1."""
     meta, arrays = keypoints_of(clip, NAMES)

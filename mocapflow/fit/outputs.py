@@ -222,6 +222,7 @@ def scales_document(result: FitResult) -> dict[str, Any]:
             "loss_terms": {k: _finite_or_none(v) for k, v in result.loss_terms.items()},
             "keypoint_noise_mm": _finite_or_none(result.noise_mm),
             "smooth_weight": result.smooth_weight,
+            "w2d": _finite_or_none(result.w2d),
             "knots_per_second": _finite_or_none(result.knots_per_second),
             "outlier_reweighting": [asdict(r) for r in result.robust],
             "preprocessing": result.preprocessing,

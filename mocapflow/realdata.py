@@ -9,7 +9,8 @@ and caches it under ``<cache_dir>/realdata/files``. It is a setup step (``make r
 Clips (:data:`CLIPS`) are what the real-footage suite runs: a real video (whole, or a span of it re-encoded as H.264
 at crf 12) or a still photo made into a video by a slow pan and zoom (:func:`crop_windows`,
 a smooth crop-window path over the photo, resampled to 640x480 at 30 fps, H.264). :func:`derived_video` makes the
-mirrored, half-resolution and time-reversed variants of any video for metamorphic checks. Every file made here is
+mirrored, half-resolution and time-reversed variants of any video for metamorphic checks, and a plain re-encode
+(``copy``: the same frames through the same encoder, the generation loss every variant also has). Every file made here is
 deterministic and cached under a name that carries the hash of what made it.
 """
 
@@ -529,8 +530,8 @@ def clip_video(name: str, cache_dir: Path, seconds: float | None = None, fetch: 
 
 # -- derived variants for metamorphic checks -------------------------------------------------------------------
 
-DerivedKind = Literal["mirror", "half", "reverse"]
-DERIVED_KINDS: tuple[str, ...] = ("mirror", "half", "reverse")
+DerivedKind = Literal["mirror", "half", "reverse", "copy"]
+DERIVED_KINDS: tuple[str, ...] = ("mirror", "half", "reverse", "copy")
 
 
 def _decode_range(
@@ -556,7 +557,8 @@ def _decode_range(
 
 def derived_video(src: Path, kind: str, out_dir: Path | None = None) -> Path:
     """A variant of video ``src``: ``mirror`` (horizontal flip), ``half`` (half width and height, area
-    resampling), ``reverse`` (frames in reverse order); same frame rate, H.264 (crf 12).
+    resampling), ``reverse`` (frames in reverse order), ``copy`` (the same frames in the same order: what decoding and
+    encoding again alone change); same frame rate, H.264 (crf 12).
 
     Cached in ``out_dir`` (default: beside ``src``) as ``<stem>.<kind>-<hash of src>.mp4``; decodes the whole
     video into memory (meant for clips of seconds, not hours).
@@ -575,8 +577,10 @@ def derived_video(src: Path, kind: str, out_dir: Path | None = None) -> Path:
     elif kind == "half":
         size = (w // 2 - (w // 2) % 2, h // 2 - (h // 2) % 2)
         out_frames = (cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames)
-    else:
+    elif kind == "reverse":
         out_frames, size = reversed(frames), (w, h)
+    else:
+        out_frames, size = iter(frames), (w, h)
     write_video(out, out_frames, size[0], size[1], fps)
     logger.info("made %s variant of %s at %s", kind, src, out)
     return out

@@ -217,6 +217,9 @@ def test_derived_videos(tmp_path: Path) -> None:
 
     rev = _levels(derived_video(src, "reverse"))
     np.testing.assert_allclose(rev[:, :, 40:].mean(axis=(1, 2, 3)), [165, 140, 115, 90, 65, 40], atol=3)
+    copy = derived_video(src, "copy")
+    assert ".copy-" in copy.name
+    np.testing.assert_allclose(_levels(copy), orig, atol=4)  # the same frames, in the same order
     # made once: asking again returns the cached file untouched
     t = mirror.stat().st_mtime_ns
     assert derived_video(src, "mirror") == mirror and mirror.stat().st_mtime_ns == t

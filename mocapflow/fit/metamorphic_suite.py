@@ -1,7 +1,8 @@
 """The metamorphic suite end to end: still-photo videos -> pose keypoints -> fits -> :mod:`mocapflow.fit.metamorphic`.
 
 The videos come from :mod:`mocapflow.realdata`: a slow pan and zoom over a real photo of a person (``clip_video``,
-e.g. ``messi_pan``), and the same mirrored, at half resolution and time-reversed (``derived_video``). A pose model
+e.g. ``messi_pan``), and the same mirrored, at half resolution, time-reversed and merely re-encoded (``derived_video``;
+the last gives the suite's floor, ``reencode_deg``). A pose model
 set runs on each (:func:`mocapflow.pose.pipeline.estimate_keypoints`), each is fitted, and the figures compare them.
 ``mocapflow validate metamorphic`` runs :func:`run_suite`.
 """
@@ -16,16 +17,17 @@ from mocapflow.fit.metamorphic import MetamorphicFigures, metamorphic_figures
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("base", "mirror", "half", "reverse")
+VARIANTS = ("base", "mirror", "half", "reverse", "copy")
 DEFAULT_CLIP = "messi_pan"
 
 
 def variant_videos(clip: str, cache_dir: Path, seconds: float | None = None) -> dict[str, Path]:
-    """The four videos of the suite: the clip and its mirrored, half-resolution and time-reversed copies (cached)."""
+    """The videos of the suite: the clip and its mirrored, half-resolution, time-reversed and re-encoded copies
+    (cached)."""
     from mocapflow.realdata import clip_video, derived_video
 
     base = clip_video(clip, cache_dir, seconds=seconds)
-    return {"base": base, **{k: derived_video(base, k) for k in ("mirror", "half", "reverse")}}
+    return {"base": base, **{k: derived_video(base, k) for k in VARIANTS[1:]}}
 
 
 def run_suite(
@@ -39,7 +41,7 @@ def run_suite(
     fov_deg: float = 55.0,
     estimator: Any = None,
 ) -> tuple[MetamorphicFigures, dict[str, Any]]:
-    """The four videos of ``clip`` (real data in ``cache_dir``, fetched by ``mocapflow realdata``), keypoints by
+    """The videos of ``clip`` (real data in ``cache_dir``, fetched by ``mocapflow realdata``), keypoints by
     ``model_set`` (a :class:`models.modelset.ModelSet`), fits (``fit_options``:
     :class:`~mocapflow.fit.fitting.FitOptions`), figures. Returns the figures and the fit results by variant.
     ``estimator``: an open pose estimator of ``model_set`` (None: one with the runtime's defaults)."""
@@ -59,6 +61,10 @@ def run_suite(
         fits[name] = fit_table(table, fit_options)
         logger.info("metamorphic suite: %s fitted (%d frames)", name, table.num_rows)
     figures = metamorphic_figures(
-        fits["base"], mirrored=fits["mirror"], half=fits["half"], reversed_=fits["reverse"]
+        fits["base"],
+        mirrored=fits["mirror"],
+        half=fits["half"],
+        reversed_=fits["reverse"],
+        reencoded=fits["copy"],
     )
     return figures, fits

@@ -1,7 +1,8 @@
 """Pose-stage figures of ``mocapflow bench``, side by side on the same real clips in one run.
 
 Configurations (each loads its models before the clock starts; the first call on freshly loaded actors is timed
-apart, then ``repeats`` passes over the clips are timed, frames/s per pass):
+apart, then ``repeats`` passes over the videos are timed, frames/s per pass; a pass holds each clip
+``Tier.pass_copies`` times, 12 videos in the full tier, so that the last video of a pass does not run alone):
 
 * ``pool``            the product's default: n actors x 1 thread, each pinned to its own CPU (n = CPUs here);
 * ``pool_1``          one such actor (for the 1 -> n scaling efficiency);
@@ -9,8 +10,9 @@ apart, then ``repeats`` passes over the clips are timed, frames/s per pass):
                       unpinned, the videos in turn;
 * ``oversubscribed``  n actors, each at ``os.cpu_count()`` threads, unpinned;
 * ``ray_data``        Ray Data ``map_batches`` over the videos with an actor pool of n (each actor holds the models
-                      at 1 thread, unpinned: what Ray Data gives without the pool's CPU leases); timed from the first
-                      video's start to the last one's end inside the actors (actor start and model load excluded);
+                      at 1 thread, unpinned: what Ray Data gives without the pool's CPU leases); each pass one
+                      execution, timed from its first video's start to its last one's end inside the actors (actor
+                      start and model load excluded; a pass's tail included, as in the pool's passes);
 * ``reference``       MediaPipe's own Pose solution (same BlazePose weights) in its own venv, pinned to the same CPUs,
                       the videos in turn; its frames/s counts decode and inference, not process start or model load.
 
@@ -26,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +168,9 @@ class _RayDataPose:
 
 
 def run_ray_data(settings: Any, videos: list[str], repeats: int, actors: int, store_root: str) -> dict:
+    """``repeats`` passes, each one Ray Data execution over the videos (its actors start and load their models
+    first); a pass's frames/s is over the span from its first video's start to its last one's end inside the
+    actors, so actor start and model load are outside it and a pass's tail inside it, as in the pool's passes."""
     import numpy as np
     import ray.data
 
@@ -173,34 +179,42 @@ def run_ray_data(settings: Any, videos: list[str], repeats: int, actors: int, st
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    items = [{"video": v} for v in videos * (repeats + 1)]
-    t = time.perf_counter()
-    ds = ray.data.from_items(items).map_batches(
-        _RayDataPose,
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=1,
-        fn_constructor_args=(settings, store_root),
-        # no actor restarts (Ray Data's default is unlimited): a failure fails the case, and Ray's core worker then
-        # has no reason to print its warning about constructor arguments held in the object store
-        max_restarts=0,
-    )
-    rows = ds.take_all()
-    total = time.perf_counter() - t
-    t0 = np.array([r["t0"] for r in rows])
-    t1 = np.array([r["t1"] for r in rows])
-    frames = np.array([r["frames"] for r in rows])
-    detected = np.array([r["detected"] for r in rows])
-    span = float(t1.max() - t0.min())
+    fps, spans, walls, frames_total, detected_total = [], [], [], 0, 0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates extra remote args but names no parameter for max_restarts; its actor pool's own
+            # comment gives map_batches(..., max_restarts=0) as the way to turn restarts off
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            ds = ray.data.from_items([{"video": v} for v in videos]).map_batches(
+                _RayDataPose,
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=1,
+                fn_constructor_args=(settings, store_root),
+                # no actor restarts (Ray Data's default is unlimited): a failure fails the case, and Ray's core
+                # worker then has no reason to print its warning about constructor arguments held in the object store
+                max_restarts=0,
+            )
+        rows = ds.take_all()
+        walls.append(time.perf_counter() - t)
+        t0 = np.array([r["t0"] for r in rows])
+        t1 = np.array([r["t1"] for r in rows])
+        frames = int(np.sum([r["frames"] for r in rows]))
+        span = float(t1.max() - t0.min())
+        spans.append(span)
+        fps.append(frames / span)
+        frames_total += frames
+        detected_total += int(np.sum([r["detected"] for r in rows]))
     return {
         "what": "Ray Data map_batches, ActorPoolStrategy(size=n), 1 thread per actor, unpinned",
         "actors": actors,
-        "videos": len(rows),
-        "frames": int(frames.sum()),
-        "span_s": round(span, 3),
-        "wall_with_startup_s": round(total, 3),
-        "fps": {"mean": round(float(frames.sum()) / span, 2), "n": 1},
-        "subject_coverage": round(float(detected.sum() / frames.sum()), 3),
+        "videos_per_pass": len(videos),
+        "frames_per_pass": frames_total // max(1, repeats),
+        "span_s": [round(x, 3) for x in spans],
+        "wall_with_startup_s": [round(x, 3) for x in walls],
+        "fps": _fps_stats(fps),
+        "subject_coverage": round(detected_total / frames_total, 3) if frames_total else 0.0,
     }
 
 

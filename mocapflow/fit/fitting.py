@@ -323,7 +323,8 @@ class FitResult:
     seconds: float
     noise_mm: float  # keypoint noise measured before the fit
     smooth_weight: float  # the smoothness weight it led to
-    w2d: float = float("nan")  # the 2D weight it ended with (FitOptions.w2d, or balanced at the first reweighting)
+    # the 2D weight it ended with (FitOptions.w2d, or balanced at the first reweighting)
+    w2d: float = float("nan")
     robust: tuple[RobustStats, ...] = ()  # what each outlier reweighting found
     # where the root DOFs of ``q`` are expressed: the estimated camera pose in the world frame (mocapflow.fit.world)
     # or {"frame": "level camera", ...} when the world frame is off or could not be estimated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -379,6 +380,31 @@ def test_2d_weight_is_balanced_once_at_the_first_reweighting(model, clip):
     assert unbalanced.w2d == pytest.approx(FitOptions().w2d)
 
 
+def test_pose_prior_weighs_in_by_the_systematic_3d_spread(model, clip, clean_fit):
+    """With ``prior_spread_power`` 1, 3D keypoints steadily off their joints (as a pose model's are) raise the prior's
+    weight, white noise of the same size does not; exact keypoints and the default (0) keep the prior's own weight.
+    The weight a fit ended with is recorded (``FitResult.prior_weight``, scales.json)."""
+    assert clean_fit.prior_weight == pytest.approx(FitOptions().prior, rel=1e-5)
+    meta, arrays = keypoints_of(clip, NAMES)
+    rng = np.random.default_rng(1)
+    opts = FitOptions(max_iters=CLIP_ITERS, world_frame=False, prior_spread_power=1.0)
+    shape = arrays["kp3d_mm"].shape
+    steady = arrays["kp3d_mm"] + rng.normal(0.0, 60.0, (1, *shape[1:]))  # the same offset in every frame
+    fit = fit_arrays(meta, {**arrays, "kp3d_mm": steady}, opts, model)
+    assert fit.prior_weight > 3.0 * FitOptions().prior
+    white = fit_arrays(
+        meta, {**arrays, "kp3d_mm": arrays["kp3d_mm"] + rng.normal(0.0, 60.0, shape)}, opts, model
+    )
+    assert white.prior_weight < 1.5 * FitOptions().prior
+    off = fit_arrays(
+        meta,
+        {**arrays, "kp3d_mm": steady},
+        dataclasses.replace(opts, prior_spread_power=0.0),
+        model,
+    )
+    assert off.prior_weight == pytest.approx(FitOptions().prior, rel=1e-5)
+
+
 def test_reweighting_finds_gross_depth_errors(model, clip, clean_fit):
     """At the clean fit's parameters, keypoints whose depth is off by 40 cm get weights near 0, the rest near 1."""
     meta, arrays = keypoints_of(clip, NAMES)
@@ -567,7 +593,6 @@ def test_outputs_go_through_the_store_with_success_last(tmp_path, clean_fit):
 def test_each_fit_table_kind_reads_as_one_dataset_with_its_source(tmp_path, clean_fit):
     """fits/angles/ (and fits/residuals/) hold one kind of table each: pyarrow.dataset, DuckDB and pandas read every
     video's rows without filters, each row naming its source video (and the manifest's subject id)."""
-    import dataclasses
 
     import duckdb
     import pandas as pd

@@ -223,6 +223,7 @@ def scales_document(result: FitResult) -> dict[str, Any]:
             "keypoint_noise_mm": _finite_or_none(result.noise_mm),
             "smooth_weight": result.smooth_weight,
             "w2d": _finite_or_none(result.w2d),
+            "prior_weight": _finite_or_none(result.prior_weight),
             "knots_per_second": _finite_or_none(result.knots_per_second),
             "outlier_reweighting": [asdict(r) for r in result.robust],
             "preprocessing": result.preprocessing,

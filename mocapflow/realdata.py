@@ -10,8 +10,8 @@ Clips (:data:`CLIPS`) are what the real-footage suite runs: a real video (whole,
 at crf 12) or a still photo made into a video by a slow pan and zoom (:func:`crop_windows`,
 a smooth crop-window path over the photo, resampled to 640x480 at 30 fps, H.264). :func:`derived_video` makes the
 mirrored, half-resolution and time-reversed variants of any video for metamorphic checks, and a plain re-encode
-(``copy``: the same frames through the same encoder, the generation loss every variant also has). Every file made here is
-deterministic and cached under a name that carries the hash of what made it.
+(``copy``: the same frames through the same encoder, the generation loss every variant also has). Every file made
+here is deterministic and cached under a name that carries the hash of what made it.
 """
 
 from __future__ import annotations

@@ -544,11 +544,11 @@ class BlazePoseSession(VideoSession):
         return [est.frame_detections(p.res, self.intrinsics) for p in done]
 
     def _backtrack(self, pid: int, points: np.ndarray) -> None:
-        """Person ``pid``, found at frame ``born`` (``state.found_at``), tracked backwards through the held-back frames from the one
-        before the last (``points`` [39, 2]: their landmarks in the last), each crop taken from the next frame's
-        landmarks: their own crops down to ``born``, then into frames where they were not found, down to ``born -
-        backtrack_frames``. Stops where the landmark model no longer sees them, at a gap in their track, or where the
-        crop lands on someone else."""
+        """Person ``pid``, found at frame ``born`` (``state.found_at``), tracked backwards through the held-back
+        frames from the one before the last (``points`` [39, 2]: their landmarks in the last), each crop taken from
+        the next frame's landmarks: their own crops down to ``born``, then into frames where they were not found,
+        down to ``born - backtrack_frames``. Stops where the landmark model no longer sees them, at a gap in their
+        track, or where the crop lands on someone else."""
         est, opts, st = self.estimator, self.options, self.state
         born = st.found_at[pid]
         for p in reversed(self._pending[:-1]):

@@ -381,15 +381,16 @@ def test_2d_weight_is_balanced_once_at_the_first_reweighting(model, clip):
 
 
 def test_pose_prior_weighs_in_by_the_systematic_3d_spread(model, clip, clean_fit):
-    """With ``prior_spread_power`` 1, 3D keypoints steadily off their joints (as a pose model's are) raise the prior's
-    weight, white noise of the same size does not; exact keypoints and the default (0) keep the prior's own weight.
-    The weight a fit ended with is recorded (``FitResult.prior_weight``, scales.json)."""
+    """By default (``prior_spread_power`` 1), 3D keypoints steadily off their joints (as a pose model's are) raise the
+    prior's weight, white noise of the same size does not; exact keypoints and the rule off (0) keep the prior's own
+    weight. The weight a fit ended with is recorded (``FitResult.prior_weight``, scales.json)."""
     from mocapflow.fit.outputs import scales_document
 
     assert clean_fit.prior_weight == pytest.approx(FitOptions().prior, rel=1e-5)
     meta, arrays = keypoints_of(clip, NAMES)
     rng = np.random.default_rng(1)
-    opts = FitOptions(max_iters=CLIP_ITERS, world_frame=False, prior_spread_power=1.0)
+    opts = FitOptions(max_iters=CLIP_ITERS, world_frame=False)
+    assert opts.prior_spread_power == 1.0
     shape = arrays["kp3d_mm"].shape
     steady = arrays["kp3d_mm"] + rng.normal(0.0, 60.0, (1, *shape[1:]))  # the same offset in every frame
     fit = fit_arrays(meta, {**arrays, "kp3d_mm": steady}, opts, model)

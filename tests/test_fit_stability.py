@@ -105,6 +105,39 @@ def test_pose_prior_leaves_the_root_free(model) -> None:
     assert np.all(sigma[[model.dof_index(d) for d in ("knee_angle_l", "elbow_flex_r", "hip_flexion_l")]] > 0)
 
 
+def test_the_legs_sagittal_prior_keeps_its_own_weight(model) -> None:
+    """The pose prior is two terms: hip flexion, knee and ankle angle in ``prior_fixed`` (weighted by
+    ``FitOptions.prior`` always: standing is no centre for a squat), every other DOF in ``prior`` (the weight the fit
+    strengthens by the systematic 3D spread); together they are the whole prior."""
+    import jax.numpy as jnp
+
+    from mocapflow.fit.loss import LossWeights, pose_prior, prior_sigma_rad
+
+    neutral = np.asarray(model.zero_pose())
+    mask = jnp.ones(4)
+
+    def terms(**deg: float) -> tuple[float, float]:
+        q = np.tile(neutral, (4, 1))
+        for name, v in deg.items():
+            q[:, model.dof_index(name)] += np.deg2rad(v)
+        strengthened, fixed = pose_prior(jnp.asarray(q, jnp.float32), mask, model)
+        return float(strengthened), float(fixed)
+
+    legs = terms(hip_flexion_r=80.0, knee_angle_l=100.0, ankle_angle_r=20.0)
+    assert legs[0] == 0.0 and legs[1] > 1.0
+    rest = terms(arm_rot_r=30.0, hip_adduction_l=15.0, elbow_flex_r=90.0, lumbar_extension=10.0)
+    assert rest[1] == 0.0 and rest[0] > 1.0
+    both = terms(knee_angle_l=100.0, arm_rot_r=30.0)
+    sigma = prior_sigma_rad(model)
+    expected = sum(
+        (np.deg2rad(v) / sigma[model.dof_index(d)]) ** 2
+        for d, v in (("knee_angle_l", 100.0), ("arm_rot_r", 30.0))
+    )
+    assert sum(both) == pytest.approx(expected, rel=1e-4)
+    weights = LossWeights.make(prior=0.7)
+    assert float(weights.prior_fixed) == pytest.approx(0.7)
+
+
 @pytest.mark.parametrize("kps", [2.0, 4.0, 8.0])
 def test_trajectory_cutoff_is_half_the_knot_rate(kps: float) -> None:
     """A sinusoid at the stated cut-off keeps ~0.64 of its amplitude through the fit's spline basis (-4 dB, averaged

@@ -61,6 +61,11 @@ PRIOR_SIGMA_DEG: dict[str, float] = {
     "lumbar": 20.0,
     "neck": 30.0,
 }
+# The legs' sagittal DOFs keep the prior's own weight when the fit strengthens it (FitOptions.prior_spread_power):
+# standing is no centre for them in the movements labs record (a squat, a sit-to-stand flex hips, knees and ankles
+# far from it), and the keypoints observe them well from most views. With them strengthened too, the humanoid
+# renders' knees were 4-7 deg further off in the squats and sit-to-stands (mocapflow.fit.fitting's docstring).
+PRIOR_FIXED_PREFIXES: tuple[str, ...] = ("hip_flexion", "knee_angle", "ankle_angle")
 
 
 class LossWeights(eqx.Module):
@@ -74,6 +79,8 @@ class LossWeights(eqx.Module):
     smooth: Float[Array, ""]
     prior: Float[Array, ""]
     depth3d: Float[Array, ""]  # the camera-depth component's factor in the 3D residual (DEPTH_WEIGHT_3D)
+    # the pose prior's weight on the PRIOR_FIXED_PREFIXES DOFs (``prior`` is the rest's)
+    prior_fixed: Float[Array, ""]
 
     @classmethod
     def make(
@@ -87,11 +94,15 @@ class LossWeights(eqx.Module):
         prior: float | None = None,
         depth3d: float | None = None,
     ) -> LossWeights:
-        """``prior`` None: :data:`PRIOR_WEIGHT`; ``depth3d`` None: :data:`DEPTH_WEIGHT_3D`."""
+        """``prior`` None: :data:`PRIOR_WEIGHT` (on every DOF the prior pulls until the fit strengthens it);
+        ``depth3d`` None: :data:`DEPTH_WEIGHT_3D`."""
         prior = PRIOR_WEIGHT if prior is None else prior
         depth3d = DEPTH_WEIGHT_3D if depth3d is None else depth3d
         return cls(
-            *(jnp.asarray(v, jnp.float32) for v in (w3d, w2d, scale, body, offset, smooth, prior, depth3d))
+            *(
+                jnp.asarray(v, jnp.float32)
+                for v in (w3d, w2d, scale, body, offset, smooth, prior, depth3d, prior)
+            )
         )
 
 
@@ -243,13 +254,23 @@ def prior_sigma_rad(model: BodyModel) -> np.ndarray:
     return out
 
 
-def pose_prior(q: Float[Array, "T D"], frame_mask: Float[Array, " T"], model: BodyModel) -> Float[Array, ""]:
-    """Mean over real frames of ``sum_d ((q_d - neutral_d) / sigma_d)^2`` (neutral: 0 clipped into the limits)."""
+def prior_fixed_mask(model: BodyModel) -> np.ndarray:
+    """1 for the DOFs whose prior keeps its own weight (:data:`PRIOR_FIXED_PREFIXES`), 0 elsewhere."""
+    return np.array([float(d.name.startswith(PRIOR_FIXED_PREFIXES)) for d in model.dofs])
+
+
+def pose_prior(
+    q: Float[Array, "T D"], frame_mask: Float[Array, " T"], model: BodyModel
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """Mean over real frames of ``sum_d ((q_d - neutral_d) / sigma_d)^2`` (neutral: 0 clipped into the limits),
+    split into (the DOFs the fit may strengthen the prior on, the :func:`prior_fixed_mask` ones)."""
     sigma = prior_sigma_rad(model)
     inv = jnp.asarray(np.where(sigma > 0, 1.0 / np.where(sigma > 0, sigma, 1.0), 0.0), q.dtype)
     neutral = jnp.asarray(model.zero_pose(), q.dtype)
     z = (q - neutral) * inv
-    return jnp.sum(frame_mask[:, None] * z * z) / jnp.maximum(jnp.sum(frame_mask), 1.0)
+    per_dof = jnp.sum(frame_mask[:, None] * z * z, axis=0) / jnp.maximum(jnp.sum(frame_mask), 1.0)
+    fixed = jnp.asarray(prior_fixed_mask(model), q.dtype)
+    return jnp.sum(per_dof * (1.0 - fixed)), jnp.sum(per_dof * fixed)
 
 
 def loss_terms(params: FitParams, data: FitData, model: BodyModel) -> dict[str, Float[Array, ""]]:
@@ -262,6 +283,7 @@ def _terms(
     pred: Float[Array, "T J 3"], q: Float[Array, "T D"], params: FitParams, data: FitData, model: BodyModel
 ) -> dict[str, Float[Array, ""]]:
     w = data.weights
+    prior, prior_fixed = pose_prior(q, data.frame_mask, model)
     terms = {
         "3d": loss_3d(pred, data),
         "2d": loss_2d(pred, data),
@@ -269,7 +291,8 @@ def _terms(
         "body": jnp.sum(params.log_body**2),
         "offset": jnp.mean(jnp.sum((100.0 * params.offset) ** 2, axis=-1)),
         "smooth": smoothness(q, data.frame_mask),
-        "prior": pose_prior(q, data.frame_mask, model),
+        "prior": prior,
+        "prior_fixed": prior_fixed,
     }
     terms["total"] = (
         w.w3d * terms["3d"]
@@ -279,6 +302,7 @@ def _terms(
         + w.offset * terms["offset"]
         + w.smooth * terms["smooth"]
         + w.prior * terms["prior"]
+        + w.prior_fixed * terms["prior_fixed"]
     )
     return terms
 

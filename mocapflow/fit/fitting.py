@@ -123,8 +123,8 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
   / 6.28 / 5.88 -> 6.45 / 5.78 / 5.83, worst 7.83 / 8.21 / 8.37 -> 7.13 / 7.89 / 8.48; metamorphic messi 2.70 / 1.05 /
   1.58 / 1.53 -> 2.40 / 0.89 / 1.53 / 1.27, cameraman 1.90 / 2.20 / 1.59 / 2.07 -> 1.82 / 1.91 / 1.64 / 1.76, basketball
   1.77 / 0.40 / 0.66 / 0.70 -> 1.42 / 0.39 / 0.66 / 0.77, court 4.38 / 14.35 / 3.14 / 2.04 -> 4.36 / 14.67 / 3.19 /
-  1.91, astronaut unchanged; ``validate fit`` seeds 0-4 unchanged (1.906 / 3.154); the demo 2.02 / 1.93 / 1.86 -> 2.05 /
-  2.12 / 2.06 (arm rotation: the markers set's outliers raise its prior weight 2-4x). Exempting arm rotation as well was
+  1.91, astronaut unchanged; ``validate fit`` seeds 0-4 unchanged (1.906 / 3.154); the demo 2.02 / 1.93 / 1.86 -> 2.03 /
+  2.14 / 2.03 (arm rotation: the markers set's outliers raise its prior weight 2-4x). Exempting arm rotation as well was
   better on the humanoid (seeds 0-4 median 5.14 / 5.81 / 5.16 / 5.07 / 5.64) and the demo (2.04 / 2.04 / 1.92) but worse
   on real footage (messi still SD 2.96, cameraman half 1.88). A
   smoothness weight scaled by (4 / knots per second) ** 2 or ** 4 (less smoothing of fast motion) was mixed on the

@@ -49,7 +49,7 @@ from mocapflow.fit.outputs import (
     write_fit,
 )
 from mocapflow.fit.params import Limits, bounded_mask, q_to_x
-from mocapflow.fit.robust import RobustOptions, RobustStats, geman_mcclure_weights, reweight
+from mocapflow.fit.robust import RobustOptions, geman_mcclure_weights, reweight
 from mocapflow.fit.run import fit_keypoints, read_keypoints
 from mocapflow.fit.runtime import jax_cache_folder, xla_flags
 from mocapflow.fit.sites import map_keypoints
@@ -357,26 +357,37 @@ def test_geman_mcclure_weights_and_noise_balance():
     np.testing.assert_allclose(w[:3], [1.0, 0.25, 1.0 / 101.0**2], rtol=1e-5)
     assert w[3] > 0  # floored: a down-weighted observation is still measured at the next reweighting
     # 2D keypoints 10x more precise (per unit) than the 3D ones get 100x the 3D weight
-    stats = RobustStats(spread_2d_ref_px=0.5, spread_3d_cm=5.0, outliers_2d=0.0, outliers_3d=0.0)
-    assert balanced_w2d(1.0, stats) == pytest.approx(100.0)
+    assert balanced_w2d(1.0, noise_3d_mm=50.0, noise_2d_ref_px=0.5) == pytest.approx(100.0)
+    assert balanced_w2d(2.0, noise_3d_mm=0.0, noise_2d_ref_px=0.0) == pytest.approx(
+        2.0
+    )  # exact: both floored
+    assert np.isnan(balanced_w2d(1.0, noise_3d_mm=float("nan"), noise_2d_ref_px=1.0))
     with pytest.raises(ValueError, match="cutoff"):
         RobustOptions(cutoff=0.0)
 
 
-def test_2d_weight_is_balanced_once_at_the_first_reweighting(model, clip):
-    """The later reweightings measure residuals the weight itself shaped: they must not set it again."""
+def test_2d_weight_is_balanced_by_the_white_noise_measured_before_the_fit(model, clip):
+    """The 2D weight follows the keypoints' own frame-to-frame noise (2D in reference px, 3D in cm), not the fit's
+    residual spreads: a pose model's steady 3D errors (the same offset in every frame) leave it where it was, while
+    the residual spreads they widen had raised it 1.8x (and with it the pull of the pose model's 2D errors)."""
+    from mocapflow.fit.loss import F_REF_PX
+    from mocapflow.fit.outputs import scales_document
+
     meta, arrays = keypoints_of(clip, NAMES)
     rng = np.random.default_rng(0)
     arrays["kp2d_px"] += rng.normal(0.0, 3.0, arrays["kp2d_px"].shape)
     arrays["kp3d_mm"] += rng.normal(0.0, 30.0, arrays["kp3d_mm"].shape)
-    fit = fit_arrays(meta, arrays, FitOptions(max_iters=CLIP_ITERS, world_frame=False), model)
-    assert len(fit.robust) == 3
-    first, last = (balanced_w2d(1.0, fit.robust[k]) for k in (0, -1))
-    assert abs(last - first) > 0.05 * first  # the spreads moved between the first and the last reweighting
-    assert fit.w2d == pytest.approx(first, rel=1e-5)
-    unbalanced = fit_arrays(
-        meta, arrays, FitOptions(max_iters=CLIP_ITERS, world_frame=False, balance_noise=False), model
-    )
+    opts = FitOptions(max_iters=CLIP_ITERS, world_frame=False)
+    fit = fit_arrays(meta, arrays, opts, model)
+    assert fit.noise_2d_ref_px == pytest.approx(3.0 * F_REF_PX / meta.intrinsics.fx, rel=0.3)
+    assert fit.noise_mm == pytest.approx(30.0, rel=0.3)
+    assert fit.w2d == pytest.approx(balanced_w2d(1.0, fit.noise_mm, fit.noise_2d_ref_px), rel=1e-5)
+    assert scales_document(fit)["fit"]["keypoint_noise_2d_ref_px"] == pytest.approx(fit.noise_2d_ref_px)
+    steady = arrays["kp3d_mm"] + rng.normal(0.0, 60.0, (1, *arrays["kp3d_mm"].shape[1:]))
+    offset = fit_arrays(meta, {**arrays, "kp3d_mm": steady}, opts, model)
+    assert offset.robust[0].spread_3d_cm > 1.5 * fit.robust[0].spread_3d_cm  # the residuals did widen
+    assert offset.w2d == pytest.approx(fit.w2d, rel=0.1)
+    unbalanced = fit_arrays(meta, arrays, dataclasses.replace(opts, balance_noise=False), model)
     assert unbalanced.w2d == pytest.approx(FitOptions().w2d)
 
 

@@ -33,8 +33,9 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
   (``mocapflow.fit.optimise``).
 - Monocular keypoints have gross errors (a hidden marker's depth off by a metre). 3D observations pull with
   ``conf ** 4`` (a low confidence means a depth guess, not a 2D one); at 10, 25 and 45 % of the steps every
-  observation is reweighted by its residual (:mod:`mocapflow.fit.robust`) and the 2D weight is set from the
-  measured 2D and 3D residual spreads (:func:`balanced_w2d`). On the demo cohort (markers set, real pose output)
+  observation is reweighted by its residual (:mod:`mocapflow.fit.robust`) and, at the first, the 2D weight is set
+  against 3D (:func:`balanced_w2d`; by the residual spreads until ``FIT_VERSION`` 13, by the keypoints' white noise
+  since: the next bullets). On the demo cohort (markers set, real pose output)
   this took the median joint-angle error from 9-23 deg to 2.0-2.8 deg; on the validation set's Gaussian noise
   from 3.10 to 2.4 deg, clean unchanged (0.98).
 - The 2D weight is balanced once, at the first reweighting (``FIT_VERSION`` 11). Balanced again at every
@@ -49,6 +50,23 @@ Choices, and the measurements behind them (``benchmarks/bench_fit.py``, ``mocapf
   2.27 -> 4.38 / 14.35 / 3.14 / 2.04, astronaut_pan unchanged; ``validate fit`` seeds 0-4 median 1.918 -> 1.906,
   worst video 3.161 -> 3.154. A fixed 2D weight (``balance_noise`` off, 0.3) did better on the humanoid (seeds 0-4:
   5.76 / 6.06 / 5.31 / 4.93 / 5.72) and the metamorphic clips, worse on ``validate fit`` (median 1.992).
+- The 2D weight is balanced by the keypoints' white noise (``FIT_VERSION`` 13): ``w3d * (3D noise cm / 2D noise ref
+  px) ** 2``, both measured before the fit from second differences over time (:func:`second_difference_noise`; floored
+  at 1 mm and 0.1 ref px). The residual spreads it was balanced by before mix in a pose model's steady errors, which
+  the per-keypoint offsets and the pose prior answer: on BlazePose keypoints they gave 2D 0.3-2.9 times the 3D weight
+  (messi_pan 1.37, court_pan 1.68, cameraman_pan 0.30, humanoid renders 1.2-2.9) where the white noise gives 0.04-0.75
+  (messi 0.22, cameraman 0.04, court 0.42, humanoid 0.38-0.75), while the markers set keeps a heavy 2D weight (demo
+  3-5; 18-29 by the spreads). Same keypoints, spreads -> noise: humanoid renders seeds 0-7 median 5.25 / 5.72 / 5.27 /
+  5.01 / 5.48 / 6.45 / 5.78 / 5.83 -> 5.08 / 5.64 / 5.24 / 4.68 / 5.54 / 6.34 / 5.51 / 5.61 deg, worst video 6.85 /
+  7.41 / 6.98 / 5.58 / 6.52 / 7.13 / 7.89 / 8.48 -> 6.67 / 7.34 / 6.78 / 4.91 / 6.22 / 6.56 / 7.77 / 7.99; metamorphic
+  (still SD / mirror / half / reverse) messi 2.40 / 0.89 / 1.53 / 1.27 -> 1.50 / 0.54 / 1.15 / 0.93, cameraman 1.82 /
+  1.91 / 1.64 / 1.76 -> 2.28 / 1.83 / 1.58 / 1.82, basketball 1.42 / 0.39 / 0.66 / 0.77 -> 0.93 / 0.31 / 0.48 / 0.54,
+  court 4.36 / 14.67 / 3.19 / 1.91 -> 2.60 / 12.26 / 1.88 / 1.29, astronaut unchanged; ``validate fit`` seeds 0-4
+  median 1.906 -> 1.904, worst video 3.154 -> 3.036; the demo (walking / sit-to-stand / squat, this module's fit of
+  its keypoints) 2.03 / 2.14 / 2.03 -> 1.83 / 2.48 / 1.89. Measured and not chosen: a fixed 0.3 (``balance_noise``
+  off): humanoid like this, metamorphic like this but cameraman's still SD 1.82, ``validate fit`` 1.992 / 3.148, the
+  demo 2.08 / 3.13 / 2.63 (the markers' precise 2D underweighted); the spread rule divided by the systematic factor
+  squared (the white part of the 3D spread against the whole 2D spread): cameraman 2.26 / 2.21 / 1.87 / 2.02.
 - Only observed spans are fitted (:mod:`mocapflow.fit.spans`): frames in gaps longer than ``max_gap_s`` get NaN, each
   span its own B-spline, packed so that long gaps cost no computation.
 - Steps: at most ``max_iters`` (1500), stopping once a block of steps lowers the loss by less than ``rtol``
@@ -147,7 +165,15 @@ from numpy.typing import NDArray
 
 from mocapflow.fit.basis import knots_for_bandwidth, motion_bandwidth_hz
 from mocapflow.fit.init import initial_pose
-from mocapflow.fit.loss import DEPTH_WEIGHT_3D, PRIOR_WEIGHT, Evaluation, FitData, LossWeights, evaluate
+from mocapflow.fit.loss import (
+    DEPTH_WEIGHT_3D,
+    F_REF_PX,
+    PRIOR_WEIGHT,
+    Evaluation,
+    FitData,
+    LossWeights,
+    evaluate,
+)
 from mocapflow.fit.optimise import OptimiseInfo, optimise
 from mocapflow.fit.params import FitParams, FrameTrajectory, Limits, init_bspline, q_to_x
 from mocapflow.fit.preprocess import preprocess_keypoints
@@ -166,8 +192,9 @@ logger = logging.getLogger(__name__)
 # rigid body dropped before the fit (mocapflow.fit.preprocess.rigid_outliers); 10: 2D residuals in reference px
 # (mocapflow.fit.loss.F_REF_PX), the same at any resolution; 11: the 2D weight balanced against 3D once, at the first
 # reweighting, not at each (the later spreads measured the fit's own residuals under the weight they set); 12: the
-# pose prior strengthened by the systematic 3D spread (prior_spread_power 1), once, except on the legs' sagittal DOFs
-FIT_VERSION = 12
+# pose prior strengthened by the systematic 3D spread (prior_spread_power 1), once, except on the legs' sagittal DOFs;
+# 13: the 2D weight balanced by the keypoints' white noise measured before the fit, not by the residual spreads
+FIT_VERSION = 13
 Method = Literal["bspline", "frames"]
 # half-width of the running median that flipped initial pelvis frames are checked against (mocapflow.fit.init)
 INIT_OUTLIER_WINDOW_S = 0.25
@@ -202,7 +229,7 @@ class FitOptions:
     block_size: int = 200
     rtol: float = 1e-4
     w3d: float = 1.0
-    w2d: float = 0.3  # until the first reweighting balances it against 3D (balanced_w2d)
+    w2d: float = 0.3  # until the first reweighting balances it against 3D (balanced_w2d), or throughout
     scale: float = 0.1
     body: float = 0.1
     offset: float = 0.05
@@ -217,7 +244,7 @@ class FitOptions:
     noise_floor_mm: float = 1.0
     # outliers are reweighted at these fractions of max_iters; robust_cutoff: the residual / spread ratio at
     # which an observation's weight is 1/4 (mocapflow.fit.robust); balance_noise: at the first reweighting, weigh
-    # 2D against 3D by their measured residual spreads (balanced_w2d), and keep that weight
+    # 2D against 3D by their white noise measured before the fit (balanced_w2d), and keep that weight
     robust_at: tuple[float, ...] = (0.1, 0.25, 0.45)
     robust_cutoff: float = 2.5
     balance_noise: bool = True
@@ -318,6 +345,8 @@ class PreparedVideo:
     knots_per_second: float = float("nan")  # of the B-spline trajectories (NaN for per-frame ones)
     # what preprocess_keypoints changed (its summary)
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    # the 2D keypoints' own noise, reference px per coordinate (NaN if it could not be measured)
+    noise_2d_ref_px: float = float("nan")
 
     @property
     def n_bucket(self) -> int:
@@ -351,6 +380,8 @@ class FitResult:
     smooth_weight: float  # the smoothness weight it led to
     # the 2D weight it ended with (FitOptions.w2d, or balanced at the first reweighting)
     w2d: float = float("nan")
+    # the 2D keypoints' noise measured before the fit (reference px per coordinate; balanced_w2d)
+    noise_2d_ref_px: float = float("nan")
     # the pose prior's weight it ended with (FitOptions.prior x the systematic 3D spread ** prior_spread_power; the
     # legs' sagittal DOFs keep FitOptions.prior)
     prior_weight: float = float("nan")
@@ -398,18 +429,27 @@ def estimate_noise_mm(
     keypoints the 2D ones are used, 1 px counting as 1 mm. NaN when nothing can be measured.
     """
     for kp in (kp3d, kp2d):
-        ok = (conf > 0) & np.isfinite(kp).all(-1)
-        n_ok = ok.sum(axis=1)
-        if (n_ok > 0).sum() < 3:
-            continue
-        x = np.where(ok[..., None], kp, 0.0)
-        centre = x.sum(axis=1, keepdims=True) / np.maximum(n_ok, 1)[:, None, None]
-        c = np.where(ok[..., None], x - centre, np.nan)
-        d2 = (c[2:] - 2.0 * c[1:-1] + c[:-2]).reshape(-1)
-        d2 = d2[np.isfinite(d2)]
-        if d2.size >= 10:
-            return 1.4826 * float(np.median(np.abs(d2))) / np.sqrt(6.0)
+        noise = second_difference_noise(kp, conf)
+        if np.isfinite(noise):
+            return noise
     return float("nan")
+
+
+def second_difference_noise(kp: NDArray[np.floating], conf: NDArray[np.floating]) -> float:
+    """White noise per coordinate (the keypoints' unit) of centred keypoints [N, J, C]: the robust spread of their
+    second differences over consecutive usable frames / sqrt(6). NaN when fewer than 10 can be measured."""
+    ok = (conf > 0) & np.isfinite(kp).all(-1)
+    n_ok = ok.sum(axis=1)
+    if (n_ok > 0).sum() < 3:
+        return float("nan")
+    x = np.where(ok[..., None], kp, 0.0)
+    centre = x.sum(axis=1, keepdims=True) / np.maximum(n_ok, 1)[:, None, None]
+    c = np.where(ok[..., None], x - centre, np.nan)
+    d2 = (c[2:] - 2.0 * c[1:-1] + c[:-2]).reshape(-1)
+    d2 = d2[np.isfinite(d2)]
+    if d2.size < 10:
+        return float("nan")
+    return 1.4826 * float(np.median(np.abs(d2))) / np.sqrt(6.0)
 
 
 def init_smoothing_frames(noise_mm: float, fps: float, floor_mm: float) -> float:
@@ -451,6 +491,7 @@ def prepare(
     span = span_ids(observed, options.max_gap_frames(meta.fps))
     layout = pack_spans(span)
     noise_mm = estimate_noise_mm(kp3d, kp2d, conf)
+    noise_2d_ref_px = second_difference_noise(kp2d, conf) * F_REF_PX / meta.intrinsics.fx
     # after the noise is measured (it sets the fit's smoothness weight), keypoints made consistent over time
     kp2d, kp3d, conf, pre_report = preprocess_keypoints(
         kp2d,
@@ -507,19 +548,40 @@ def prepare(
         weights=options.weights(noise_mm if np.isfinite(noise_mm) else options.noise_floor_mm),
     )
     return PreparedVideo(
-        data, kmap, frames, time_s, observed, span, layout, q_init, noise_mm, kps, pre_report.summary()
+        data,
+        kmap,
+        frames,
+        time_s,
+        observed,
+        span,
+        layout,
+        q_init,
+        noise_mm,
+        kps,
+        pre_report.summary(),
+        noise_2d_ref_px,
     )
 
 
-def balanced_w2d(w3d: float, stats: RobustStats) -> float:
-    """The 2D weight that gives 2D and 3D residuals equal pull per unit of their measured spread.
+# floors of the white noise balanced_w2d weighs by: 1 mm (FitOptions.noise_floor_mm) and a tenth of a reference px
+NOISE_FLOOR_3D_CM = 0.1
+NOISE_FLOOR_2D_REF_PX = 0.1
+
+
+def balanced_w2d(w3d: float, noise_3d_mm: float, noise_2d_ref_px: float) -> float:
+    """The 2D weight that gives 2D and 3D residuals equal pull per unit of their white noise, measured before the
+    fit from second differences over time (:func:`second_difference_noise`; 3D in mm, 2D in reference px).
 
     Both terms are squared residuals (cm and px) below their Huber deltas, so weights proportional to the inverse
-    squared spreads make the loss a likelihood in which precise 2D keypoints (a fraction of a pixel) outweigh
-    centimetre-noisy monocular depths, and noisy 2D ones do not. The spreads are floored
-    (:class:`~mocapflow.fit.robust.RobustOptions`), which bounds the ratio.
+    squared noise make the loss a likelihood in which precise 2D keypoints (a fraction of a pixel) outweigh
+    centimetre-noisy monocular depths, and noisy 2D ones do not. The noise is floored
+    (:data:`NOISE_FLOOR_3D_CM`, :data:`NOISE_FLOOR_2D_REF_PX`: exact keypoints get ``w3d``); NaN noise (nothing to
+    measure it on) gives NaN, and the fit keeps its weight. A pose model's steady errors do not enter: the per-keypoint
+    offsets and the pose prior answer those (:func:`systematic_spread_cm`).
     """
-    return w3d * (stats.spread_3d_cm / stats.spread_2d_ref_px) ** 2
+    n3 = max(noise_3d_mm / 10.0, NOISE_FLOOR_3D_CM)
+    n2 = max(noise_2d_ref_px, NOISE_FLOOR_2D_REF_PX)
+    return w3d * (n3 / n2) ** 2
 
 
 # median norm of a 3D residual over the per-coordinate noise for Gaussian noise (chi with 3 degrees of freedom)
@@ -603,10 +665,9 @@ def fit_arrays(
     def reweight_outliers(p: FitParams, d: FitData) -> FitData:
         d, stats = reweight(p, d, model, robust_options)
         robust_stats.append(stats)
-        if options.balance_noise and len(robust_stats) == 1:
-            d = eqx.tree_at(
-                lambda x: x.weights.w2d, d, jnp.asarray(balanced_w2d(options.w3d, stats), jnp.float32)
-            )
+        w2d = balanced_w2d(options.w3d, prep.noise_mm, prep.noise_2d_ref_px)
+        if options.balance_noise and len(robust_stats) == 1 and np.isfinite(w2d):
+            d = eqx.tree_at(lambda x: x.weights.w2d, d, jnp.asarray(w2d, jnp.float32))
         if options.prior_spread_power and len(robust_stats) == 1:
             d = eqx.tree_at(
                 lambda x: x.weights.prior,
@@ -659,6 +720,7 @@ def fit_arrays(
         noise_mm=prep.noise_mm,
         smooth_weight=float(prep.data.weights.smooth),
         w2d=float(prep.data.weights.w2d),
+        noise_2d_ref_px=prep.noise_2d_ref_px,
         prior_weight=float(prep.data.weights.prior),
         robust=tuple(robust_stats),
         knots_per_second=prep.knots_per_second,

@@ -20,7 +20,7 @@ Figures, all in degrees, each the median over :data:`LIMB_DOFS` (both sides) of 
 - ``reencode_deg``: mean absolute difference from the same video decoded and encoded again (same frames, same order,
   the encoder the variants are made with). No target: it is the suite's floor. Every variant is such a re-encode,
   so each relation's figure holds this much that is not the relation's: what the pose model makes of pixel changes
-  no one can see (on messi_pan 1.03 deg, cameraman_pan 1.75, basketball_pan 0.38, court_pan 2.50; H.264 crf 12).
+  no one can see (on messi_pan 0.74 deg, cameraman_pan 1.20, basketball_pan 0.23, court_pan 1.79; H.264 crf 12).
 
 Targets (issue 11): still <= 2, mirror <= 3, half <= 3, reverse <= 1.
 """

@@ -221,6 +221,7 @@ def scales_document(result: FitResult) -> dict[str, Any]:
             "final_loss": _finite_or_none(info.final_loss),
             "loss_terms": {k: _finite_or_none(v) for k, v in result.loss_terms.items()},
             "keypoint_noise_mm": _finite_or_none(result.noise_mm),
+            "keypoint_noise_2d_ref_px": _finite_or_none(result.noise_2d_ref_px),
             "smooth_weight": result.smooth_weight,
             "w2d": _finite_or_none(result.w2d),
             "prior_weight": _finite_or_none(result.prior_weight),

@@ -563,23 +563,22 @@ def prepare(
     )
 
 
-# floors of the white noise balanced_w2d weighs by: 1 mm (FitOptions.noise_floor_mm) and a tenth of a reference px
-NOISE_FLOOR_3D_CM = 0.1
+# floor of the 2D white noise balanced_w2d weighs by: a tenth of a reference px (the 3D one: FitOptions.noise_floor_mm)
 NOISE_FLOOR_2D_REF_PX = 0.1
 
 
-def balanced_w2d(w3d: float, noise_3d_mm: float, noise_2d_ref_px: float) -> float:
+def balanced_w2d(w3d: float, noise_3d_mm: float, noise_2d_ref_px: float, floor_3d_mm: float = 1.0) -> float:
     """The 2D weight that gives 2D and 3D residuals equal pull per unit of their white noise, measured before the
     fit from second differences over time (:func:`second_difference_noise`; 3D in mm, 2D in reference px).
 
     Both terms are squared residuals (cm and px) below their Huber deltas, so weights proportional to the inverse
     squared noise make the loss a likelihood in which precise 2D keypoints (a fraction of a pixel) outweigh
     centimetre-noisy monocular depths, and noisy 2D ones do not. The noise is floored
-    (:data:`NOISE_FLOOR_3D_CM`, :data:`NOISE_FLOOR_2D_REF_PX`: exact keypoints get ``w3d``); NaN noise (nothing to
+    (``floor_3d_mm``, :data:`NOISE_FLOOR_2D_REF_PX`: exact keypoints get ``w3d``); NaN noise (nothing to
     measure it on) gives NaN, and the fit keeps its weight. A pose model's steady errors do not enter: the per-keypoint
     offsets and the pose prior answer those (:func:`systematic_spread_cm`).
     """
-    n3 = max(noise_3d_mm / 10.0, NOISE_FLOOR_3D_CM)
+    n3 = max(noise_3d_mm, floor_3d_mm) / 10.0
     n2 = max(noise_2d_ref_px, NOISE_FLOOR_2D_REF_PX)
     return w3d * (n3 / n2) ** 2
 
@@ -665,7 +664,7 @@ def fit_arrays(
     def reweight_outliers(p: FitParams, d: FitData) -> FitData:
         d, stats = reweight(p, d, model, robust_options)
         robust_stats.append(stats)
-        w2d = balanced_w2d(options.w3d, prep.noise_mm, prep.noise_2d_ref_px)
+        w2d = balanced_w2d(options.w3d, prep.noise_mm, prep.noise_2d_ref_px, options.noise_floor_mm)
         if options.balance_noise and len(robust_stats) == 1 and np.isfinite(w2d):
             d = eqx.tree_at(lambda x: x.weights.w2d, d, jnp.asarray(w2d, jnp.float32))
         if options.prior_spread_power and len(robust_stats) == 1:

@@ -358,9 +358,8 @@ def test_geman_mcclure_weights_and_noise_balance():
     assert w[3] > 0  # floored: a down-weighted observation is still measured at the next reweighting
     # 2D keypoints 10x more precise (per unit) than the 3D ones get 100x the 3D weight
     assert balanced_w2d(1.0, noise_3d_mm=50.0, noise_2d_ref_px=0.5) == pytest.approx(100.0)
-    assert balanced_w2d(2.0, noise_3d_mm=0.0, noise_2d_ref_px=0.0) == pytest.approx(
-        2.0
-    )  # exact: both floored
+    # exact keypoints: both noises at their floors
+    assert balanced_w2d(2.0, noise_3d_mm=0.0, noise_2d_ref_px=0.0) == pytest.approx(2.0)
     assert np.isnan(balanced_w2d(1.0, noise_3d_mm=float("nan"), noise_2d_ref_px=1.0))
     with pytest.raises(ValueError, match="cutoff"):
         RobustOptions(cutoff=0.0)

@@ -660,11 +660,12 @@ def fit_arrays(
     params = initial_params(prep, model, options)
     robust_options = RobustOptions(cutoff=options.robust_cutoff)
     robust_stats: list[RobustStats] = []
+    # known before the fit (the keypoints' noise); set at the first reweighting, the step the weights are settled at
+    w2d = balanced_w2d(options.w3d, prep.noise_mm, prep.noise_2d_ref_px, options.noise_floor_mm)
 
     def reweight_outliers(p: FitParams, d: FitData) -> FitData:
         d, stats = reweight(p, d, model, robust_options)
         robust_stats.append(stats)
-        w2d = balanced_w2d(options.w3d, prep.noise_mm, prep.noise_2d_ref_px, options.noise_floor_mm)
         if options.balance_noise and len(robust_stats) == 1 and np.isfinite(w2d):
             d = eqx.tree_at(lambda x: x.weights.w2d, d, jnp.asarray(w2d, jnp.float32))
         if options.prior_spread_power and len(robust_stats) == 1:

@@ -721,7 +721,11 @@ def validate_humanoid_command(
     seed: Annotated[int, typer.Option("--seed", help="Cohort seed (subjects, motions, cameras).")] = 0,
     oracle: Annotated[
         bool,
-        typer.Option("--oracle", help="Also fit the exact landmarks: the error of the model mismatch alone."),
+        typer.Option(
+            "--oracle",
+            help="Also fit the exact landmarks (the model mismatch alone), and the pose model's keypoints with "
+            "its 2D or its 3D replaced by the truth (which output bounds the error).",
+        ),
     ] = False,
     out: Annotated[
         Path | None,
@@ -768,6 +772,7 @@ def validate_humanoid_command(
         "median_2d_px",
         "median_3d_mm",
         "meets_targets",
+        *(("oracle_median_deg", "oracle_true_2d_median_deg", "oracle_true_3d_median_deg") if oracle else ()),
     ):
         console.print(f"{k}: {summary.get(k)}")
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mocapflow.fit.fitting import FitOptions, fit_table
+from mocapflow.fit.fitting import FitOptions, fit_arrays, fit_table
 from mocapflow.fit.validate import METRIC_DOFS, angle_errors_deg
 from mocapflow.keypoints import read_arrays
 
@@ -140,7 +140,6 @@ def _oracle_errors(gt: Any, options: FitOptions) -> NDArray[np.float64]:
     import hashlib
 
     from mocapflow.fit.clip import observe
-    from mocapflow.fit.fitting import fit_arrays
 
     cam_m = np.asarray(gt.kp3d_mm, np.float64) / 1000.0
     digest = hashlib.sha256(np.ascontiguousarray(cam_m).tobytes()).hexdigest()
@@ -154,6 +153,33 @@ def _oracle_errors(gt: Any, options: FitOptions) -> NDArray[np.float64]:
     )
     result = fit_arrays(meta, arrays, options)
     return angle_errors_deg(result, gt.q)
+
+
+# the pose model's outputs that ``oracle`` replaces by the truth one at a time (keypoints-table column, truth's)
+TRUE_OUTPUTS: dict[str, str] = {"true_2d": "kp2d_px", "true_3d": "kp3d_mm"}
+
+
+def with_true_output(
+    joint_names: list[str] | tuple[str, ...],
+    arrays: dict[str, NDArray[Any]],
+    truth_names: list[str] | tuple[str, ...],
+    truth: NDArray[np.floating],
+    column: str,
+) -> dict[str, NDArray[Any]]:
+    """``arrays`` (a keypoints table's, :func:`mocapflow.keypoints.read_arrays`) with ``column`` (``kp2d_px`` or
+    ``kp3d_mm``) replaced by the truth [all frames, truth joints, C] wherever the pose model gave a value for a
+    joint the truth has. Everything else stays the model's: its other output, its confidences, the frames and
+    joints it missed. Fitting this attributes the angle error to one of the model's outputs."""
+    out = dict(arrays)
+    values = np.array(arrays[column], copy=True)
+    frames = np.asarray(arrays["frame"])
+    for j, name in enumerate(joint_names):
+        if name not in truth_names:
+            continue
+        seen = np.isfinite(values[:, j]).all(axis=-1)
+        values[seen, j] = truth[frames[seen], list(truth_names).index(name)]
+    out[column] = values
+    return out
 
 
 def validate_humanoid(
@@ -176,7 +202,9 @@ def validate_humanoid(
 
     ``oracle``: also fit the humanoid's exact landmarks (all 33, confidence 1, through the true camera) and report
     ``oracle_median_deg``: the error due to the model mismatch alone (the humanoid is not the fitter's model),
-    which no pose model can remove.
+    which no pose model can remove; and fit the pose model's keypoints with one of its outputs replaced by the
+    truth (:func:`with_true_output`): ``oracle_true_2d_median_deg`` (true 2D, the model's 3D) and
+    ``oracle_true_3d_median_deg`` (the model's 2D, true 3D), which of the two bounds the error.
 
     ``estimator``: an open :class:`models.runtime.PoseEstimator` of ``model_set`` (the run's pose options); None
     opens one with the runtime's defaults and ``threads``.
@@ -208,6 +236,7 @@ def validate_humanoid(
     all_err: list[NDArray[np.float64]] = []
     all_2d: list[NDArray[np.float64]] = []
     all_oracle: list[NDArray[np.float64]] = []
+    all_true: dict[str, list[NDArray[np.float64]]] = {k: [] for k in TRUE_OUTPUTS}
     all_3d: list[NDArray[np.float64]] = []
     for entry in entries:
         assert entry.gt is not None
@@ -258,6 +287,18 @@ def validate_humanoid(
             record["oracle_per_dof_median_deg"] = {
                 d: _median(oracle_err[:, i]) for i, d in enumerate(METRIC_DOFS)
             }
+            truth_of = {"kp2d_px": gt.kp2d_px, "kp3d_mm": gt.kp3d_mm}
+            for key, column in TRUE_OUTPUTS.items():
+                if detected.sum() < 2:
+                    record[f"oracle_{key}_median_deg"] = None
+                    continue
+                swapped = with_true_output(
+                    kp_meta.joint_names, kp, tuple(gt.joint_names), truth_of[column], column
+                )
+                swapped_fit = fit_arrays(kp_meta, swapped, options)
+                swapped_err = angle_errors_deg(swapped_fit, gt.q)[swapped_fit.observed]
+                all_true[key].append(swapped_err)
+                record[f"oracle_{key}_median_deg"] = _median(swapped_err)
         all_2d.append(errors_2d.err2d_px)
         all_3d.append(errors_2d.err3d_mm)
         videos.append(record)
@@ -296,6 +337,10 @@ def validate_humanoid(
             and worst <= TARGET_WORST_VIDEO_DEG
         ),
         "oracle_median_deg": _median(np.concatenate(all_oracle).reshape(-1)) if all_oracle else None,
+        **{
+            f"oracle_{key}_median_deg": _median(np.concatenate(errs).reshape(-1)) if errs else None
+            for key, errs in all_true.items()
+        },
         "model_set": model_set.manifest.name,
         "model_id": model_set.id,
         "render_seconds": render_s,

@@ -275,23 +275,29 @@ def fit_prefix_for(rt: FlowRuntime, keypoints_key: str, meta: KeypointsMeta | No
 
 
 def angles_summary(rt: FlowRuntime, prefix: str) -> str:
-    """Range of motion of the main joints, e.g. 'ROM deg R/L: hip 41/40, knee 88/90, ...'."""
+    """Range of motion of the main joints, e.g. 'ROM deg R/L: hip 41/40, knee 88*/90*, ...; * weakly observed' (a
+    star marks a DOF the fit lists in ``fit.weak_dofs``: its keypoints doubted by the pose model)."""
+    import json
+
     import numpy as np
 
     from mocapflow.store import fit_key
 
     table = rt.store.read_table(fit_key(prefix, "angles.parquet"))
+    fit_meta = json.loads((table.schema.metadata or {}).get(b"fit", b"{}"))
+    weak = fit_meta.get("weak_dofs") or {}
     parts = []
     for label, dof in ROM_DOFS:
         roms = [
-            np.nanmax(v) - np.nanmin(v)  # frames in long gaps are NaN (not fitted)
-            for side in "rl"
+            f"{np.nanmax(v) - np.nanmin(v):.0f}" + ("*" if f"{dof}_{side}" in weak else "")
+            for side in "rl"  # frames in long gaps are NaN (not fitted)
             if f"{dof}_{side}" in table.column_names
             and np.isfinite(v := table[f"{dof}_{side}"].to_numpy(zero_copy_only=False)).any()
         ]
         if roms:
-            parts.append(f"{label} " + "/".join(f"{r:.0f}" for r in roms))
-    return "ROM deg R/L: " + ", ".join(parts)
+            parts.append(f"{label} " + "/".join(roms))
+    starred = any("*" in p for p in parts)
+    return "ROM deg R/L: " + ", ".join(parts) + ("; * weakly observed" if starred else "")
 
 
 def _thumbnail(rt: FlowRuntime, prefix: str) -> bytes | None:

@@ -12,7 +12,7 @@ import pytest
 from mocapflow.fit.clip import gait_clip, keypoints_of
 from mocapflow.fit.fitting import FitOptions, fit_arrays, fit_body_model
 from mocapflow.fit.outputs import ANGLES, MOT, SCALES, angles_table, mot_text, plot_png, read_mot, write_fit
-from mocapflow.fit.spans import observed_frames, pack_spans, span_basis, span_ids
+from mocapflow.fit.spans import dof_support, observed_frames, pack_spans, span_basis, span_ids, weak_dofs
 from mocapflow.store import Store, fit_key
 
 GAP = slice(30, 60)  # 1 s unobserved: longer than the default 0.25 s, never fitted
@@ -39,6 +39,35 @@ def test_observed_frames_need_enough_usable_keypoints():
     np.testing.assert_array_equal(
         observed_frames(kp2d, conf, min_fraction=0.5, min_keypoints=4), [1, 0, 0, 0, 0, 1]
     )
+
+
+def test_a_dofs_support_is_the_best_keypoint_it_moves_not_one_on_its_axis():
+    """A leg of three bodies: the hip DOF moves the knee and the ankle, the knee DOF only the ankle (the knee
+    keypoint sits on its joint centre); a missing 2D position counts as no support."""
+    from models.body import Body, BodyModel, Dof, Site
+
+    model = BodyModel(
+        "leg",
+        bodies=(
+            Body("pelvis", -1, (0.0, 0.0, 0.0)),
+            Body("thigh", 0, (0.0, -0.1, 0.1), dofs=(0,)),
+            Body("shank", 1, (0.0, -0.4, 0.0), dofs=(1,)),
+        ),
+        dofs=(Dof("hip", "hinge", (0, 0, 1), -2, 2), Dof("knee", "hinge", (0, 0, 1), -2, 0)),
+        sites=(
+            Site("hip", 0, (0.0, -0.1, 0.1)),
+            Site("knee", 2, (0.0, 0.0, 0.0)),
+            Site("ankle", 2, (0, -0.4, 0)),
+        ),
+    )
+    conf = np.array([[0.9, 0.8, 0.3], [0.9, 0.2, 0.6], [0.9, 0.8, 0.9]], np.float32)
+    kp2d = np.zeros((3, 3, 2), np.float32)
+    kp2d[2, 2] = np.nan  # the ankle not found in the last frame
+    support = dof_support(model, (0, 1, 2), kp2d, conf)
+    np.testing.assert_allclose(support[:, 0], [0.8, 0.6, 0.8])  # hip: best of knee and ankle
+    np.testing.assert_allclose(support[:, 1], [0.3, 0.6, 0.0])  # knee: the ankle alone
+    assert weak_dofs(support, np.array([True, True, True]), model.dof_names) == {"knee": 0.3}
+    assert weak_dofs(support, np.array([False, True, False]), model.dof_names) == {}
 
 
 def test_spans_bridge_short_gaps_only_and_pack_without_sharing_control_points():
@@ -127,8 +156,46 @@ def test_long_gaps_are_not_fitted_and_marked_in_every_output(tmp_path, model, ga
     scales = store.get_json(fit_key(prefix, SCALES))
     assert scales["fit"]["converged"] == r.info.converged and scales["fit"]["observed_frames"] == 56
     assert scales["fit"]["preprocessing"] == r.preprocessing and r.preprocessing["rigid_outliers_3d"] == 0
-    assert store.get_bytes(fit_key(prefix, MOT)).decode().count("\n") == 60 + 9
+    assert store.get_bytes(fit_key(prefix, MOT)).decode().count("\n") == 60 + 10
     assert plot_png(r)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_weakly_observed_dofs_are_named_in_every_output(tmp_path, model, gap_fit):
+    """The fit's support (0 in the unobserved gap, full where the markers are seen); a DOF whose keypoints the pose
+    model doubts is listed in the angles metadata, scales.json, the .mot header, drawn dotted and starred in the
+    run summary's range of motion."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tasks.stages import angles_summary
+
+    knee = model.dof_index("knee_angle_r")
+    assert gap_fit.dof_support.shape == gap_fit.q.shape
+    assert (gap_fit.dof_support[GAP] == 0).all() and (gap_fit.dof_support[gap_fit.observed, knee] == 1).all()
+    assert gap_fit.weak_dofs == {}
+    support = gap_fit.dof_support.copy()
+    support[:, knee] = 0.2
+    r = replace(gap_fit, dof_support=support)
+    assert r.weak_dofs == {"knee_angle_r": 0.2}
+
+    table = angles_table(r)
+    assert table.column("dof_support").type.list_size == model.n_dofs
+    np.testing.assert_allclose(
+        np.stack(table.column("dof_support").to_numpy(zero_copy_only=False))[:, knee], 0.2
+    )
+    assert json.loads(table.schema.metadata[b"fit"])["weak_dofs"] == {"knee_angle_r": 0.2}
+    header, _, _ = read_mot(mot_text(r))
+    assert header["mocapflow_weak_dofs"] == "knee_angle_r"
+    assert read_mot(mot_text(gap_fit))[0]["mocapflow_weak_dofs"] == "none"
+
+    store = Store(str(tmp_path / "store"))
+    prefix, _ = write_fit(store, r)
+    assert store.get_json(fit_key(prefix, SCALES))["fit"]["weak_dofs"] == {"knee_angle_r": 0.2}
+    summary = angles_summary(SimpleNamespace(store=store), prefix)
+    assert summary.endswith("; * weakly observed") and "knee " in summary
+    knees = summary.split("knee ")[1].split(",")[0]
+    assert knees.count("*") == 1 and knees.split("/")[0].endswith("*")  # the right knee only
+    assert plot_png(r) != plot_png(gap_fit)  # dotted, with its own label
 
 
 def test_the_fit_is_deterministic(model, gap_clip, gap_fit):

@@ -179,7 +179,15 @@ from mocapflow.fit.params import FitParams, FrameTrajectory, Limits, init_bsplin
 from mocapflow.fit.preprocess import preprocess_keypoints
 from mocapflow.fit.robust import RobustOptions, RobustStats, reweight
 from mocapflow.fit.sites import KeypointMap, map_keypoints, offset_projection
-from mocapflow.fit.spans import PackedLayout, observed_frames, pack_spans, span_basis, span_ids
+from mocapflow.fit.spans import (
+    PackedLayout,
+    dof_support,
+    observed_frames,
+    pack_spans,
+    span_basis,
+    span_ids,
+    weak_dofs,
+)
 from mocapflow.keypoints import KeypointsMeta, read_arrays
 from models.body import BodyModel, default_body_model
 
@@ -347,6 +355,8 @@ class PreparedVideo:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     # the 2D keypoints' own noise, reference px per coordinate (NaN if it could not be measured)
     noise_2d_ref_px: float = float("nan")
+    # [N, D] support of each DOF by the keypoints it moves (mocapflow.fit.spans.dof_support); None: not computed
+    dof_support: NDArray[np.float32] | None = None
 
     @property
     def n_bucket(self) -> int:
@@ -394,6 +404,16 @@ class FitResult:
     knots_per_second: float = float("nan")
     # what preprocessing changed: swapped frames per group, 3D keypoints dropped as rigid-body outliers, low-pass
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    # [N, D] support of each DOF by the keypoints it moves (mocapflow.fit.spans.dof_support; 0 where none), None
+    # for results made without it
+    dof_support: NDArray[np.float32] | None = None
+
+    @property
+    def weak_dofs(self) -> dict[str, float]:
+        """The weakly observed DOFs and their median support (:func:`mocapflow.fit.spans.weak_dofs`)."""
+        if self.dof_support is None:
+            return {}
+        return weak_dofs(self.dof_support, self.observed, self.model.dof_names)
 
     def angle(self, dof: str) -> NDArray[np.float64]:
         """One DOF over time (radians or metres)."""
@@ -506,6 +526,7 @@ def prepare(
     )
     intr = meta.intrinsics
     site_index = np.asarray(kmap.site_index)
+    support = dof_support(model, kmap.site_index, kp2d, conf)
     q_init = initial_pose(
         model,
         site_index,
@@ -560,6 +581,7 @@ def prepare(
         kps,
         pre_report.summary(),
         noise_2d_ref_px,
+        support,
     )
 
 
@@ -725,6 +747,7 @@ def fit_arrays(
         robust=tuple(robust_stats),
         knots_per_second=prep.knots_per_second,
         preprocessing=prep.preprocessing,
+        dof_support=prep.dof_support,
     )
     if options.world_frame:
         result = in_world_frame(result, sites=prep.layout.unpack(np.asarray(ev.sites, np.float64), n))

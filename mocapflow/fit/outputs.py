@@ -7,12 +7,17 @@
   ``span``: the span number, -1 for frames in longer gaps, whose angles are NaN (never invented). The schema
   metadata ``fit`` holds whether the optimiser converged, its final relative loss change, the observed fraction
   and the spans' times.
+  ``dof_support``: per frame, each DOF's support (in the order of the DOF columns): the highest confidence among
+  the keypoints it moves (:mod:`mocapflow.fit.spans`); the metadata's ``fit.weak_dofs`` lists the DOFs whose median
+  support is below 0.5, weakly observed (their angles come from doubted keypoints and the priors: legs out of the
+  picture, say). The plot draws them dotted; the run summary names them.
 - ``residuals.parquet``: per frame the mean 2D reprojection error (px), mean root-relative 3D error (mm) and the
   number of keypoints used (NaN / 0 where not fitted).
 - ``scales.json``: scale per group and per body, per-keypoint offsets (mm) and the fit's figures.
 - ``angles.mot``: the angles as an OpenSim motion file holding only the rows of spans (observed frames and the
   bridged short gaps between them). Time is not uniform across a long gap (OpenSim's Storage allows it); the header
-  line ``mocapflow_spans=t0-t1;t2-t3`` lists the spans and ``mocapflow_observed_fraction`` the observed fraction.
+  line ``mocapflow_spans=t0-t1;t2-t3`` lists the spans, ``mocapflow_observed_fraction`` the observed fraction and
+  ``mocapflow_weak_dofs`` the weakly observed DOFs (comma-separated, ``none`` if none).
 - ``angles.png``: hips, knees, ankles, shoulders and elbows over time (ground truth overlaid when given); long gaps
   are shaded grey (no curve), bridged gaps light yellow.
 - ``subject.osim`` and ``markers.trc``: the body model scaled to the subject (an OpenSim model whose coordinates
@@ -46,7 +51,7 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from mocapflow.fit.osim import markers_trc, model_osim
-from mocapflow.fit.spans import span_bounds
+from mocapflow.fit.spans import WEAK_SUPPORT, span_bounds
 from mocapflow.store import Store, WriteReport, fit_key, fit_prefix
 
 if TYPE_CHECKING:
@@ -55,11 +60,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FIT_SCHEMA_VERSION = 3  # 3: source / subject_id columns and metadata, one folder per output kind
+# 3: source / subject_id columns and metadata, one folder per output kind; 4: dof_support, fit.weak_dofs
+FIT_SCHEMA_VERSION = 4
 OBSERVED_RULE = (
     "a frame is observed when at least max(4, observed_fraction x the mapped keypoints) have confidence > 0 and a "
     "finite 2D position; unobserved runs up to max_gap_s inside a span are bridged (interpolated), longer ones are "
     "not fitted (NaN)"
+)
+SUPPORT_RULE = (
+    f"a DOF's support is the highest confidence among the usable keypoints it moves; weakly observed: median over "
+    f"the observed frames below {WEAK_SUPPORT}"
 )
 ANGLES, RESIDUALS, SCALES, MOT, PNG, OSIM, TRC = (
     "angles.parquet",
@@ -144,6 +154,8 @@ def fit_status(result: FitResult) -> dict[str, Any]:
         "max_gap_s": result.options.max_gap_s,
         "spans_s": [[round(a, 6), round(b, 6)] for a, b in span_times(result)],
         "observed_rule": OBSERVED_RULE,
+        "weak_dofs": result.weak_dofs,
+        "support_rule": SUPPORT_RULE,
     }
 
 
@@ -160,6 +172,12 @@ def angles_table(result: FitResult) -> pa.Table:
     }
     for i, name in enumerate(result.model.dof_names):
         columns[name] = pa.array(values[:, i], pa.float64())
+    support = (
+        np.full((len(result.frames), result.model.n_dofs), np.nan, np.float32)
+        if result.dof_support is None
+        else np.asarray(result.dof_support, np.float32)
+    )
+    columns["dof_support"] = pa.FixedSizeListArray.from_arrays(pa.array(support.ravel()), result.model.n_dofs)
     columns.update(_source_columns(result))
     return pa.table(columns).replace_schema_metadata(
         _meta(
@@ -240,7 +258,7 @@ def scales_document(result: FitResult) -> dict[str, Any]:
 
 def mot_text(result: FitResult, name: str = "mocapflow") -> str:
     """OpenSim .mot of the spans' rows only: header (name, version=1, nRows, nColumns, inDegrees=yes,
-    ``mocapflow_spans``, ``mocapflow_observed_fraction``, endheader), then tab-separated ``time`` and one column per
+    ``mocapflow_spans``, ``mocapflow_observed_fraction``, ``mocapflow_weak_dofs``, endheader), then tab-separated ``time`` and one column per
     DOF (degrees; slides in metres, as OpenSim expects). Frames in gaps longer than ``max_gap_s`` have no row."""
     keep = result.fitted
     values = angles_in_units(result)[keep]
@@ -254,6 +272,7 @@ def mot_text(result: FitResult, name: str = "mocapflow") -> str:
         "inDegrees=yes",
         f"mocapflow_spans={spans}",
         f"mocapflow_observed_fraction={result.observed_fraction:.6f}",
+        f"mocapflow_weak_dofs={','.join(result.weak_dofs) or 'none'}",
         "endheader",
         "\t".join(names),
     ]
@@ -297,6 +316,7 @@ def plot_png(
     from matplotlib.figure import Figure
 
     values = angles_in_units(result)
+    weak = result.weak_dofs
     fig = Figure(figsize=(10, 2.0 * len(panels)), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
@@ -305,7 +325,11 @@ def plot_png(
             if dof not in result.model.dof_names:
                 continue
             i = result.model.dof_index(dof)
-            ax.plot(result.time_s, values[:, i], color=colour, lw=1.2, label=f"{dof} fit")
+            if dof in weak:
+                label, style = f"{dof} fit, weakly observed ({weak[dof]:.2f})", ":"
+            else:
+                label, style = f"{dof} fit", "-"
+            ax.plot(result.time_s, values[:, i], color=colour, lw=1.2, ls=style, label=label)
             if truth is not None and dof in truth:
                 true = np.rad2deg(np.asarray(truth[dof], np.float64))[: len(result.time_s)]
                 ax.plot(result.time_s[: len(true)], true, color=colour, lw=1.0, ls="--", label=f"{dof} truth")
@@ -321,6 +345,7 @@ def plot_png(
         f"{result.meta.label}: fitted joint angles; observed {result.observed_fraction:.0%} of "
         f"frames\ngrey: not observed for more than {result.options.max_gap_s:g} s (not fitted), "
         "yellow: short gap bridged by the fit"
+        + ("\ndotted: weakly observed (the keypoints it moves are doubted by the pose model)" if weak else "")
     )
     fig.tight_layout()
     buf = io.BytesIO()

@@ -10,6 +10,12 @@ Rule (the one every fit output follows):
   trajectory, marked ``interpolated``). Frames outside every span (long gaps, before the first and after the last
   observed frame) are not fitted: their angles are NaN.
 - Each span gets its own trajectory (its own B-spline control points), so no curve runs through a long gap.
+- A DOF's **support** in a frame is the highest confidence among the usable keypoints it moves: those on the
+  bodies below it in the kinematic tree, and those on its own body away from its joint centre (a keypoint at the
+  centre does not move when the DOF turns). A DOF whose median support over the observed frames is below
+  :data:`WEAK_SUPPORT` is **weakly observed**: its angle comes from keypoints the pose model itself doubts (legs
+  out of the picture, a limb hidden behind the body) and from the fit's priors, not from what the video shows.
+  The fit still gives it a value (the body needs one); every output says which DOFs these are.
 
 The fit runs on a **packed** layout: the spans' frames one after another, one separator frame (no observations,
 frame mask 0) between consecutive spans so that no smoothness term couples two spans, then bucket padding.
@@ -18,12 +24,17 @@ frame mask 0) between consecutive spans so that no smoothness term couples two s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mocapflow.fit.basis import bspline_basis, bucket_frames, n_control_points
+
+if TYPE_CHECKING:
+    from models.body import BodyModel
 
 
 def observed_frames(
@@ -33,6 +44,48 @@ def observed_frames(
     usable = (np.asarray(conf) > 0) & np.isfinite(np.asarray(kp2d)).all(-1)
     need = max(int(min_keypoints), math.ceil(min_fraction * usable.shape[1] - 1e-9), 1)
     return usable.sum(axis=1) >= min(need, usable.shape[1])
+
+
+# below this median support a DOF is weakly observed (a pose model's confidence: a keypoint it finds less likely
+# seen than not; BlazePose's legs out of the picture get 0.03-0.4)
+WEAK_SUPPORT = 0.5
+# a keypoint this close to its body's joint centre (m) does not observe the body's own DOFs
+_ON_AXIS_M = 0.02
+
+
+def dof_support(
+    model: BodyModel, site_index: Sequence[int], kp2d: NDArray[np.floating], conf: NDArray[np.floating]
+) -> NDArray[np.float32]:
+    """[T, D] support of every DOF in every frame (see the module docstring); 0 where no keypoint observes it."""
+    usable = np.where(np.isfinite(np.asarray(kp2d)).all(-1), np.nan_to_num(np.asarray(conf, np.float64)), 0.0)
+    n_bodies = len(model.bodies)
+    below = np.eye(n_bodies, dtype=bool)  # below[b, c]: body c is b or under it
+    for c in range(n_bodies - 1, -1, -1):  # parents come before children
+        p = model.bodies[c].parent
+        if p >= 0:
+            below[p] |= below[c]
+    out = np.zeros((usable.shape[0], model.n_dofs), np.float32)
+    for b, body in enumerate(model.bodies):
+        cols = [
+            j
+            for j, s in enumerate(site_index)
+            if below[b, model.sites[s].body]
+            and (model.sites[s].body != b or np.linalg.norm(model.sites[s].pos) > _ON_AXIS_M)
+        ]
+        if cols and body.dofs:
+            out[:, list(body.dofs)] = usable[:, cols].max(axis=1, keepdims=True)
+    return out
+
+
+def weak_dofs(
+    support: NDArray[np.floating], observed: NDArray[np.bool_], dof_names: Sequence[str]
+) -> dict[str, float]:
+    """``{dof: median support over the observed frames}`` of the weakly observed DOFs (median < WEAK_SUPPORT)."""
+    obs = np.asarray(observed, bool)
+    if not obs.any():
+        return {}
+    med = np.median(np.asarray(support)[obs], axis=0)
+    return {name: round(float(m), 3) for name, m in zip(dof_names, med, strict=True) if m < WEAK_SUPPORT}
 
 
 def span_ids(observed: NDArray[np.bool_], max_gap_frames: int) -> NDArray[np.int32]:

@@ -22,7 +22,10 @@ Figures, all in degrees, each the median over :data:`LIMB_DOFS` (both sides) of 
   so each relation's figure holds this much that is not the relation's: what the pose model makes of pixel changes
   no one can see (on messi_pan 0.74 deg, cameraman_pan 1.20, basketball_pan 0.23, court_pan 1.79; H.264 crf 12).
 
-Targets (issue 11): still <= 2, mirror <= 3, half <= 3, reverse <= 1.
+Targets (issue 11): still <= 2, mirror <= 3, half <= 3, reverse <= 1. Beside the medians over every DOF (what the
+targets are read on), ``medians_observed_deg`` leaves out the DOFs the base fit reports weakly observed
+(:mod:`mocapflow.fit.spans`: the keypoints they move are doubted by the pose model, e.g. legs out of the picture),
+which the outputs already mark as not measured.
 """
 
 from __future__ import annotations
@@ -141,10 +144,22 @@ class MetamorphicFigures:
     """Per-DOF figures (deg) of each relation and their medians; a relation not measured is absent."""
 
     per_dof: dict[str, dict[str, float]] = field(default_factory=dict)  # relation -> dof -> deg
+    weak_dofs: tuple[str, ...] = ()  # the base fit's weakly observed DOFs (FitResult.weak_dofs)
 
     @property
     def medians(self) -> dict[str, float]:
         return {k: _median(v) for k, v in self.per_dof.items()}
+
+    @property
+    def medians_observed(self) -> dict[str, float]:
+        """The medians without the weakly observed DOFs (the mirror relation also without the DOFs it pairs with
+        them)."""
+        weak = set(self.weak_dofs)
+        paired = weak | {mirror_name(d) for d in weak}
+        return {
+            k: _median({d: x for d, x in v.items() if d not in (paired if k == "mirror_deg" else weak)})
+            for k, v in self.per_dof.items()
+        }
 
     def passed(self, targets: Mapping[str, float] = TARGETS_DEG) -> dict[str, bool]:
         """Relation -> median within its target."""
@@ -154,6 +169,8 @@ class MetamorphicFigures:
         """JSON-ready: medians, targets, pass flags and the per-DOF figures (rounded to 0.01 deg)."""
         return {
             "medians_deg": {k: round(v, 2) for k, v in self.medians.items()},
+            "medians_observed_deg": {k: round(v, 2) for k, v in self.medians_observed.items()},
+            "weak_dofs": list(self.weak_dofs),
             "targets_deg": {k: TARGETS_DEG[k] for k in self.per_dof if k in TARGETS_DEG},
             "passed": self.passed(),
             "per_dof_deg": {k: {d: round(x, 2) for d, x in v.items()} for k, v in self.per_dof.items()},
@@ -179,7 +196,8 @@ def metamorphic_figures(
         per["reverse_deg"] = paired_difference(base, reversed_, reverse=True, dofs=dofs)
     if reencoded is not None:
         per["reencode_deg"] = paired_difference(base, reencoded, dofs=dofs)
-    return MetamorphicFigures(per)
+    weak = tuple(d for d in getattr(base, "weak_dofs", {}) if d in per["still_sd_deg"])
+    return MetamorphicFigures(per, weak)
 
 
 def keypoint_angle_deg(

@@ -198,7 +198,8 @@ def validate_humanoid(
     ``model_set``: a :class:`models.modelset.ModelSet` whose joints map to the body model (BlazePose or MeTRAbs).
     The summary is JSON-ready: ``median_deg``, ``worst_video_deg``, ``detection_rate``, ``median_2d_px``,
     ``median_3d_mm`` (root-relative, visible landmarks), ``per_dof_median_deg``, ``per_joint_median_deg``,
-    ``videos`` (one entry per video) and ``meets_targets``.
+    ``median_weak_deg`` and ``median_well_observed_deg`` (the same error over the DOFs each fit reported weakly
+    observed, and over the rest), ``videos`` (one entry per video, with its ``weak_dofs``) and ``meets_targets``.
 
     ``oracle``: also fit the humanoid's exact landmarks (all 33, confidence 1, through the true camera) and report
     ``oracle_median_deg``: the error due to the model mismatch alone (the humanoid is not the fitter's model),
@@ -236,6 +237,9 @@ def validate_humanoid(
     all_err: list[NDArray[np.float64]] = []
     all_2d: list[NDArray[np.float64]] = []
     all_oracle: list[NDArray[np.float64]] = []
+    # errors of the metric DOFs the fit reported weakly observed (mocapflow.fit.spans) and of the rest
+    all_weak: list[NDArray[np.float64]] = []
+    all_strong: list[NDArray[np.float64]] = []
     all_true: dict[str, list[NDArray[np.float64]]] = {k: [] for k in TRUE_OUTPUTS}
     all_3d: list[NDArray[np.float64]] = []
     for entry in entries:
@@ -271,12 +275,16 @@ def validate_humanoid(
             result = fit_table(table, options)
             err = angle_errors_deg(result, gt.q)[result.observed]
             all_err.append(err)
+            weak = [d in result.weak_dofs for d in METRIC_DOFS]
+            all_weak.append(err[:, weak])
+            all_strong.append(err[:, np.logical_not(weak)])
             record |= {
                 "median_deg": _median(err),
                 "per_dof_median_deg": {d: _median(err[:, i]) for i, d in enumerate(METRIC_DOFS)},
                 "fit_seconds": result.seconds,
                 "fit_iterations": result.info.iterations,
                 "fit_converged": bool(getattr(result.info, "converged", False)),
+                "weak_dofs": [d for d, w in zip(METRIC_DOFS, weak, strict=True) if w],
             }
         else:
             record |= {"median_deg": None, "per_dof_median_deg": None, "fit_seconds": None}
@@ -322,6 +330,10 @@ def validate_humanoid(
         "median_2d_px": _median(np.concatenate(all_2d)) if all_2d else None,
         "median_3d_mm": _median(np.concatenate(all_3d)) if all_3d else None,
         "per_dof_median_deg": {d: _median(stacked[:, i]) for i, d in enumerate(METRIC_DOFS)},
+        "median_weak_deg": _median(np.concatenate([e.reshape(-1) for e in all_weak])) if all_weak else None,
+        "median_well_observed_deg": _median(np.concatenate([e.reshape(-1) for e in all_strong]))
+        if all_strong
+        else None,
         "per_joint_median_deg": {
             joint: _median(
                 stacked[:, [i for i, d in enumerate(METRIC_DOFS) if d.startswith(prefixes)]].reshape(-1)

@@ -106,6 +106,24 @@ def test_unobserved_frames_do_not_count() -> None:
     assert still_sd(fit)["knee_angle_r"] == 0.0
 
 
+def test_the_bound_pictures_facing_survives_a_mirror_and_not_a_turn() -> None:
+    """docs/img/metamorphic-bound.png counts the frames in which a pose model's 3D faces the camera: a mirror image
+    of a person facing the camera (x negated, labels swapped) still faces it; the same person turned round does not."""
+    from benchmarks.metamorphic_bound import facing_camera
+
+    names = ["left_shoulder", "right_shoulder", "left_hip", "right_hip"]
+    # camera frame (x right, y down, z away); facing the camera, a person's left is on the image's right
+    front = np.array([[[180, -500, 0], [-180, -500, 0], [100, 0, 0], [-100, 0, 0]]], float)
+    front = front + np.random.default_rng(0).normal(0, 10, front.shape)
+    mirrored = front[:, [1, 0, 3, 2]] * np.array([-1, 1, 1])
+    turned = front * np.array([-1, 1, -1])  # 180 deg about the vertical
+    assert facing_camera(front, names).tolist() == [1.0]
+    assert facing_camera(mirrored, names).tolist() == [1.0]
+    assert facing_camera(turned, names).tolist() == [0.0]
+    front[0, 2] = np.nan
+    assert np.isnan(facing_camera(front, names)).all()
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(
     reason="issue 11 targets not met yet: messi_pan measured still 1.54, mirror 0.81, half 1.15, reverse 1.09 deg "

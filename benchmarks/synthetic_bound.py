@@ -3,9 +3,10 @@
     python -m benchmarks.synthetic_bound --seed 1 --video 0 --out docs/img/synthetic-bound.png
 
 One video of the synthetic set (``validate fit``'s: same spec, same seeds) is fitted from its keypoints clean, with
-each corruption of the noisy copy alone (2D noise, 3D noise, dropped frames and zero-confidence keypoints) and with
-all of them (what ``validate fit`` calls noisy). Left: the knee over time, truth and the fits. Right: the median
-error per DOF of each. Prints the medians as JSON.
+each corruption of the noisy copy alone (2D noise, 3D noise, dropped frames and zero-confidence keypoints), with
+all of them (what ``validate fit`` calls noisy), and with all of them and the 3D keypoints' depth weighted as their x
+and y (``FitOptions.depth_weight`` 1; the default trusts a monocular model's depth less). Left: the knee over time,
+truth and the fits. Right: the median error per DOF of each. Prints the medians as JSON.
 """
 
 from __future__ import annotations
@@ -57,19 +58,21 @@ def main(argv: list[str] | None = None) -> None:
             "zero_conf_keypoints": spec.zero_conf_keypoints,
         },
         "noisy (all of them, as validate fit)": full,
+        "noisy, 3D depth weighted 1.0 (default 0.3)": full,
     }
     seed = spec.seed * 1000 + args.video  # validate_fit's per-video corruption seed
     fits, errors = {}, {}
     for name, corruption in cases.items():
         meta, arrays = keypoints_from_truth(video, seed=seed, **corruption)
-        fits[name] = fit_arrays(meta, arrays, FitOptions(), model)
+        options = FitOptions(depth_weight=1.0) if "depth" in name else FitOptions()
+        fits[name] = fit_arrays(meta, arrays, options, model)
         errors[name] = angle_errors_deg(fits[name], video.q)
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1, 1.4]})
     dof = f"knee_angle_{args.side}"
     t = np.arange(len(video.q)) / video.fps
     ax.plot(t, np.rad2deg(video.q[:, model.dof_index(dof)]), color="k", lw=2.5, label="truth")
-    colors = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#1f77b4")
+    colors = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#1f77b4", "#d62728")
     for (name, r), color in zip(fits.items(), colors, strict=True):
         q = np.where(r.fitted, np.rad2deg(r.q[:, model.dof_index(dof)]), np.nan)
         ax.plot(r.frames / video.fps, q, color=color, lw=1.3, label=name)

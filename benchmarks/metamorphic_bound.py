@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     swap = np.arange(len(names))
     swap[list(pairs.left)], swap[list(pairs.right)] = pairs.right, pairs.left
     both, ib, im = np.intersect1d(kb["frame"], km["frame"], return_indices=True)
-    differ = facing_camera(np.asarray(kb["kp3d_mm"], float)[ib], names) != facing_camera(
-        np.asarray(km["kp3d_mm"], float)[im], names
-    )
+    fb = facing_camera(np.asarray(kb["kp3d_mm"], float)[ib], names)
+    fm = facing_camera(np.asarray(km["kp3d_mm"], float)[im], names)
+    differ = np.isfinite(fb) & np.isfinite(fm) & (fb != fm)
     # a frame where the two disagree on the facing, if there is one
     pick = both[differ] if differ.any() else both
     t = int(pick[len(pick) // 2])

@@ -44,6 +44,17 @@ def _segments(ax, pts: np.ndarray, names: list[str], cols: tuple[int, int], colo
             )
 
 
+def read_frame(video: Path, t: int) -> np.ndarray:
+    """Frame ``t`` of ``video`` as RGB."""
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, t)
+    ok, bgr = cap.read()
+    cap.release()
+    if not ok:
+        raise SystemExit(f"{video}: cannot read frame {t}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def _knee_deg(kp3d: np.ndarray, names: list[str], side: str) -> np.ndarray:
     from mocapflow.fit.metamorphic import keypoint_angle_deg
 
@@ -93,13 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     frames = np.asarray(kp["frame"])
     t_deep = int(frames[np.argmax(truth_knee[frames])])
     row = int(np.flatnonzero(frames == t_deep)[0])
-    cap = cv2.VideoCapture(str(video))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, t_deep)
-    ok, bgr = cap.read()
-    cap.release()
-    if not ok:
-        raise SystemExit(f"{video}: cannot read frame {t_deep}")
-    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    image = read_frame(video, t_deep)
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.6), gridspec_kw={"width_ratios": [1.1, 0.8, 1.4, 1.4]})
     ax = axes[0]

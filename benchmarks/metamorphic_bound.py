@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.humanoid_bound import LIMBS
+from benchmarks.humanoid_bound import LIMBS, read_frame
 
 LEFT, RIGHT = "#1f77b4", "#d62728"
 
@@ -37,18 +37,6 @@ def facing_camera(kp3d: np.ndarray, names: list[str]) -> np.ndarray:
     ) / 2
     fz = np.cross(lr, up)[:, 2]
     return np.where(np.isfinite(fz), (fz < 0).astype(float), np.nan)
-
-
-def _frame(video: Path, t: int) -> np.ndarray:
-    import cv2
-
-    cap = cv2.VideoCapture(str(video))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, t)
-    ok, bgr = cap.read()
-    cap.release()
-    if not ok:
-        raise SystemExit(f"{video}: cannot read frame {t}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _skeleton(ax, pts: np.ndarray, conf: np.ndarray | None, names: list[str]) -> None:
@@ -85,15 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from mocapflow.camera import Intrinsics
     from mocapflow.fit.fitting import fit_arrays
-    from mocapflow.fit.metamorphic_suite import variant_videos
-    from mocapflow.fit.swap import side_pairs
+    from mocapflow.fit.metamorphic_suite import variant_videos, video_keypoints
     from mocapflow.keypoints import read_arrays
-    from mocapflow.pose.pipeline import PoseParams, estimate_keypoints
     from mocapflow.pose.validate_real import open_blazepose
     from mocapflow.settings import load_settings
-    from mocapflow.video import probe
+    from models.joints import mirror_indices
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json", nargs="+", type=Path, help="`validate metamorphic --json` outputs, one per clip")
@@ -112,11 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     estimator = open_blazepose(settings, threads=1)
 
     def keypoints(video: Path):
-        info = probe(str(video))
-        table = estimate_keypoints(
-            str(video), estimator, Intrinsics.from_fov(info.width, info.height, 55.0), PoseParams(), info
-        )
-        return read_arrays(table)
+        return read_arrays(video_keypoints(video, estimator))
 
     fig = plt.figure(figsize=(18, 9.5))
     grid = fig.add_gridspec(2, 4, height_ratios=[1.25, 1])
@@ -124,9 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     court = variant_videos("court_pan", settings.cache_dir, seconds)
     (mb, kb), (_, km) = keypoints(court["base"]), keypoints(court["mirror"])
     names = list(mb.joint_names)
-    pairs = side_pairs(names)
-    swap = np.arange(len(names))
-    swap[list(pairs.left)], swap[list(pairs.right)] = pairs.right, pairs.left
+    swap = mirror_indices(names)
     both, ib, im = np.intersect1d(kb["frame"], km["frame"], return_indices=True)
     fb = facing_camera(np.asarray(kb["kp3d_mm"], float)[ib], names)
     fm = facing_camera(np.asarray(km["kp3d_mm"], float)[im], names)
@@ -134,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     # a frame where the two disagree on the facing, if there is one
     pick = both[differ] if differ.any() else both
     t = int(pick[len(pick) // 2])
-    image = _frame(court["base"], t)
+    image = read_frame(court["base"], t)
     width = image.shape[1]
     views = (("court_pan", kb, False), ("its mirror image, flipped back", km, True))
     for col, (label, kp, flip) in enumerate(views):
@@ -174,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     names = list(meta.joint_names)
     t = int(kp["frame"][len(kp["frame"]) // 2])
     row = int(np.flatnonzero(kp["frame"] == t)[0])
-    image = _frame(cam, t)
+    image = read_frame(cam, t)
     pts = np.array(kp["kp2d_px"][row], float)
     conf = np.array(kp["conf"][row], float)
     ax = fig.add_subplot(grid[0, 2:])

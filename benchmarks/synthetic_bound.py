@@ -43,12 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = ValidationSpec(seed=args.seed, n_videos=args.video + 1)
     model = fit_body_model()
     video = truth_videos(spec, model)[args.video]
-    full = {
-        "noise_2d_px": spec.noise_2d_px,
-        "noise_3d_mm": spec.noise_3d_mm,
-        "dropped_frames": spec.dropped_frames,
-        "zero_conf_keypoints": spec.zero_conf_keypoints,
-    }
+    full = spec.corruption()
     cases = {
         "clean": {},
         f"2D noise {spec.noise_2d_px:g} px only": {"noise_2d_px": spec.noise_2d_px},
@@ -60,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         "noisy (all of them, as validate fit)": full,
         "noisy, 3D depth weighted 1.0 (default 0.3)": full,
     }
-    seed = spec.seed * 1000 + args.video  # validate_fit's per-video corruption seed
+    seed = spec.video_seed(args.video)
     fits, errors = {}, {}
     for name, corruption in cases.items():
         meta, arrays = keypoints_from_truth(video, seed=seed, **corruption)

@@ -30,6 +30,17 @@ def variant_videos(clip: str, cache_dir: Path, seconds: float | None = None) -> 
     return {"base": base, **{k: derived_video(base, k) for k in VARIANTS[1:]}}
 
 
+def video_keypoints(path: Path, estimator: Any, fov_deg: float = 55.0) -> Any:
+    """The keypoints table of one video of the suite (its intrinsics from ``fov_deg``)."""
+    from mocapflow.camera import Intrinsics
+    from mocapflow.pose.pipeline import PoseParams, estimate_keypoints
+    from mocapflow.video import probe
+
+    info = probe(str(path))
+    intr = Intrinsics.from_fov(info.width, info.height, fov_deg)
+    return estimate_keypoints(str(path), estimator, intr, PoseParams(), info)
+
+
 def run_suite(
     cache_dir: Path,
     model_set: Any,
@@ -45,19 +56,14 @@ def run_suite(
     ``model_set`` (a :class:`models.modelset.ModelSet`), fits (``fit_options``:
     :class:`~mocapflow.fit.fitting.FitOptions`), figures. Returns the figures and the fit results by variant.
     ``estimator``: an open pose estimator of ``model_set`` (None: one with the runtime's defaults)."""
-    from mocapflow.camera import Intrinsics
     from mocapflow.fit.fitting import fit_table
-    from mocapflow.pose.pipeline import PoseParams, estimate_keypoints
-    from mocapflow.video import probe
     from models.runtime import ThreadConfig, open_estimator
 
     paths = variant_videos(clip, cache_dir, seconds)
     estimator = estimator or open_estimator(model_set, ThreadConfig(threads=threads))
     fits = {}
     for name, path in paths.items():
-        info = probe(str(path))
-        intr = Intrinsics.from_fov(info.width, info.height, fov_deg)
-        table = estimate_keypoints(str(path), estimator, intr, PoseParams(), info)
+        table = video_keypoints(path, estimator, fov_deg)
         fits[name] = fit_table(table, fit_options)
         logger.info("metamorphic suite: %s fitted (%d frames)", name, table.num_rows)
     figures = metamorphic_figures(

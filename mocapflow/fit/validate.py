@@ -50,6 +50,19 @@ class ValidationSpec:
         if self.n_videos < 1 or self.seconds <= 0 or self.fps <= 0:
             raise ValueError(f"invalid validation spec {self}: need videos >= 1, seconds > 0, fps > 0")
 
+    def corruption(self) -> dict[str, float]:
+        """The noisy copy's corruption, as :func:`keypoints_from_truth` takes it."""
+        return {
+            "noise_2d_px": self.noise_2d_px,
+            "noise_3d_mm": self.noise_3d_mm,
+            "dropped_frames": self.dropped_frames,
+            "zero_conf_keypoints": self.zero_conf_keypoints,
+        }
+
+    def video_seed(self, k: int) -> int:
+        """The corruption's random seed of the set's video ``k``."""
+        return self.seed * 1000 + k
+
 
 @dataclass(frozen=True, eq=False)
 class TruthVideo:
@@ -168,17 +181,8 @@ def validate_fit(
     seconds: list[float] = []
     for k, video in enumerate(videos):
         for kind in ("clean", "noisy"):
-            corruption = (
-                {}
-                if kind == "clean"
-                else {
-                    "noise_2d_px": spec.noise_2d_px,
-                    "noise_3d_mm": spec.noise_3d_mm,
-                    "dropped_frames": spec.dropped_frames,
-                    "zero_conf_keypoints": spec.zero_conf_keypoints,
-                }
-            )
-            meta, arrays = keypoints_from_truth(video, seed=spec.seed * 1000 + k, **corruption)
+            corruption = {} if kind == "clean" else spec.corruption()
+            meta, arrays = keypoints_from_truth(video, seed=spec.video_seed(k), **corruption)
             result = fit_arrays(meta, arrays, options, model)
             err = angle_errors_deg(result, video.q)
             errors[kind].append(err)

@@ -4,9 +4,10 @@
 
 One video of the synthetic set (``validate fit``'s: same spec, same seeds) is fitted from its keypoints clean, with
 each corruption of the noisy copy alone (2D noise, 3D noise, dropped frames and zero-confidence keypoints), with
-all of them (what ``validate fit`` calls noisy), and with all of them and the 3D keypoints' depth weighted as their x
-and y (``FitOptions.depth_weight`` 1; the default trusts a monocular model's depth less). Left: the knee over time,
-truth and the fits. Right: the median error per DOF of each. Prints the medians as JSON.
+all of them (what ``validate fit`` calls noisy), and with all of them and the 3D keypoints' depth weighted 0.3 whatever
+its noise (``FitOptions.depth_weight`` 0.3, every fit's factor until ``FIT_VERSION`` 14; now the factor follows the
+keypoints' noise per axis, ~1 on this isotropic noise). Left: the knee over time, truth and the fits. Right: the
+median error per DOF of each. Prints the medians as JSON.
 """
 
 from __future__ import annotations
@@ -53,13 +54,13 @@ def main(argv: list[str] | None = None) -> None:
             "zero_conf_keypoints": spec.zero_conf_keypoints,
         },
         "noisy (all of them, as validate fit)": full,
-        "noisy, 3D depth weighted 1.0 (default 0.3)": full,
+        "noisy, depth fixed at 0.3 (until FIT_VERSION 14)": full,
     }
     seed = spec.video_seed(args.video)
     fits, errors = {}, {}
     for name, corruption in cases.items():
         meta, arrays = keypoints_from_truth(video, seed=seed, **corruption)
-        options = FitOptions(depth_weight=1.0) if "depth" in name else FitOptions()
+        options = FitOptions(depth_weight=0.3) if "depth fixed" in name else FitOptions()
         fits[name] = fit_arrays(meta, arrays, options, model)
         errors[name] = angle_errors_deg(fits[name], video.q)
 

@@ -27,6 +27,7 @@ from mocapflow.fit.fitting import (
     FitOptions,
     FitResult,
     balanced_w2d,
+    depth_weight_for_noise,
     estimate_noise_mm,
     fit_arrays,
     fit_body_model,
@@ -35,7 +36,7 @@ from mocapflow.fit.fitting import (
 )
 from mocapflow.fit.init import refine_rotation_2d, robust_kabsch, weighted_kabsch
 from mocapflow.fit.kinematics import site_positions
-from mocapflow.fit.loss import CONF_POWER_3D, total_loss
+from mocapflow.fit.loss import CONF_POWER_3D, DEPTH_WEIGHT_3D, total_loss
 from mocapflow.fit.outputs import (
     MOT,
     OSIM,
@@ -540,6 +541,35 @@ def test_noise_estimate_tracks_the_added_noise(model, clip):
             assert est < 2.0
         else:
             assert 0.8 * sigma < est < 1.3 * sigma
+
+
+def test_depth_is_weighted_by_the_keypoints_own_noise_per_axis(model, clip):
+    """The 3D depth factor is (x/y noise over depth noise)^2 of the keypoints' white noise, within [0.3, 1]: depth as
+    noisy as x and y (the synthetic set's noise) pulls as much, a monocular model's noisier depth keeps 0.3, a fixed
+    ``FitOptions.depth_weight`` wins; the fit records it."""
+    assert depth_weight_for_noise((50.0, 50.0, 50.0)) == pytest.approx(1.0)
+    assert depth_weight_for_noise((20.0, 20.0, 30.0)) == pytest.approx(4.0 / 9.0)
+    assert depth_weight_for_noise((4.0, 4.0, 12.0)) == pytest.approx(DEPTH_WEIGHT_3D)  # 1/9, floored
+    # exact keypoints: every axis at the noise floor
+    assert depth_weight_for_noise((0.0, 0.0, 0.0)) == pytest.approx(1.0)
+    assert depth_weight_for_noise((1.0, float("nan"), 1.0)) == pytest.approx(DEPTH_WEIGHT_3D)
+    meta, arrays = keypoints_of(clip, NAMES)
+    rng = np.random.default_rng(5)
+    opts = FitOptions(world_frame=False)
+    noisy = arrays["kp3d_mm"] + rng.normal(0.0, 30.0, arrays["kp3d_mm"].shape)
+    deep = arrays["kp3d_mm"] + rng.normal(0.0, 1.0, arrays["kp3d_mm"].shape) * np.array([10.0, 10.0, 40.0])
+    weights = {}
+    for name, kp3d, o in (
+        ("isotropic", noisy, opts),
+        ("deep", deep, opts),
+        ("fixed", noisy, dataclasses.replace(opts, depth_weight=0.5)),
+    ):
+        prep = prepare(meta, {**arrays, "kp3d_mm": kp3d}, model, o)
+        assert prep.noise_axes_mm[0] == pytest.approx(30.0 if name != "deep" else 10.0, rel=0.25)
+        weights[name] = float(prep.data.weights.depth3d)
+    assert weights["isotropic"] > 0.75
+    assert weights["deep"] == pytest.approx(DEPTH_WEIGHT_3D)
+    assert weights["fixed"] == pytest.approx(0.5)
 
 
 def test_mot_file_parses_back_to_the_angles_table(model, clean_fit):

@@ -40,7 +40,9 @@ CONF_POWER_3D = 4.0
 # precisely), its depth is the model's guess. In the 3D loss the camera-depth component of each residual is scaled
 # by DEPTH_WEIGHT_3D (reported residuals are not). On BlazePose keypoints of a still photo (2000 steps, limbs
 # initialised on one depth branch) the median per-DOF SD was 5.9 deg at 1.0, 6.0 at 0.6 and 4.0 at 0.3; without a
-# consistent initial branch 0.3 let legs flip between depth branches (SD 23 deg).
+# consistent initial branch 0.3 let legs flip between depth branches (SD 23 deg). Since FIT_VERSION 14 this is the
+# least a fit gives the depth: the factor is set per video from the keypoints' own noise per axis, up to 1 for depth
+# as precise as x and y (mocapflow.fit.fitting.depth_weight_for_noise).
 DEPTH_WEIGHT_3D = 0.3
 
 # Weak pose prior: every non-root hinge is pulled towards a neutral standing pose by a Gaussian of width

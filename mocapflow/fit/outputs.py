@@ -240,6 +240,8 @@ def scales_document(result: FitResult) -> dict[str, Any]:
             "loss_terms": {k: _finite_or_none(v) for k, v in result.loss_terms.items()},
             "keypoint_noise_mm": _finite_or_none(result.noise_mm),
             "keypoint_noise_2d_ref_px": _finite_or_none(result.noise_2d_ref_px),
+            "keypoint_noise_axes_mm": [_finite_or_none(float(v)) for v in result.noise_axes_mm],
+            "depth_weight": _finite_or_none(result.depth_weight),
             "smooth_weight": result.smooth_weight,
             "w2d": _finite_or_none(result.w2d),
             "prior_weight": _finite_or_none(result.prior_weight),

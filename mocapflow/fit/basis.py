@@ -83,6 +83,13 @@ def motion_bandwidth_hz(
     least 80 % of the frames, gaps filled linearly, each series detrended and Hann-windowed. The white-noise floor is
     the median power above :data:`NOISE_BAND_HZ` (where human movement has next to nothing) and is subtracted from
     every frequency before the cumulative power is taken.
+
+    A peak above the band counts too: BlazePose's landmarks on a still photo oscillate with the crop from frame to
+    frame (a peak at ~15 Hz, 3x the floor), which reads as up to 15 Hz of movement and the most knots. Counting
+    only frequencies below the band was measured (``FIT_VERSION`` 13, ``validate metamorphic``): humanoid renders and
+    four clips unchanged (their knots stay 7-8 from their movement below 8 Hz); court_pan's base / mirror / half /
+    reverse / re-encode 8 / 7 / 8 / 8 / 2 knots/s -> 3 / 7 / 8 / 2 / 2, its still SD 2.63 -> 2.53 but half
+    resolution 1.65 -> 2.27. Not kept.
     """
     kp = np.asarray(kp2d, np.float64)
     ok = (np.asarray(conf) > 0) & np.isfinite(kp).all(-1)

@@ -43,7 +43,13 @@ on someone else (landmark-box IoU > ``dedupe_iou``). Each frame's results come o
 
 Not reproduced from MediaPipe: its heatmap refinement of the landmarks (the converted backbone does not output the
 heatmap) and its one-euro smoothing of landmarks and ROI points (smoothing belongs to the fit). The score of a person
-is the pose-presence score.
+is the pose-presence score. MediaPipe's filter of the auxiliary points the next ROI comes from (one-euro, minimum
+cut-off 0.01 Hz, beta 1, speeds in object sizes per second; always on there) was tried: it cut the landmarks'
+frame-to-frame noise (messi_pan's 3D white noise 5.0 -> 1.5 mm, and the crop's period-2 oscillation, a peak at 15 Hz
+in the landmarks' spectrum), but a causal filter lags one way played forwards and the other played backwards, and on
+the metamorphic clips (``FIT_VERSION`` 13) the time-reversed figure went 1.09 -> 3.97 deg on messi_pan and 1.29 ->
+12.0 on cameraman_pan, messi's still SD 1.54 -> 2.48. A mean of the last two frames' points instead: reversed 1.63,
+still SD 1.65. Neither is used.
 
 The loop's state is one small dataclass (``TrackingState``). Measured on vtest.avi (768x576 pedestrians filmed from
 above, see benchmarks/bench_blazepose_tracking.py): the detector finds people down to ~60-75 px tall in its 224

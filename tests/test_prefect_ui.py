@@ -70,6 +70,13 @@ def ui_env(server: PrefectServer, markers_model_set, tmp_path_factory) -> Iterat
         for k, v in values.items():
             mp.setenv(k, v)
         yield values
+        # the event and log workers this module's runs started send to this server: flushed and stopped while it
+        # is up, or the next module's runs reuse them and their task runs' events go to a server that is gone
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=30)
+        EventsWorker.drain_all(timeout=30)
     from infra.ray_cluster import shutdown_ray
 
     shutdown_ray()

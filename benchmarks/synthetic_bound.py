@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     from mocapflow.fit.fitting import FitOptions, fit_arrays, fit_body_model
+    from mocapflow.fit.loss import DEPTH_WEIGHT_3D
     from mocapflow.fit.validate import (
         METRIC_DOFS,
         ValidationSpec,
@@ -45,22 +46,26 @@ def main(argv: list[str] | None = None) -> None:
     model = fit_body_model()
     video = truth_videos(spec, model)[args.video]
     full = spec.corruption()
+    default = FitOptions()
+    # name -> (the corruption, the fit's options)
     cases = {
-        "clean": {},
-        f"2D noise {spec.noise_2d_px:g} px only": {"noise_2d_px": spec.noise_2d_px},
-        f"3D noise {spec.noise_3d_mm:g} mm only": {"noise_3d_mm": spec.noise_3d_mm},
-        "dropped frames, zero-confidence keypoints only": {
-            "dropped_frames": spec.dropped_frames,
-            "zero_conf_keypoints": spec.zero_conf_keypoints,
-        },
-        "noisy (all of them, as validate fit)": full,
-        "noisy, depth fixed at 0.3 (until FIT_VERSION 14)": full,
+        "clean": ({}, default),
+        f"2D noise {spec.noise_2d_px:g} px only": ({"noise_2d_px": spec.noise_2d_px}, default),
+        f"3D noise {spec.noise_3d_mm:g} mm only": ({"noise_3d_mm": spec.noise_3d_mm}, default),
+        "dropped frames, zero-confidence keypoints only": (
+            {"dropped_frames": spec.dropped_frames, "zero_conf_keypoints": spec.zero_conf_keypoints},
+            default,
+        ),
+        "noisy (all of them, as validate fit)": (full, default),
+        f"noisy, depth fixed at {DEPTH_WEIGHT_3D:g} (until FIT_VERSION 14)": (
+            full,
+            FitOptions(depth_weight=DEPTH_WEIGHT_3D),
+        ),
     }
     seed = spec.video_seed(args.video)
     fits, errors = {}, {}
-    for name, corruption in cases.items():
+    for name, (corruption, options) in cases.items():
         meta, arrays = keypoints_from_truth(video, seed=seed, **corruption)
-        options = FitOptions(depth_weight=0.3) if "depth fixed" in name else FitOptions()
         fits[name] = fit_arrays(meta, arrays, options, model)
         errors[name] = angle_errors_deg(fits[name], video.q)
 

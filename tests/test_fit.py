@@ -546,7 +546,7 @@ def test_noise_estimate_tracks_the_added_noise(model, clip):
 def test_depth_is_weighted_by_the_keypoints_own_noise_per_axis(model, clip):
     """The 3D depth factor is (x/y noise over depth noise)^2 of the keypoints' white noise, within [0.3, 1]: depth as
     noisy as x and y (the synthetic set's noise) pulls as much, a monocular model's noisier depth keeps 0.3, a fixed
-    ``FitOptions.depth_weight`` wins; the fit records it."""
+    ``FitOptions.depth_weight`` wins."""
     assert depth_weight_for_noise((50.0, 50.0, 50.0)) == pytest.approx(1.0)
     assert depth_weight_for_noise((20.0, 20.0, 30.0)) == pytest.approx(4.0 / 9.0)
     assert depth_weight_for_noise((4.0, 4.0, 12.0)) == pytest.approx(DEPTH_WEIGHT_3D)  # 1/9, floored
